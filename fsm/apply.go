@@ -1,0 +1,365 @@
+package fsm
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+)
+
+// Validate checks a command against the current state without changing it.
+// The leader calls it before proposing so that a bad request is refused with a
+// clear error and never reaches the log; Apply checks again because the state
+// may have moved on between the two.
+func (s *State) Validate(c Command) error {
+	if c.Version > CommandVersion || c.Version < 1 {
+		return reject(ErrUnsupported, "command version %d is not supported (this build knows 1..%d)", c.Version, CommandVersion)
+	}
+	switch c.Type {
+	case CmdInit:
+		if c.ShardCount < 1 || c.ShardCount > 65536 {
+			return reject(ErrInvalid, "shard count must be between 1 and 65536, got %d", c.ShardCount)
+		}
+		if s.ShardCount != 0 && s.ShardCount != c.ShardCount {
+			return reject(ErrConflict, "shard count is already %d; resharding is not supported", s.ShardCount)
+		}
+	case CmdRegisterPod:
+		p := c.Pod
+		if p == nil || p.ID == "" {
+			return reject(ErrInvalid, "register pod: id is required")
+		}
+		if len(p.ID) > 128 || strings.ContainsAny(p.ID, " /\t\n") {
+			return reject(ErrInvalid, "register pod: id %q must be at most 128 characters without spaces or slashes", p.ID)
+		}
+		if p.Addr == "" {
+			return reject(ErrInvalid, "register pod %s: addr is required", p.ID)
+		}
+		if p.Ordinal < 0 {
+			return reject(ErrInvalid, "register pod %s: ordinal must be >= 0", p.ID)
+		}
+		for _, o := range s.Pods {
+			if o.ID != p.ID && o.Ordinal == p.Ordinal {
+				return reject(ErrConflict, "register pod %s: ordinal %d already belongs to %s", p.ID, p.Ordinal, o.ID)
+			}
+		}
+	case CmdMarkPodDown, CmdDrainPod, CmdRemovePod:
+		p, ok := s.Pods[c.PodID]
+		if !ok {
+			return reject(ErrNotFound, "unknown pod %q", c.PodID)
+		}
+		if c.Type == CmdRemovePod {
+			if n := s.owned[p.ID]; n > 0 {
+				return reject(ErrConflict, "pod %s still owns %d guilds; drain it first", p.ID, n)
+			}
+			for _, g := range s.Guilds {
+				if g.Migration != nil && g.Migration.To == p.ID {
+					return reject(ErrConflict, "pod %s is the target of the move of guild %d", p.ID, g.ID)
+				}
+			}
+		}
+	case CmdPlaceGuilds, CmdRemoveGuilds:
+		if len(c.GuildIDs) == 0 {
+			return reject(ErrInvalid, "guild_ids is empty")
+		}
+		if len(c.GuildIDs) > maxGuildsPerCmd {
+			return reject(ErrInvalid, "at most %d guilds per command, got %d", maxGuildsPerCmd, len(c.GuildIDs))
+		}
+		for _, id := range c.GuildIDs {
+			if id == 0 {
+				return reject(ErrInvalid, "guild id 0 is not a snowflake")
+			}
+		}
+		if c.Type == CmdPlaceGuilds {
+			if s.ShardCount == 0 {
+				return reject(ErrConflict, "the cluster is not initialised (no shard count); bootstrap it with --shards")
+			}
+			for _, id := range c.GuildIDs {
+				if _, ok := s.Guilds[id]; !ok {
+					if s.placementFor(id) == nil {
+						return reject(ErrNoActivePods, "cannot place guild %d: no active pod", id)
+					}
+					break
+				}
+			}
+		} else {
+			for _, id := range c.GuildIDs {
+				if g, ok := s.Guilds[id]; ok && g.Migration != nil {
+					return reject(ErrConflict, "guild %d is migrating; abort the move first", id)
+				}
+			}
+		}
+	case CmdStartMove:
+		g, ok := s.Guilds[c.Guild]
+		if !ok {
+			return reject(ErrNotFound, "unknown guild %d", c.Guild)
+		}
+		to, ok := s.Pods[c.To]
+		if !ok {
+			return reject(ErrNotFound, "unknown pod %q", c.To)
+		}
+		if g.Migration != nil {
+			return reject(ErrConflict, "guild %d is already migrating from %s to %s (epoch %d)", g.ID, g.Migration.From, g.Migration.To, g.Migration.Epoch)
+		}
+		if g.Owner == to.ID {
+			return reject(ErrConflict, "guild %d is already owned by %s", g.ID, to.ID)
+		}
+		if to.State != PodActive {
+			return reject(ErrInvalid, "cannot move guild %d to %s: the pod is %s", g.ID, to.ID, to.State)
+		}
+		if from := s.Pods[g.Owner]; from == nil || from.State == PodDown {
+			return reject(ErrConflict, "cannot move guild %d: its owner %s is down and cannot export its data", g.ID, g.Owner)
+		}
+	case CmdSetMovePhase, CmdCompleteMove, CmdAbortMove:
+		g, ok := s.Guilds[c.Guild]
+		if !ok {
+			return reject(ErrNotFound, "unknown guild %d", c.Guild)
+		}
+		if g.Migration == nil {
+			return reject(ErrConflict, "guild %d is not migrating", g.ID)
+		}
+		if c.Epoch != g.Migration.Epoch {
+			return reject(ErrStaleEpoch, "guild %d: epoch %d is stale, the current move has epoch %d", g.ID, c.Epoch, g.Migration.Epoch)
+		}
+		if c.Type == CmdSetMovePhase && c.Phase == "" {
+			return reject(ErrInvalid, "phase is required")
+		}
+	default:
+		return reject(ErrInvalid, "unknown command type %q", c.Type)
+	}
+	return nil
+}
+
+// Apply validates and applies one command at Raft index. It returns the
+// events the change produced (none for a no-op), or the rejection. It never
+// panics on bad input: a corrupt entry is rejected, not fatal.
+func (s *State) Apply(index uint64, c Command) ([]Event, error) {
+	if err := s.Validate(c); err != nil {
+		return nil, err
+	}
+	a := applier{s: s, index: index, cmd: c}
+	switch c.Type {
+	case CmdInit:
+		if s.ShardCount == 0 {
+			s.ShardCount = c.ShardCount
+			s.Shards = make([]string, c.ShardCount)
+			a.emit(Event{Type: EventInit, ShardCount: c.ShardCount})
+			a.rebalanceShards()
+		}
+	case CmdRegisterPod:
+		a.registerPod(*c.Pod)
+	case CmdMarkPodDown:
+		a.setPodState(c.PodID, PodDown)
+	case CmdDrainPod:
+		a.setPodState(c.PodID, PodDraining)
+	case CmdRemovePod:
+		p := s.Pods[c.PodID]
+		delete(s.Pods, c.PodID)
+		delete(s.owned, c.PodID)
+		a.emit(Event{Type: EventPodRemove, Pod: p})
+		a.rebalanceShards()
+	case CmdPlaceGuilds:
+		for _, id := range c.GuildIDs {
+			if _, ok := s.Guilds[id]; ok {
+				continue // placing is idempotent
+			}
+			p := s.placementFor(id)
+			g := &Guild{ID: id, Owner: p.ID, State: GuildActive, Epoch: index}
+			s.Guilds[id] = g
+			s.owned[p.ID]++
+			s.sorted = nil
+			a.guildChanged(g)
+		}
+	case CmdRemoveGuilds:
+		for _, id := range c.GuildIDs {
+			g, ok := s.Guilds[id]
+			if !ok {
+				continue
+			}
+			delete(s.Guilds, id)
+			s.owned[g.Owner]--
+			s.sorted = nil
+			gone := *g
+			gone.Revision = index
+			a.emit(Event{Type: EventGuildGone, Guild: &gone})
+		}
+	case CmdStartMove:
+		g := s.Guilds[c.Guild]
+		g.Epoch = index
+		g.State = GuildMigrating
+		g.Migration = &Migration{From: g.Owner, To: c.To, Epoch: g.Epoch, Phase: "started", StartedAt: c.At}
+		s.migrating++
+		a.guildChanged(g)
+	case CmdSetMovePhase:
+		g := s.Guilds[c.Guild]
+		if g.Migration.Phase != c.Phase {
+			g.Migration.Phase = c.Phase
+			a.guildChanged(g)
+		}
+	case CmdCompleteMove:
+		g := s.Guilds[c.Guild]
+		s.owned[g.Owner]--
+		g.Owner = g.Migration.To
+		s.owned[g.Owner]++
+		g.State = GuildActive
+		g.Migration = nil
+		s.migrating--
+		a.guildChanged(g)
+	case CmdAbortMove:
+		g := s.Guilds[c.Guild]
+		// The epoch grows again so that a target which already imported the
+		// guild at the move's epoch is fenced off as well.
+		g.Epoch = index
+		g.State = GuildActive
+		g.Migration = nil
+		s.migrating--
+		a.reason = c.Reason
+		a.guildChanged(g)
+	}
+	if len(a.events) > 0 {
+		s.Revision = index
+	}
+	return a.events, nil
+}
+
+type applier struct {
+	s      *State
+	index  uint64
+	cmd    Command
+	events []Event
+	reason string
+}
+
+func (a *applier) emit(e Event) {
+	e.Revision = a.index
+	e.At = a.cmd.At
+	e.Cause = a.cmd.Type
+	if e.Reason == "" {
+		e.Reason = a.reason
+	}
+	a.events = append(a.events, e)
+}
+
+func (a *applier) guildChanged(g *Guild) {
+	g.Revision = a.index
+	cp := *g
+	if g.Migration != nil {
+		m := *g.Migration
+		cp.Migration = &m
+	}
+	a.emit(Event{Type: EventGuild, Guild: &cp})
+}
+
+func (a *applier) podChanged(p *Pod) {
+	cp := *p
+	a.emit(Event{Type: EventPod, Pod: &cp})
+}
+
+func (a *applier) registerPod(spec PodSpec) {
+	s := a.s
+	p, ok := s.Pods[spec.ID]
+	if ok && p.Addr == spec.Addr && p.Ordinal == spec.Ordinal && p.State == PodActive {
+		return // re-registering an active pod is a no-op
+	}
+	if !ok {
+		p = &Pod{ID: spec.ID}
+		s.Pods[spec.ID] = p
+	}
+	p.Ordinal, p.Addr = spec.Ordinal, spec.Addr
+	if p.State != PodActive {
+		p.State, p.Since = PodActive, a.cmd.At
+	}
+	a.podChanged(p)
+	a.rebalanceShards()
+}
+
+func (a *applier) setPodState(id string, st PodState) {
+	p := a.s.Pods[id]
+	if p.State == st {
+		return
+	}
+	p.State, p.Since = st, a.cmd.At
+	a.podChanged(p)
+	a.rebalanceShards()
+}
+
+// rebalanceShards gives every active pod an even share of the shards while
+// moving as few shards as possible: shards of inactive pods are freed, pods
+// over their quota give up their highest shards, and free shards go, lowest
+// first, to pods under quota in (ordinal, id) order. Pods that already hold
+// more shards get the larger quotas, which avoids needless moves.
+func (a *applier) rebalanceShards() {
+	s := a.s
+	if s.ShardCount == 0 {
+		return
+	}
+	active := s.activePods()
+	held := map[string][]int{}
+	var free []int
+	for i, h := range s.Shards {
+		if p := s.Pods[h]; h != "" && p != nil && p.State == PodActive {
+			held[h] = append(held[h], i)
+		} else {
+			free = append(free, i)
+		}
+	}
+	if len(active) == 0 {
+		for _, i := range free {
+			a.setHolder(i, "")
+		}
+		return
+	}
+	byLoad := append([]*Pod(nil), active...)
+	// Stable: ties keep (ordinal, id) order.
+	sort.SliceStable(byLoad, func(i, j int) bool { return len(held[byLoad[i].ID]) > len(held[byLoad[j].ID]) })
+	base, extra := s.ShardCount/len(active), s.ShardCount%len(active)
+	quota := map[string]int{}
+	for i, p := range byLoad {
+		quota[p.ID] = base
+		if i < extra {
+			quota[p.ID]++
+		}
+	}
+	for _, p := range active {
+		h := held[p.ID]
+		for len(h) > quota[p.ID] {
+			free = append(free, h[len(h)-1])
+			h = h[:len(h)-1]
+		}
+		held[p.ID] = h
+	}
+	slices.Sort(free)
+	next := 0
+	for _, p := range active {
+		for len(held[p.ID]) < quota[p.ID] && next < len(free) {
+			held[p.ID] = append(held[p.ID], free[next])
+			a.setHolder(free[next], p.ID)
+			next++
+		}
+	}
+	for ; next < len(free); next++ {
+		a.setHolder(free[next], "")
+	}
+}
+
+func (a *applier) setHolder(shard int, pod string) {
+	if a.s.Shards[shard] == pod {
+		return
+	}
+	a.s.Shards[shard] = pod
+	a.emit(Event{Type: EventShard, Shard: &ShardAssignment{Shard: shard, Holder: pod}})
+}
+
+// String describes a command for logs.
+func (c Command) String() string {
+	switch c.Type {
+	case CmdPlaceGuilds, CmdRemoveGuilds:
+		return fmt.Sprintf("%s(%d guilds)", c.Type, len(c.GuildIDs))
+	case CmdStartMove:
+		return fmt.Sprintf("%s(guild %d → %s)", c.Type, c.Guild, c.To)
+	case CmdRegisterPod:
+		if c.Pod != nil {
+			return fmt.Sprintf("%s(%s %s)", c.Type, c.Pod.ID, c.Pod.Addr)
+		}
+	}
+	return string(c.Type)
+}

@@ -1,0 +1,93 @@
+package fsm
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+)
+
+// CommandVersion is the newest command encoding this build understands.
+const CommandVersion = 1
+
+// CommandType names a state transition.
+type CommandType string
+
+const (
+	CmdInit         CommandType = "init"           // ShardCount
+	CmdRegisterPod  CommandType = "register_pod"   // Pod
+	CmdMarkPodDown  CommandType = "mark_pod_down"  // PodID
+	CmdDrainPod     CommandType = "drain_pod"      // PodID
+	CmdRemovePod    CommandType = "remove_pod"     // PodID
+	CmdPlaceGuilds  CommandType = "place_guilds"   // GuildIDs
+	CmdStartMove    CommandType = "start_move"     // Guild, To
+	CmdSetMovePhase CommandType = "set_move_phase" // Guild, Epoch, Phase
+	CmdCompleteMove CommandType = "complete_move"  // Guild, Epoch
+	CmdAbortMove    CommandType = "abort_move"     // Guild, Epoch, Reason
+	CmdRemoveGuilds CommandType = "remove_guilds"  // GuildIDs (the bot left them)
+	maxGuildsPerCmd             = 100_000
+)
+
+// Command is one entry of the Raft log. Only the fields its Type names are
+// used. At is the proposing leader's clock (unix milliseconds): Apply never
+// reads a clock itself.
+type Command struct {
+	Version    int         `json:"v"`
+	Type       CommandType `json:"type"`
+	At         int64       `json:"at"`
+	ShardCount int         `json:"shard_count,omitempty"`
+	Pod        *PodSpec    `json:"pod,omitempty"`
+	PodID      string      `json:"pod_id,omitempty"`
+	GuildIDs   []uint64    `json:"guild_ids,omitempty"`
+	Guild      uint64      `json:"guild,omitempty"`
+	To         string      `json:"to,omitempty"`
+	Epoch      uint64      `json:"epoch,omitempty"`
+	Phase      string      `json:"phase,omitempty"`
+	Reason     string      `json:"reason,omitempty"`
+}
+
+// PodSpec is what a pod says about itself when it registers.
+type PodSpec struct {
+	ID      string `json:"id"`
+	Ordinal int    `json:"ordinal"`
+	Addr    string `json:"addr"`
+}
+
+// Encode serialises a command for the Raft log.
+func (c Command) Encode() ([]byte, error) {
+	if c.Version == 0 {
+		c.Version = CommandVersion
+	}
+	return json.Marshal(c)
+}
+
+// DecodeCommand parses a Raft log entry.
+func DecodeCommand(b []byte) (Command, error) {
+	var c Command
+	if err := json.Unmarshal(b, &c); err != nil {
+		return Command{}, fmt.Errorf("decode command: %w", err)
+	}
+	return c, nil
+}
+
+// Error kinds. Callers map them to HTTP statuses with errors.Is.
+var (
+	ErrInvalid      = errors.New("invalid command")             // 400
+	ErrNotFound     = errors.New("not found")                   // 404
+	ErrConflict     = errors.New("conflict")                    // 409
+	ErrStaleEpoch   = errors.New("stale epoch")                 // 409
+	ErrUnsupported  = errors.New("unsupported command version") // 400
+	ErrNoActivePods = errors.New("no active pod")               // 409
+)
+
+// CommandError is a rejection with a message for the operator.
+type CommandError struct {
+	Kind error
+	Msg  string
+}
+
+func (e *CommandError) Error() string { return e.Msg }
+func (e *CommandError) Unwrap() error { return e.Kind }
+
+func reject(kind error, format string, args ...any) error {
+	return &CommandError{Kind: kind, Msg: fmt.Sprintf(format, args...)}
+}

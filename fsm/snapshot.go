@@ -1,0 +1,286 @@
+package fsm
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+)
+
+// Snapshot encoding (version 1), designed for a million guilds: a header, the
+// pods as a table, then the guilds sorted by id with delta-encoded ids and the
+// owner as an index into the pod table — about 8 bytes per guild, encoded and
+// decoded in one pass with no reflection. A CRC-32C trailer catches
+// corruption. Integers are unsigned varints unless noted.
+//
+//	magic "MODBOTFSM" | version=1 | revision | shard_count
+//	pods: count, then per pod: id, ordinal, addr, state, since(zigzag)
+//	shards: shard_count holder indexes (pod index + 1, 0 = none)
+//	guilds: count, then per guild in id order: id delta, owner index,
+//	        state byte, epoch, revision delta-free, has-migration byte
+//	        [from index, to index, epoch, phase, started_at(zigzag)]
+//	crc32c of everything above (4 bytes, little endian)
+const snapshotMagic = "MODBOTFSM"
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+type snapWriter struct {
+	w   *bufio.Writer
+	crc uint32
+	buf []byte
+	err error
+}
+
+func (sw *snapWriter) write(b []byte) {
+	if sw.err != nil {
+		return
+	}
+	sw.crc = crc32.Update(sw.crc, castagnoli, b)
+	_, sw.err = sw.w.Write(b)
+}
+func (sw *snapWriter) uvarint(v uint64) {
+	sw.buf = binary.AppendUvarint(sw.buf[:0], v)
+	sw.write(sw.buf)
+}
+func (sw *snapWriter) varint(v int64) { sw.buf = binary.AppendVarint(sw.buf[:0], v); sw.write(sw.buf) }
+func (sw *snapWriter) str(s string)   { sw.uvarint(uint64(len(s))); sw.write([]byte(s)) }
+func (sw *snapWriter) byte1(b byte)   { sw.write([]byte{b}) }
+
+var podStates = []PodState{PodActive, PodDown, PodDraining}
+var guildStates = []GuildState{GuildActive, GuildMigrating}
+
+func podStateCode(s PodState) byte {
+	for i, v := range podStates {
+		if v == s {
+			return byte(i)
+		}
+	}
+	return 0
+}
+
+func guildStateCode(s GuildState) byte {
+	for i, v := range guildStates {
+		if v == s {
+			return byte(i)
+		}
+	}
+	return 0
+}
+
+// WriteSnapshot encodes the state to w.
+func (s *State) WriteSnapshot(w io.Writer) error {
+	sw := &snapWriter{w: bufio.NewWriterSize(w, 1<<16)}
+	sw.write([]byte(snapshotMagic))
+	sw.uvarint(1)
+	sw.uvarint(s.Revision)
+	sw.uvarint(uint64(s.ShardCount))
+	pods := s.SortedPods()
+	index := make(map[string]uint64, len(pods))
+	sw.uvarint(uint64(len(pods)))
+	for i, p := range pods {
+		index[p.ID] = uint64(i)
+		sw.str(p.ID)
+		sw.uvarint(uint64(p.Ordinal))
+		sw.str(p.Addr)
+		sw.byte1(podStateCode(p.State))
+		sw.varint(p.Since)
+	}
+	for _, h := range s.Shards {
+		if h == "" {
+			sw.uvarint(0)
+		} else {
+			sw.uvarint(index[h] + 1)
+		}
+	}
+	ids := s.SortedGuildIDs()
+	sw.uvarint(uint64(len(ids)))
+	var prev uint64
+	for _, id := range ids {
+		g := s.Guilds[id]
+		sw.uvarint(id - prev)
+		prev = id
+		sw.uvarint(index[g.Owner])
+		sw.byte1(guildStateCode(g.State))
+		sw.uvarint(g.Epoch)
+		sw.uvarint(g.Revision)
+		if m := g.Migration; m != nil {
+			sw.byte1(1)
+			sw.uvarint(index[m.From])
+			sw.uvarint(index[m.To])
+			sw.uvarint(m.Epoch)
+			sw.str(m.Phase)
+			sw.varint(m.StartedAt)
+		} else {
+			sw.byte1(0)
+		}
+	}
+	if sw.err != nil {
+		return fmt.Errorf("write snapshot: %w", sw.err)
+	}
+	var trailer [4]byte
+	binary.LittleEndian.PutUint32(trailer[:], sw.crc)
+	if _, err := sw.w.Write(trailer[:]); err != nil {
+		return fmt.Errorf("write snapshot trailer: %w", err)
+	}
+	if err := sw.w.Flush(); err != nil {
+		return fmt.Errorf("flush snapshot: %w", err)
+	}
+	return nil
+}
+
+type snapReader struct {
+	r   *bufio.Reader
+	crc uint32
+	err error
+}
+
+func (sr *snapReader) ReadByte() (byte, error) {
+	b, err := sr.r.ReadByte()
+	if err == nil {
+		sr.crc = crc32.Update(sr.crc, castagnoli, []byte{b})
+	}
+	return b, err
+}
+
+func (sr *snapReader) uvarint() uint64 {
+	if sr.err != nil {
+		return 0
+	}
+	v, err := binary.ReadUvarint(sr)
+	if err != nil {
+		sr.err = err
+	}
+	return v
+}
+
+func (sr *snapReader) varint() int64 {
+	if sr.err != nil {
+		return 0
+	}
+	v, err := binary.ReadVarint(sr)
+	if err != nil {
+		sr.err = err
+	}
+	return v
+}
+
+func (sr *snapReader) bytes(n uint64) []byte {
+	if sr.err != nil {
+		return nil
+	}
+	if n > 1<<20 {
+		sr.err = fmt.Errorf("field of %d bytes is too long", n)
+		return nil
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(sr.r, b); err != nil {
+		sr.err = err
+		return nil
+	}
+	sr.crc = crc32.Update(sr.crc, castagnoli, b)
+	return b
+}
+
+func (sr *snapReader) str() string { return string(sr.bytes(sr.uvarint())) }
+
+func (sr *snapReader) byte1() byte {
+	if sr.err != nil {
+		return 0
+	}
+	b, err := sr.ReadByte()
+	if err != nil {
+		sr.err = err
+	}
+	return b
+}
+
+// ReadSnapshot decodes a state written by WriteSnapshot.
+func ReadSnapshot(r io.Reader) (*State, error) {
+	sr := &snapReader{r: bufio.NewReaderSize(r, 1<<16)}
+	if string(sr.bytes(uint64(len(snapshotMagic)))) != snapshotMagic {
+		return nil, errors.New("read snapshot: not a modbot FSM snapshot")
+	}
+	if v := sr.uvarint(); v != 1 {
+		return nil, fmt.Errorf("read snapshot: unsupported snapshot version %d", v)
+	}
+	s := New()
+	s.Revision = sr.uvarint()
+	s.ShardCount = int(sr.uvarint())
+	if s.ShardCount > 65536 {
+		return nil, fmt.Errorf("read snapshot: shard count %d out of range", s.ShardCount)
+	}
+	npods := sr.uvarint()
+	if npods > 1<<20 {
+		return nil, fmt.Errorf("read snapshot: %d pods is not plausible", npods)
+	}
+	pods := make([]*Pod, 0, npods)
+	for i := uint64(0); i < npods && sr.err == nil; i++ {
+		p := &Pod{ID: sr.str(), Ordinal: int(sr.uvarint()), Addr: sr.str()}
+		st := sr.byte1()
+		if int(st) >= len(podStates) {
+			return nil, fmt.Errorf("read snapshot: bad pod state %d", st)
+		}
+		p.State = podStates[st]
+		p.Since = sr.varint()
+		pods = append(pods, p)
+		s.Pods[p.ID] = p
+	}
+	podAt := func(i uint64) string {
+		if i >= uint64(len(pods)) {
+			if sr.err == nil {
+				sr.err = fmt.Errorf("pod index %d out of range", i)
+			}
+			return ""
+		}
+		return pods[i].ID
+	}
+	s.Shards = make([]string, s.ShardCount)
+	for i := range s.Shards {
+		if h := sr.uvarint(); h > 0 {
+			s.Shards[i] = podAt(h - 1)
+		}
+	}
+	n := sr.uvarint()
+	if n > 1<<32 {
+		return nil, fmt.Errorf("read snapshot: %d guilds is not plausible", n)
+	}
+	s.Guilds = make(map[uint64]*Guild, n)
+	sorted := make([]uint64, 0, n)
+	all := make([]Guild, n) // one allocation for every guild
+	var prev uint64
+	for i := uint64(0); i < n && sr.err == nil; i++ {
+		g := &all[i]
+		g.ID = prev + sr.uvarint()
+		prev = g.ID
+		g.Owner = podAt(sr.uvarint())
+		st := sr.byte1()
+		if int(st) >= len(guildStates) {
+			return nil, fmt.Errorf("read snapshot: bad guild state %d", st)
+		}
+		g.State = guildStates[st]
+		g.Epoch = sr.uvarint()
+		g.Revision = sr.uvarint()
+		if sr.byte1() == 1 {
+			g.Migration = &Migration{From: podAt(sr.uvarint()), To: podAt(sr.uvarint()), Epoch: sr.uvarint(), Phase: sr.str(), StartedAt: sr.varint()}
+			s.migrating++
+		}
+		s.Guilds[g.ID] = g
+		s.owned[g.Owner]++
+		sorted = append(sorted, g.ID)
+	}
+	if sr.err != nil {
+		return nil, fmt.Errorf("read snapshot: %w", sr.err)
+	}
+	want := sr.crc
+	var trailer [4]byte
+	if _, err := io.ReadFull(sr.r, trailer[:]); err != nil {
+		return nil, fmt.Errorf("read snapshot trailer: %w", err)
+	}
+	if got := binary.LittleEndian.Uint32(trailer[:]); got != want {
+		return nil, fmt.Errorf("read snapshot: checksum mismatch (stored %08x, computed %08x)", got, want)
+	}
+	s.sorted = sorted
+	return s, nil
+}

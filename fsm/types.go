@@ -1,0 +1,89 @@
+package fsm
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// PodState is the lifecycle state of a gateway pod.
+type PodState string
+
+const (
+	PodActive   PodState = "active"   // heartbeating; holds shards and receives new guilds
+	PodDown     PodState = "down"     // missed heartbeats; its shards were handed to live pods
+	PodDraining PodState = "draining" // operator asked to empty it; holds no shards, gets no new guilds
+)
+
+// GuildState says whether a guild is served normally or being moved.
+type GuildState string
+
+const (
+	GuildActive    GuildState = "active"
+	GuildMigrating GuildState = "migrating"
+)
+
+// Pod is one gateway pod as the control plane knows it.
+type Pod struct {
+	ID      string   `json:"id"`
+	Ordinal int      `json:"ordinal"`
+	Addr    string   `json:"addr"`
+	State   PodState `json:"state"`
+	// Since is when the pod entered State (leader clock, unix milliseconds).
+	Since int64 `json:"since"`
+}
+
+// Migration is an in-flight move of one guild.
+type Migration struct {
+	From      string `json:"from"`
+	To        string `json:"to"`
+	Epoch     uint64 `json:"epoch"`
+	Phase     string `json:"phase"`
+	StartedAt int64  `json:"started_at"`
+}
+
+// Guild is one guild's placement.
+type Guild struct {
+	ID    uint64     `json:"id,string"`
+	Owner string     `json:"owner"`
+	State GuildState `json:"state"`
+	// Epoch fences writes: only the owner at the current epoch may write.
+	Epoch     uint64     `json:"epoch"`
+	Migration *Migration `json:"migration,omitempty"`
+	// Revision is the revision that last changed this guild.
+	Revision uint64 `json:"revision"`
+}
+
+// ShardAssignment says which pod keeps the Discord session of one shard.
+type ShardAssignment struct {
+	Shard  int    `json:"shard"`
+	Holder string `json:"holder"` // "" when no active pod exists
+}
+
+// ShardOf returns the gateway shard that carries a guild's events.
+func ShardOf(guildID uint64, shardCount int) int {
+	if shardCount <= 0 {
+		return 0
+	}
+	return int((guildID >> 22) % uint64(shardCount))
+}
+
+// OrdinalFromID extracts the StatefulSet ordinal from a pod id such as
+// "gateway-1". It returns -1 when the id has no numeric suffix.
+func OrdinalFromID(id string) int {
+	i := strings.LastIndexByte(id, '-')
+	n, err := strconv.Atoi(id[i+1:])
+	if err != nil || n < 0 {
+		return -1
+	}
+	return n
+}
+
+// ParseGuildID parses a Discord snowflake given as a decimal string.
+func ParseGuildID(s string) (uint64, error) {
+	id, err := strconv.ParseUint(strings.TrimSpace(s), 10, 64)
+	if err != nil || id == 0 {
+		return 0, fmt.Errorf("guild id %q is not a snowflake (a positive decimal integer)", s)
+	}
+	return id, nil
+}
