@@ -123,6 +123,15 @@ func (s *State) Validate(c Command) error {
 		if c.Type == CmdSetMovePhase && c.Phase == "" {
 			return reject(ErrInvalid, "phase is required")
 		}
+	case CmdSetConfigNode:
+		n := c.ConfigNode
+		if n == nil || n.ID == "" || n.RaftAddr == "" || n.HTTPAddr == "" {
+			return reject(ErrInvalid, "config node needs id, raft_addr and http_addr")
+		}
+	case CmdRemoveConfigNode:
+		if _, ok := s.ConfigNodes[c.PodID]; !ok {
+			return reject(ErrNotFound, "unknown config node %q", c.PodID)
+		}
 	default:
 		return reject(ErrInvalid, "unknown command type %q", c.Type)
 	}
@@ -145,6 +154,16 @@ func (s *State) Apply(index uint64, c Command) ([]Event, error) {
 			a.emit(Event{Type: EventInit, ShardCount: c.ShardCount})
 			a.rebalanceShards()
 		}
+	case CmdSetConfigNode:
+		if s.ConfigNodes[c.ConfigNode.ID] != *c.ConfigNode {
+			s.ConfigNodes[c.ConfigNode.ID] = *c.ConfigNode
+			n := *c.ConfigNode
+			a.emit(Event{Type: EventConfigNode, ConfigNode: &n})
+		}
+	case CmdRemoveConfigNode:
+		n := s.ConfigNodes[c.PodID]
+		delete(s.ConfigNodes, c.PodID)
+		a.emit(Event{Type: EventConfigNodeRemove, ConfigNode: &n})
 	case CmdRegisterPod:
 		a.registerPod(*c.Pod)
 	case CmdMarkPodDown:

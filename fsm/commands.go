@@ -13,18 +13,20 @@ const CommandVersion = 1
 type CommandType string
 
 const (
-	CmdInit         CommandType = "init"           // ShardCount
-	CmdRegisterPod  CommandType = "register_pod"   // Pod
-	CmdMarkPodDown  CommandType = "mark_pod_down"  // PodID
-	CmdDrainPod     CommandType = "drain_pod"      // PodID
-	CmdRemovePod    CommandType = "remove_pod"     // PodID
-	CmdPlaceGuilds  CommandType = "place_guilds"   // GuildIDs
-	CmdStartMove    CommandType = "start_move"     // Guild, To
-	CmdSetMovePhase CommandType = "set_move_phase" // Guild, Epoch, Phase
-	CmdCompleteMove CommandType = "complete_move"  // Guild, Epoch
-	CmdAbortMove    CommandType = "abort_move"     // Guild, Epoch, Reason
-	CmdRemoveGuilds CommandType = "remove_guilds"  // GuildIDs (the bot left them)
-	maxGuildsPerCmd             = 100_000
+	CmdInit             CommandType = "init"               // ShardCount
+	CmdRegisterPod      CommandType = "register_pod"       // Pod
+	CmdMarkPodDown      CommandType = "mark_pod_down"      // PodID
+	CmdDrainPod         CommandType = "drain_pod"          // PodID
+	CmdRemovePod        CommandType = "remove_pod"         // PodID
+	CmdPlaceGuilds      CommandType = "place_guilds"       // GuildIDs
+	CmdStartMove        CommandType = "start_move"         // Guild, To
+	CmdSetMovePhase     CommandType = "set_move_phase"     // Guild, Epoch, Phase
+	CmdCompleteMove     CommandType = "complete_move"      // Guild, Epoch
+	CmdAbortMove        CommandType = "abort_move"         // Guild, Epoch, Reason
+	CmdRemoveGuilds     CommandType = "remove_guilds"      // GuildIDs (the bot left them)
+	CmdSetConfigNode    CommandType = "set_config_node"    // ConfigNode: a config node's addresses
+	CmdRemoveConfigNode CommandType = "remove_config_node" // PodID names the config node
+	maxGuildsPerCmd                 = 100_000
 )
 
 // Command is one entry of the Raft log. Only the fields its Type names are
@@ -43,6 +45,7 @@ type Command struct {
 	Epoch      uint64      `json:"epoch,omitempty"`
 	Phase      string      `json:"phase,omitempty"`
 	Reason     string      `json:"reason,omitempty"`
+	ConfigNode *ConfigNode `json:"config_node,omitempty"`
 }
 
 // PodSpec is what a pod says about itself when it registers.

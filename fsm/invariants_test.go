@@ -106,7 +106,14 @@ func randomCommand(r *rand.Rand, s *State, guildPool []uint64) Command {
 	}
 	guild := func() uint64 { return guildPool[r.IntN(len(guildPool))] }
 	c := Command{Version: CommandVersion, At: int64(r.IntN(1 << 30))}
-	switch r.IntN(11) {
+	switch r.IntN(12) {
+	case 11:
+		n := fmt.Sprintf("config-%d", r.IntN(3))
+		if r.IntN(3) == 0 {
+			c.Type, c.PodID = CmdRemoveConfigNode, n
+		} else {
+			c.Type, c.ConfigNode = CmdSetConfigNode, &ConfigNode{ID: n, RaftAddr: fmt.Sprintf("127.0.0.1:%d", 7000+r.IntN(4)), HTTPAddr: "127.0.0.1:8000"}
+		}
 	case 0:
 		n := r.IntN(8)
 		c.Type, c.Pod = CmdRegisterPod, &PodSpec{ID: fmt.Sprintf("gateway-%d", n), Ordinal: n, Addr: fmt.Sprintf("127.0.0.1:%d", 9000+r.IntN(3))}
@@ -162,6 +169,9 @@ func assertSameState(t *testing.T, want, got *State) {
 	}
 	if !reflect.DeepEqual(want.Shards, got.Shards) && !(len(want.Shards) == 0 && len(got.Shards) == 0) {
 		t.Fatalf("shards differ:\nwant %v\ngot  %v", want.Shards, got.Shards)
+	}
+	if !reflect.DeepEqual(want.ConfigNodes, got.ConfigNodes) {
+		t.Fatalf("config nodes differ: want %v got %v", want.ConfigNodes, got.ConfigNodes)
 	}
 	if len(want.Guilds) != len(got.Guilds) {
 		t.Fatalf("guild count: want %d got %d", len(want.Guilds), len(got.Guilds))

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"slices"
 )
 
 // Snapshot encoding (version 1), designed for a million guilds: a header, the
@@ -18,6 +19,7 @@ import (
 //	magic "MODBOTFSM" | version=1 | revision | shard_count
 //	pods: count, then per pod: id, ordinal, addr, state, since(zigzag)
 //	shards: shard_count holder indexes (pod index + 1, 0 = none)
+//	config nodes: count, then per node in id order: id, raft_addr, http_addr
 //	guilds: count, then per guild in id order: id delta, owner index,
 //	        state byte, epoch, revision delta-free, has-migration byte
 //	        [from index, to index, epoch, phase, started_at(zigzag)]
@@ -93,6 +95,18 @@ func (s *State) WriteSnapshot(w io.Writer) error {
 		} else {
 			sw.uvarint(index[h] + 1)
 		}
+	}
+	cn := make([]string, 0, len(s.ConfigNodes))
+	for id := range s.ConfigNodes {
+		cn = append(cn, id)
+	}
+	slices.Sort(cn)
+	sw.uvarint(uint64(len(cn)))
+	for _, id := range cn {
+		n := s.ConfigNodes[id]
+		sw.str(n.ID)
+		sw.str(n.RaftAddr)
+		sw.str(n.HTTPAddr)
 	}
 	ids := s.SortedGuildIDs()
 	sw.uvarint(uint64(len(ids)))
@@ -241,6 +255,14 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 		if h := sr.uvarint(); h > 0 {
 			s.Shards[i] = podAt(h - 1)
 		}
+	}
+	ncn := sr.uvarint()
+	if ncn > 1<<16 {
+		return nil, fmt.Errorf("read snapshot: %d config nodes is not plausible", ncn)
+	}
+	for i := uint64(0); i < ncn && sr.err == nil; i++ {
+		n := ConfigNode{ID: sr.str(), RaftAddr: sr.str(), HTTPAddr: sr.str()}
+		s.ConfigNodes[n.ID] = n
 	}
 	n := sr.uvarint()
 	if n > 1<<32 {

@@ -3,18 +3,21 @@ package fsm
 import (
 	"slices"
 	"sort"
+	"sync"
 )
 
 // EventType names one kind of change in the change stream.
 type EventType string
 
 const (
-	EventInit      EventType = "init"       // shard count set
-	EventPod       EventType = "pod"        // a pod registered or changed state; Pod is its new value
-	EventPodRemove EventType = "pod_remove" // a pod was removed; Pod is its last value
-	EventShard     EventType = "shard"      // a shard changed holder
-	EventGuild     EventType = "guild"      // a guild was placed, started/finished/aborted a move or changed phase
-	EventGuildGone EventType = "guild_remove"
+	EventInit             EventType = "init"       // shard count set
+	EventPod              EventType = "pod"        // a pod registered or changed state; Pod is its new value
+	EventPodRemove        EventType = "pod_remove" // a pod was removed; Pod is its last value
+	EventShard            EventType = "shard"      // a shard changed holder
+	EventGuild            EventType = "guild"      // a guild was placed, started/finished/aborted a move or changed phase
+	EventGuildGone        EventType = "guild_remove"
+	EventConfigNode       EventType = "config_node"
+	EventConfigNodeRemove EventType = "config_node_remove"
 )
 
 // Event is one change, as the watch stream carries it. Every event carries the
@@ -29,26 +32,29 @@ type Event struct {
 	Shard      *ShardAssignment `json:"shard,omitempty"`
 	Guild      *Guild           `json:"guild,omitempty"`
 	Reason     string           `json:"reason,omitempty"`
+	ConfigNode *ConfigNode      `json:"config_node,omitempty"`
 }
 
 // State is the whole replicated map. It is not safe for concurrent use: the
 // Raft adapter serialises Apply and guards reads.
 type State struct {
-	Revision   uint64
-	ShardCount int
-	Pods       map[string]*Pod
-	Shards     []string // index = shard id, value = holder pod id or ""
-	Guilds     map[uint64]*Guild
+	Revision    uint64
+	ShardCount  int
+	Pods        map[string]*Pod
+	Shards      []string // index = shard id, value = holder pod id or ""
+	Guilds      map[uint64]*Guild
+	ConfigNodes map[string]ConfigNode
 
 	// Derived, rebuilt on Restore.
 	owned     map[string]int // pod id → guilds owned
 	migrating int
-	sorted    []uint64 // guild ids in order; nil when stale
+	sortMu    sync.Mutex // guards sorted, so readers sharing a read lock may build it
+	sorted    []uint64   // guild ids in order; nil when stale
 }
 
 // New returns an empty state.
 func New() *State {
-	return &State{Pods: map[string]*Pod{}, Guilds: map[uint64]*Guild{}, owned: map[string]int{}}
+	return &State{Pods: map[string]*Pod{}, Guilds: map[uint64]*Guild{}, ConfigNodes: map[string]ConfigNode{}, owned: map[string]int{}}
 }
 
 // GuildCount returns how many guilds a pod owns.
@@ -60,6 +66,8 @@ func (s *State) Migrating() int { return s.migrating }
 // SortedGuildIDs returns every guild id in ascending order. The slice is
 // shared; callers must not modify it.
 func (s *State) SortedGuildIDs() []uint64 {
+	s.sortMu.Lock()
+	defer s.sortMu.Unlock()
 	if s.sorted == nil {
 		ids := make([]uint64, 0, len(s.Guilds))
 		for id := range s.Guilds {

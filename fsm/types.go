@@ -54,6 +54,15 @@ type Guild struct {
 	Revision uint64 `json:"revision"`
 }
 
+// ConfigNode is one member of the control plane, with the addresses peers and
+// clients use to reach it. Keeping it in the FSM lets any node forward a write
+// to the leader's HTTP address and lets watchers discover every config node.
+type ConfigNode struct {
+	ID       string `json:"id"`
+	RaftAddr string `json:"raft_addr"`
+	HTTPAddr string `json:"http_addr"`
+}
+
 // ShardAssignment says which pod keeps the Discord session of one shard.
 type ShardAssignment struct {
 	Shard  int    `json:"shard"`

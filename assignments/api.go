@@ -1,0 +1,145 @@
+// Package assignments is the client side of the guild → pod map: the JSON
+// shapes of the config node API, an HTTP client that fails over across config
+// nodes, and (in watcher.go) the watching client that keeps the map in memory.
+package assignments
+
+import (
+	"fmt"
+
+	"github.com/modbot/modbot/fsm"
+)
+
+// Status is GET /v1/status: one config node's view of the cluster.
+type Status struct {
+	ID           string       `json:"id"`
+	State        string       `json:"state"` // Leader, Follower, Candidate, Shutdown
+	Leader       string       `json:"leader"`
+	LeaderAddr   string       `json:"leader_addr"`
+	Term         uint64       `json:"term"`
+	AppliedIndex uint64       `json:"applied_index"`
+	CommitIndex  uint64       `json:"commit_index"`
+	Revision     uint64       `json:"revision"`
+	ShardCount   int          `json:"shard_count"`
+	Guilds       int          `json:"guilds"`
+	Migrating    int          `json:"migrating"`
+	Servers      []Server     `json:"servers"`
+	Pods         []PodSummary `json:"pods"`
+}
+
+// Server is one Raft member.
+type Server struct {
+	ID       string `json:"id"`
+	RaftAddr string `json:"raft_addr"`
+	HTTPAddr string `json:"http_addr,omitempty"`
+	Suffrage string `json:"suffrage"`
+	Leader   bool   `json:"leader"`
+}
+
+// PodSummary is a pod with its load.
+type PodSummary struct {
+	fsm.Pod
+	Guilds int   `json:"guilds"`
+	Shards []int `json:"shards"`
+	// LastHeartbeatMs is how long ago the leader heard from the pod (-1 when
+	// unknown, e.g. on a follower).
+	LastHeartbeatMs int64 `json:"last_heartbeat_ms"`
+}
+
+// PodList is GET /v1/pods.
+type PodList struct {
+	Revision uint64       `json:"revision"`
+	Pods     []PodSummary `json:"pods"`
+}
+
+// GuildList is one page of GET /v1/guilds.
+type GuildList struct {
+	Revision uint64      `json:"revision"`
+	Guilds   []fsm.Guild `json:"guilds"`
+	// Next is the cursor for the following page ("" on the last page).
+	Next string `json:"next,omitempty"`
+}
+
+// ShardList is GET /v1/shards.
+type ShardList struct {
+	Revision   uint64                `json:"revision"`
+	ShardCount int                   `json:"shard_count"`
+	Shards     []fsm.ShardAssignment `json:"shards"`
+}
+
+// Snapshot is GET /v1/snapshot: the whole map at one revision, the "list" of
+// list+watch.
+type Snapshot struct {
+	Revision    uint64                `json:"revision"`
+	ShardCount  int                   `json:"shard_count"`
+	Pods        []fsm.Pod             `json:"pods"`
+	Shards      []fsm.ShardAssignment `json:"shards"`
+	Guilds      []fsm.Guild           `json:"guilds"`
+	ConfigNodes []fsm.ConfigNode      `json:"config_nodes"`
+}
+
+// PlaceRequest is POST /v1/guilds.
+type PlaceRequest struct {
+	GuildIDs []string `json:"guild_ids"`
+}
+
+// PlaceResponse lists where each requested guild is now.
+type PlaceResponse struct {
+	Revision uint64      `json:"revision"`
+	Guilds   []fsm.Guild `json:"guilds"`
+}
+
+// RegisterPodRequest is POST /v1/pods.
+type RegisterPodRequest struct {
+	ID      string `json:"id"`
+	Addr    string `json:"addr"`
+	Ordinal *int   `json:"ordinal,omitempty"` // default: the id's numeric suffix
+}
+
+// JoinRequest is POST /v1/cluster/join.
+type JoinRequest struct {
+	ID       string `json:"id"`
+	RaftAddr string `json:"raft_addr"`
+	HTTPAddr string `json:"http_addr,omitempty"`
+}
+
+// TransferRequest is POST /v1/cluster/transfer-leadership.
+type TransferRequest struct {
+	To string `json:"to,omitempty"`
+}
+
+// WriteResult is the answer to a write that went through Raft.
+type WriteResult struct {
+	Revision uint64 `json:"revision"`
+	Index    uint64 `json:"index"`
+	Message  string `json:"message,omitempty"`
+}
+
+// ErrorBody is every non-2xx answer.
+type ErrorBody struct {
+	Error string `json:"error"`
+	// Leader is set on 503s caused by leadership, when a leader is known.
+	Leader string `json:"leader,omitempty"`
+	// OldestRevision is set on 410 Gone from /v1/watch.
+	OldestRevision uint64 `json:"oldest_revision,omitempty"`
+}
+
+// APIError is a non-2xx answer from a config node.
+type APIError struct {
+	Status int
+	Body   ErrorBody
+	URL    string
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("%s: %d %s", e.URL, e.Status, e.Body.Error)
+}
+
+// GuildView is GET /v1/guilds/{id}: the guild with its shard and the shard's
+// holder.
+type GuildView struct {
+	fsm.Guild
+	Shard       int    `json:"shard"`
+	ShardHolder string `json:"shard_holder"`
+	OwnerAddr   string `json:"owner_addr"`
+	MapRevision uint64 `json:"map_revision"`
+}

@@ -1,0 +1,231 @@
+package assignments
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// Client talks to the config nodes' admin API. It sends each request to the
+// node that answered last and fails over to the others when a node cannot be
+// reached; API errors (4xx, 5xx with a body) are returned as *APIError without
+// failover, because another node would answer the same.
+type Client struct {
+	urls  []string
+	token string
+	http  *http.Client
+	last  atomic.Int32
+}
+
+// NewClient returns a client for the given base URLs ("http://host:port").
+func NewClient(urls []string, token string) (*Client, error) {
+	var clean []string
+	for _, u := range urls {
+		u = strings.TrimRight(strings.TrimSpace(u), "/")
+		if u == "" {
+			continue
+		}
+		if !strings.Contains(u, "://") {
+			u = "http://" + u
+		}
+		if _, err := url.Parse(u); err != nil {
+			return nil, fmt.Errorf("config url %q: %w", u, err)
+		}
+		clean = append(clean, u)
+	}
+	if len(clean) == 0 {
+		return nil, errors.New("no config node URL given (--config or MODBOT_CONFIG)")
+	}
+	tr := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: 16,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	return &Client{urls: clean, token: token, http: &http.Client{Transport: tr}}, nil
+}
+
+// URLs returns the configured base URLs.
+func (c *Client) URLs() []string { return append([]string(nil), c.urls...) }
+
+// HTTP returns the underlying client (for streaming requests).
+func (c *Client) HTTP() *http.Client { return c.http }
+
+// Token returns the bearer token.
+func (c *Client) Token() string { return c.token }
+
+// Do sends a request and decodes a JSON answer into out (unless nil).
+func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
+	var body []byte
+	if in != nil {
+		var err error
+		if body, err = json.Marshal(in); err != nil {
+			return fmt.Errorf("encode %s %s: %w", method, path, err)
+		}
+	}
+	var lastErr error
+	start := int(c.last.Load())
+	for i := range c.urls {
+		idx := (start + i) % len(c.urls)
+		err := c.doOne(ctx, c.urls[idx], method, path, body, out)
+		var apiErr *APIError
+		if err == nil || errors.As(err, &apiErr) || ctx.Err() != nil {
+			if err == nil {
+				c.last.Store(int32(idx))
+			}
+			return err
+		}
+		lastErr = err
+	}
+	return fmt.Errorf("no config node answered %s %s: %w", method, path, lastErr)
+}
+
+func (c *Client) doOne(ctx context.Context, base, method, path string, body []byte, out any) error {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
+	if err != nil {
+		return fmt.Errorf("build request: %w", err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return DecodeError(resp)
+	}
+	if out == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decode answer of %s %s: %w", method, base+path, err)
+	}
+	return nil
+}
+
+// DecodeError turns a non-2xx response into an *APIError.
+func DecodeError(resp *http.Response) error {
+	e := &APIError{Status: resp.StatusCode, URL: resp.Request.URL.String()}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if json.Unmarshal(b, &e.Body) != nil || e.Body.Error == "" {
+		e.Body.Error = strings.TrimSpace(string(b))
+		if e.Body.Error == "" {
+			e.Body.Error = http.StatusText(resp.StatusCode)
+		}
+	}
+	return e
+}
+
+// IsStatus reports whether err is an APIError with the given status.
+func IsStatus(err error, status int) bool {
+	var e *APIError
+	return errors.As(err, &e) && e.Status == status
+}
+
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var s Status
+	return s, c.Do(ctx, http.MethodGet, "/v1/status", nil, &s)
+}
+
+func (c *Client) Servers(ctx context.Context) ([]Server, error) {
+	var s []Server
+	return s, c.Do(ctx, http.MethodGet, "/v1/cluster/servers", nil, &s)
+}
+
+func (c *Client) Join(ctx context.Context, r JoinRequest) (WriteResult, error) {
+	var w WriteResult
+	return w, c.Do(ctx, http.MethodPost, "/v1/cluster/join", r, &w)
+}
+
+func (c *Client) RemoveServer(ctx context.Context, id string) (WriteResult, error) {
+	var w WriteResult
+	return w, c.Do(ctx, http.MethodDelete, "/v1/cluster/servers/"+url.PathEscape(id), nil, &w)
+}
+
+func (c *Client) TransferLeadership(ctx context.Context, to string) (WriteResult, error) {
+	var w WriteResult
+	return w, c.Do(ctx, http.MethodPost, "/v1/cluster/transfer-leadership", TransferRequest{To: to}, &w)
+}
+
+func (c *Client) Pods(ctx context.Context) (PodList, error) {
+	var p PodList
+	return p, c.Do(ctx, http.MethodGet, "/v1/pods", nil, &p)
+}
+
+func (c *Client) RegisterPod(ctx context.Context, r RegisterPodRequest) (WriteResult, error) {
+	var w WriteResult
+	return w, c.Do(ctx, http.MethodPost, "/v1/pods", r, &w)
+}
+
+func (c *Client) Heartbeat(ctx context.Context, pod string) error {
+	return c.Do(ctx, http.MethodPost, "/v1/pods/"+url.PathEscape(pod)+"/heartbeat", nil, nil)
+}
+
+func (c *Client) Drain(ctx context.Context, pod string) (WriteResult, error) {
+	var w WriteResult
+	return w, c.Do(ctx, http.MethodPost, "/v1/pods/"+url.PathEscape(pod)+"/drain", nil, &w)
+}
+
+func (c *Client) Shards(ctx context.Context) (ShardList, error) {
+	var s ShardList
+	return s, c.Do(ctx, http.MethodGet, "/v1/shards", nil, &s)
+}
+
+// Guilds follows every page of GET /v1/guilds (optionally one pod's).
+func (c *Client) Guilds(ctx context.Context, pod string) (GuildList, error) {
+	var all GuildList
+	after := ""
+	for {
+		q := url.Values{}
+		q.Set("limit", "5000")
+		if pod != "" {
+			q.Set("pod", pod)
+		}
+		if after != "" {
+			q.Set("after", after)
+		}
+		var page GuildList
+		if err := c.Do(ctx, http.MethodGet, "/v1/guilds?"+q.Encode(), nil, &page); err != nil {
+			return all, err
+		}
+		all.Revision = page.Revision
+		all.Guilds = append(all.Guilds, page.Guilds...)
+		if page.Next == "" {
+			return all, nil
+		}
+		after = page.Next
+	}
+}
+
+func (c *Client) Guild(ctx context.Context, id string) (GuildView, error) {
+	var g GuildView
+	return g, c.Do(ctx, http.MethodGet, "/v1/guilds/"+url.PathEscape(id), nil, &g)
+}
+
+func (c *Client) PlaceGuilds(ctx context.Context, ids []string) (PlaceResponse, error) {
+	var p PlaceResponse
+	return p, c.Do(ctx, http.MethodPost, "/v1/guilds", PlaceRequest{GuildIDs: ids}, &p)
+}
+
+func (c *Client) Snapshot(ctx context.Context) (Snapshot, error) {
+	var s Snapshot
+	return s, c.Do(ctx, http.MethodGet, "/v1/snapshot", nil, &s)
+}

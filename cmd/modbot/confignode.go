@@ -1,0 +1,49 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+
+	"github.com/modbot/modbot/confignode"
+	"github.com/modbot/modbot/internal/cli"
+)
+
+func runConfigNode(args []string) error {
+	fs := flag.NewFlagSet("config-node", flag.ContinueOnError)
+	cli.Usage(fs, "modbot config-node --id config-0 --data-dir DIR --raft-addr HOST:PORT --http-addr HOST:PORT [--bootstrap [--shards N]] [--join URL,…] [--token T]")
+	var c confignode.Config
+	var join string
+	fs.StringVar(&c.ID, "id", "", "node id, stable across restarts (e.g. the StatefulSet hostname config-0)")
+	fs.StringVar(&c.DataDir, "data-dir", "", "directory for the Raft log and snapshots")
+	fs.StringVar(&c.RaftAddr, "raft-addr", "", "Raft bind and advertise address host:port")
+	fs.StringVar(&c.HTTPAddr, "http-addr", "127.0.0.1:8000", "API address host:port")
+	fs.BoolVar(&c.Bootstrap, "bootstrap", false, "form a new cluster with this node as its first voter (ignored when data exists)")
+	fs.IntVar(&c.Shards, "shards", 4, "Discord shard count, set when bootstrapping")
+	fs.StringVar(&join, "join", "", "comma-separated config node URLs to join through (retried until one accepts)")
+	fs.StringVar(&c.Token, "token", "", "API bearer token")
+	fs.BoolVar(&c.NoAuth, "insecure-no-auth", false, "serve the API without authentication (never in production)")
+	fs.StringVar(new(string), "pg-url", "", "PostgreSQL URL for the reporting mirror (not used by the config node yet)")
+	fs.DurationVar(&c.PodTimeout, "pod-timeout", 0, "mark a pod down after this long without a heartbeat (default 10s)")
+	fs.DurationVar(&c.WriteTimeout, "write-timeout", 0, "how long a write waits for a quorum before 503 (default 5s)")
+	fs.IntVar(&c.WatchHistory, "watch-history", 0, "change events kept for watch resumption (default 100000)")
+	fs.Uint64Var(&c.SnapshotThreshold, "snapshot-threshold", 0, "Raft log entries between snapshots (default 8192)")
+	fs.Uint64Var(&c.TrailingLogs, "trailing-logs", 0, "Raft log entries kept after a snapshot (default 10240)")
+	fs.DurationVar(&c.SnapshotInterval, "snapshot-interval", 0, "how often to check whether to snapshot (default 30s)")
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %v", fs.Args())
+	}
+	c.Join = cli.SplitList(join)
+	c.Logger = cli.Logger("config-node")
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	n, err := confignode.Start(c)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	c.Logger.Info("signal received; stopping (a leader hands leadership over first)")
+	return n.Close()
+}

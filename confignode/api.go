@@ -1,0 +1,446 @@
+package confignode
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gorilla/mux"
+	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/modbot/modbot/assignments"
+	"github.com/modbot/modbot/fsm"
+)
+
+func (n *Node) routes() http.Handler {
+	r := mux.NewRouter()
+	notFound := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, http.StatusNotFound, "no route %s %s (see docs/operations.md for the API)", r.Method, r.URL.Path)
+	})
+	notAllowed := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, http.StatusMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path)
+	})
+	r.NotFoundHandler, r.MethodNotAllowedHandler = notFound, notAllowed
+	r.Use(n.metrics.instrument)
+
+	r.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) }).Methods("GET")
+	r.HandleFunc("/readyz", n.handleReady).Methods("GET")
+	r.Handle("/metrics", promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{})).Methods("GET")
+
+	// Every /v1 route requires the token. (Registered on the root router:
+	// gorilla/mux subrouters answer 404 instead of 405 for a wrong method.)
+	v1 := func(path string, h http.HandlerFunc, method string) {
+		r.Handle("/v1"+path, n.requireToken(h)).Methods(method)
+	}
+	v1("/status", n.handleStatus, "GET")
+	v1("/cluster/servers", n.handleServers, "GET")
+	v1("/cluster/join", n.leaderOnly(n.handleJoin), "POST")
+	v1("/cluster/servers/{id}", n.leaderOnly(n.handleRemoveServer), "DELETE")
+	v1("/cluster/transfer-leadership", n.leaderOnly(n.handleTransfer), "POST")
+	v1("/pods", n.reads(n.handlePods), "GET")
+	v1("/pods", n.leaderOnly(n.handleRegisterPod), "POST")
+	v1("/pods/{id}/heartbeat", n.leaderOnly(n.handleHeartbeat), "POST")
+	v1("/pods/{id}/drain", n.leaderOnly(n.handleDrain), "POST")
+	v1("/shards", n.reads(n.handleShards), "GET")
+	v1("/guilds", n.reads(n.handleGuilds), "GET")
+	v1("/guilds", n.leaderOnly(n.handlePlace), "POST")
+	v1("/guilds/{id}", n.reads(n.handleGuild), "GET")
+	v1("/snapshot", n.reads(n.handleSnapshot), "GET")
+	v1("/watch", n.handleWatch, "GET")
+	return r
+}
+
+// reads serves a read locally, or linearizably with ?consistent=true: the
+// leader confirms it still leads and that its state machine has applied
+// everything committed before the read; followers forward such reads.
+func (n *Node) reads(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if c := r.URL.Query().Get("consistent"); c == "true" || c == "1" {
+			if n.raft.State() != raft.Leader {
+				n.forward(w, r)
+				return
+			}
+			if err := n.raft.VerifyLeader().Error(); err != nil {
+				n.fail(w, r, errNotLeaderf("consistent read: %v", err))
+				return
+			}
+			if err := n.raft.Barrier(n.cfg.WriteTimeout).Error(); err != nil {
+				n.fail(w, r, errNotLeaderf("consistent read: %v", err))
+				return
+			}
+		}
+		w.Header().Set(hdrRevision, strconv.FormatUint(n.store.Revision(), 10))
+		h(w, r)
+	}
+}
+
+// readyLag is how far behind the commit index a node may apply and still
+// call itself ready (a node replaying a long log is not).
+const readyLag = 100
+
+func (n *Node) handleReady(w http.ResponseWriter, r *http.Request) {
+	leader := n.leaderID()
+	switch {
+	case leader == "":
+		writeErr(w, http.StatusServiceUnavailable, "no leader known")
+	case n.raft.AppliedIndex()+readyLag < n.raft.CommitIndex():
+		writeErr(w, http.StatusServiceUnavailable, "catching up: applied %d of %d", n.raft.AppliedIndex(), n.raft.CommitIndex())
+	default:
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "leader": leader})
+	}
+}
+
+func (n *Node) servers() ([]assignments.Server, error) {
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, err
+	}
+	leader := n.leaderID()
+	var out []assignments.Server
+	n.store.View(func(st *fsm.State) {
+		for _, s := range f.Configuration().Servers {
+			out = append(out, assignments.Server{
+				ID: string(s.ID), RaftAddr: string(s.Address), HTTPAddr: st.ConfigNodes[string(s.ID)].HTTPAddr,
+				Suffrage: s.Suffrage.String(), Leader: string(s.ID) == leader,
+			})
+		}
+	})
+	return out, nil
+}
+
+func (n *Node) handleStatus(w http.ResponseWriter, r *http.Request) {
+	srv, err := n.servers()
+	if err != nil {
+		n.fail(w, r, err)
+		return
+	}
+	st := assignments.Status{
+		ID: n.cfg.ID, State: n.raft.State().String(), Leader: n.leaderID(), LeaderAddr: n.leaderHTTP(),
+		Term: n.raft.CurrentTerm(), AppliedIndex: n.raft.AppliedIndex(), CommitIndex: n.raft.CommitIndex(),
+		Servers: srv,
+	}
+	n.store.View(func(s *fsm.State) {
+		st.Revision, st.ShardCount, st.Guilds, st.Migrating = s.Revision, s.ShardCount, len(s.Guilds), s.Migrating()
+		st.Pods = n.podSummaries(s)
+	})
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (n *Node) podSummaries(s *fsm.State) []assignments.PodSummary {
+	out := []assignments.PodSummary{}
+	for _, p := range s.SortedPods() {
+		out = append(out, assignments.PodSummary{Pod: *p, Guilds: s.GuildCount(p.ID), Shards: s.ShardsHeldBy(p.ID), LastHeartbeatMs: n.live.lastHeardMs(p.ID)})
+	}
+	return out
+}
+
+func (n *Node) handleServers(w http.ResponseWriter, r *http.Request) {
+	srv, err := n.servers()
+	if err != nil {
+		n.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, srv)
+}
+
+func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
+	var req assignments.JoinRequest
+	if err := n.decodeBody(w, r, &req); err != nil {
+		n.fail(w, r, err)
+		return
+	}
+	if req.ID == "" || req.RaftAddr == "" {
+		n.fail(w, r, badRequest("join needs id and raft_addr"))
+		return
+	}
+	if _, _, err := net.SplitHostPort(req.RaftAddr); err != nil {
+		n.fail(w, r, badRequest("raft_addr %q is not host:port", req.RaftAddr))
+		return
+	}
+	res, err := n.join(r.Context(), req)
+	if err != nil {
+		n.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (n *Node) handleRemoveServer(w http.ResponseWriter, r *http.Request) {
+	id := mux.Vars(r)["id"]
+	res, err := n.removeServer(r.Context(), id)
+	if err != nil {
+		n.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (n *Node) handleTransfer(w http.ResponseWriter, r *http.Request) {
+	var req assignments.TransferRequest
+	if r.ContentLength != 0 {
+		if err := n.decodeBody(w, r, &req); err != nil {
+			n.fail(w, r, err)
+			return
+		}
+	}
+	res, err := n.transferLeadership(req.To)
+	if err != nil {
+		n.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (n *Node) handlePods(w http.ResponseWriter, r *http.Request) {
+	var out assignments.PodList
+	n.store.View(func(s *fsm.State) { out.Revision, out.Pods = s.Revision, n.podSummaries(s) })
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (n *Node) handleRegisterPod(w http.ResponseWriter, r *http.Request) {
+	var req assignments.RegisterPodRequest
+	if err := n.decodeBody(w, r, &req); err != nil {
+		n.fail(w, r, err)
+		return
+	}
+	ord := fsm.OrdinalFromID(req.ID)
+	if req.Ordinal != nil {
+		ord = *req.Ordinal
+	}
+	if ord < 0 {
+		n.fail(w, r, badRequest("pod id %q has no ordinal suffix (like gateway-1); send \"ordinal\"", req.ID))
+		return
+	}
+	res, err := n.propose(r.Context(), fsm.Command{Type: fsm.CmdRegisterPod, Pod: &fsm.PodSpec{ID: req.ID, Ordinal: ord, Addr: req.Addr}})
+	if err != nil {
+		n.fail(w, r, err)
+		return
+	}
+	n.live.heard(req.ID)
+	n.writeResult(w, res, "registered pod "+req.ID)
+}
+
+func (n *Node) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
+	id := mux.Vars(r)["id"]
+	var pod *fsm.Pod
+	n.store.View(func(s *fsm.State) {
+		if p, ok := s.Pods[id]; ok {
+			cp := *p
+			pod = &cp
+		}
+	})
+	if pod == nil {
+		writeErr(w, http.StatusNotFound, "unknown pod %q: register it first (POST /v1/pods)", id)
+		return
+	}
+	n.live.heard(id)
+	if pod.State == fsm.PodDown {
+		// A pod that was marked down and is back becomes active again.
+		if _, err := n.propose(r.Context(), fsm.Command{Type: fsm.CmdRegisterPod, Pod: &fsm.PodSpec{ID: pod.ID, Ordinal: pod.Ordinal, Addr: pod.Addr}}); err != nil {
+			n.fail(w, r, err)
+			return
+		}
+		pod.State = fsm.PodActive
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"pod": pod.ID, "state": pod.State})
+}
+
+func (n *Node) handleDrain(w http.ResponseWriter, r *http.Request) {
+	id := mux.Vars(r)["id"]
+	res, err := n.propose(r.Context(), fsm.Command{Type: fsm.CmdDrainPod, PodID: id})
+	if err != nil {
+		n.fail(w, r, err)
+		return
+	}
+	n.writeResult(w, res, "pod "+id+" is draining: it gets no new guilds and holds no shards")
+}
+
+func (n *Node) writeResult(w http.ResponseWriter, res proposeResult, msg string) {
+	writeJSON(w, http.StatusOK, assignments.WriteResult{Revision: n.store.Revision(), Index: res.Index, Message: msg})
+}
+
+func (n *Node) handleShards(w http.ResponseWriter, r *http.Request) {
+	var out assignments.ShardList
+	n.store.View(func(s *fsm.State) {
+		out.Revision, out.ShardCount = s.Revision, s.ShardCount
+		out.Shards = make([]fsm.ShardAssignment, len(s.Shards))
+		for i, h := range s.Shards {
+			out.Shards[i] = fsm.ShardAssignment{Shard: i, Holder: h}
+		}
+	})
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (n *Node) handleGuilds(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	limit := 1000
+	if v := q.Get("limit"); v != "" {
+		l, err := strconv.Atoi(v)
+		if err != nil || l < 1 || l > 10000 {
+			n.fail(w, r, badRequest("limit must be between 1 and 10000"))
+			return
+		}
+		limit = l
+	}
+	var after uint64
+	if v := q.Get("after"); v != "" {
+		a, err := fsm.ParseGuildID(v)
+		if err != nil {
+			n.fail(w, r, badRequest("after: %v", err))
+			return
+		}
+		after = a
+	}
+	pod := q.Get("pod")
+	out := assignments.GuildList{Guilds: []fsm.Guild{}}
+	var unknownPod bool
+	n.store.View(func(s *fsm.State) {
+		if pod != "" {
+			p, ok := s.ResolvePod(pod)
+			if !ok {
+				unknownPod = true
+				return
+			}
+			pod = p.ID
+		}
+		out.Revision = s.Revision
+		ids := s.SortedGuildIDs()
+		i := searchAfter(ids, after)
+		for ; i < len(ids); i++ {
+			g := s.Guilds[ids[i]]
+			if pod != "" && g.Owner != pod {
+				continue
+			}
+			if len(out.Guilds) == limit {
+				out.Next = strconv.FormatUint(out.Guilds[limit-1].ID, 10)
+				break
+			}
+			out.Guilds = append(out.Guilds, *g)
+		}
+	})
+	if unknownPod {
+		writeErr(w, http.StatusNotFound, "unknown pod %q", pod)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// searchAfter returns the index of the first id greater than after.
+func searchAfter(ids []uint64, after uint64) int {
+	lo, hi := 0, len(ids)
+	for lo < hi {
+		m := (lo + hi) / 2
+		if ids[m] <= after {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo
+}
+
+func (n *Node) handleGuild(w http.ResponseWriter, r *http.Request) {
+	id, err := fsm.ParseGuildID(mux.Vars(r)["id"])
+	if err != nil {
+		n.fail(w, r, badRequest("%v", err))
+		return
+	}
+	var out *assignments.GuildView
+	n.store.View(func(s *fsm.State) {
+		g, ok := s.Guilds[id]
+		if !ok {
+			return
+		}
+		v := assignments.GuildView{Guild: *g, Shard: fsm.ShardOf(id, s.ShardCount), ShardHolder: s.HolderOf(id), MapRevision: s.Revision}
+		if g.Migration != nil {
+			m := *g.Migration
+			v.Migration = &m
+		}
+		if p := s.Pods[g.Owner]; p != nil {
+			v.OwnerAddr = p.Addr
+		}
+		out = &v
+	})
+	if out == nil {
+		writeErr(w, http.StatusNotFound, "unknown guild %d: it was never placed (POST /v1/guilds places it)", id)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (n *Node) handlePlace(w http.ResponseWriter, r *http.Request) {
+	var req assignments.PlaceRequest
+	if err := n.decodeBody(w, r, &req); err != nil {
+		n.fail(w, r, err)
+		return
+	}
+	ids := make([]uint64, 0, len(req.GuildIDs))
+	for _, s := range req.GuildIDs {
+		id, err := fsm.ParseGuildID(s)
+		if err != nil {
+			n.fail(w, r, badRequest("%v", err))
+			return
+		}
+		ids = append(ids, id)
+	}
+	if len(ids) == 0 {
+		n.fail(w, r, badRequest("guild_ids is empty"))
+		return
+	}
+	if _, err := n.propose(r.Context(), fsm.Command{Type: fsm.CmdPlaceGuilds, GuildIDs: ids}); err != nil {
+		n.fail(w, r, err)
+		return
+	}
+	out := assignments.PlaceResponse{Guilds: make([]fsm.Guild, 0, len(ids))}
+	n.store.View(func(s *fsm.State) {
+		out.Revision = s.Revision
+		for _, id := range ids {
+			if g, ok := s.Guilds[id]; ok {
+				out.Guilds = append(out.Guilds, *g)
+			}
+		}
+	})
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (n *Node) handleSnapshot(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, n.snapshot())
+}
+
+// snapshot copies the whole map at one revision.
+func (n *Node) snapshot() assignments.Snapshot {
+	var out assignments.Snapshot
+	n.store.View(func(s *fsm.State) {
+		out.Revision, out.ShardCount = s.Revision, s.ShardCount
+		out.Pods = make([]fsm.Pod, 0, len(s.Pods))
+		for _, p := range s.SortedPods() {
+			out.Pods = append(out.Pods, *p)
+		}
+		out.Shards = make([]fsm.ShardAssignment, len(s.Shards))
+		for i, h := range s.Shards {
+			out.Shards[i] = fsm.ShardAssignment{Shard: i, Holder: h}
+		}
+		out.Guilds = make([]fsm.Guild, 0, len(s.Guilds))
+		for _, id := range s.SortedGuildIDs() {
+			g := *s.Guilds[id]
+			if g.Migration != nil {
+				m := *g.Migration
+				g.Migration = &m
+			}
+			out.Guilds = append(out.Guilds, g)
+		}
+		out.ConfigNodes = make([]fsm.ConfigNode, 0, len(s.ConfigNodes))
+		for _, c := range s.ConfigNodes {
+			out.ConfigNodes = append(out.ConfigNodes, c)
+		}
+	})
+	return out
+}
+
+// withTimeout bounds an operation that has no natural deadline.
+func withTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, d)
+}

@@ -1,0 +1,165 @@
+package confignode
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gorilla/mux"
+	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/modbot/modbot/fsm"
+)
+
+type metrics struct {
+	reg            *prometheus.Registry
+	httpLatency    *prometheus.HistogramVec
+	proposals      *prometheus.CounterVec
+	applyLatency   prometheus.Histogram
+	forwarded      prometheus.Counter
+	podsMarkedDown prometheus.Counter
+	watchers       prometheus.Gauge
+	watchSent      prometheus.Counter
+	raftState      *prometheus.GaugeVec
+	raftTerm       prometheus.Gauge
+	raftApplied    prometheus.Gauge
+	raftCommit     prometheus.Gauge
+	lastContact    prometheus.Gauge
+}
+
+func newMetrics(n *Node) *metrics {
+	reg := prometheus.NewRegistry()
+	m := &metrics{
+		reg: reg,
+		httpLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "modbot_http_request_duration_seconds", Help: "HTTP request latency by route, method and status.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}, []string{"component", "route", "method", "code"}),
+		proposals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "modbot_config_proposals_total", Help: "Writes proposed to Raft by command type and result (ok, rejected, failed).",
+		}, []string{"type", "result"}),
+		applyLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "modbot_config_commit_duration_seconds", Help: "Time from proposing a write to its application on the leader.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		forwarded:      prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_forwarded_requests_total", Help: "Requests forwarded to the leader."}),
+		podsMarkedDown: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_pods_marked_down_total", Help: "Pods marked down for missed heartbeats."}),
+		watchers:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_watch_subscribers", Help: "Open /v1/watch streams on this node."}),
+		watchSent:      prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_watch_events_sent_total", Help: "Change events written to watch streams."}),
+		raftState:      prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "modbot_raft_state", Help: "1 for the node's current Raft state."}, []string{"state"}),
+		raftTerm:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_raft_term", Help: "Current Raft term."}),
+		raftApplied:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_raft_applied_index", Help: "Last Raft index applied to the FSM."}),
+		raftCommit:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_raft_commit_index", Help: "Last committed Raft index."}),
+		lastContact:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_raft_last_contact_seconds", Help: "Seconds since this follower heard from the leader (0 on the leader)."}),
+	}
+	reg.MustRegister(m.httpLatency, m.proposals, m.applyLatency, m.forwarded, m.podsMarkedDown, m.watchers, m.watchSent,
+		m.raftState, m.raftTerm, m.raftApplied, m.raftCommit, m.lastContact,
+		&fsmCollector{n: n}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *metrics) observeApplied([]fsm.Event) {}
+
+// raftLoop samples Raft's state once a second.
+func (m *metrics) raftLoop(ctx context.Context, r func() *raft.Raft) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		rf := r()
+		st := rf.State()
+		for _, s := range []raft.RaftState{raft.Follower, raft.Candidate, raft.Leader, raft.Shutdown} {
+			v := 0.0
+			if s == st {
+				v = 1
+			}
+			m.raftState.WithLabelValues(s.String()).Set(v)
+		}
+		m.raftTerm.Set(float64(rf.CurrentTerm()))
+		m.raftApplied.Set(float64(rf.AppliedIndex()))
+		m.raftCommit.Set(float64(rf.CommitIndex()))
+		if st == raft.Leader {
+			m.lastContact.Set(0)
+		} else if lc := rf.LastContact(); !lc.IsZero() {
+			m.lastContact.Set(time.Since(lc).Seconds())
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// instrument records request latency by route template.
+func (m *metrics) instrument(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		route := "other"
+		if cr := mux.CurrentRoute(r); cr != nil {
+			if t, err := cr.GetPathTemplate(); err == nil {
+				route = t
+			}
+		}
+		if route == "/v1/watch" {
+			next.ServeHTTP(w, r) // streams: latency is meaningless
+			return
+		}
+		sw := &statusWriter{ResponseWriter: w, code: 200}
+		start := time.Now()
+		next.ServeHTTP(sw, r)
+		m.httpLatency.WithLabelValues("config", route, r.Method, strconv.Itoa(sw.code)).Observe(time.Since(start).Seconds())
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusWriter) WriteHeader(c int)           { s.code = c; s.ResponseWriter.WriteHeader(c) }
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// fsmCollector reads the map's gauges at scrape time.
+type fsmCollector struct{ n *Node }
+
+var (
+	descRevision  = prometheus.NewDesc("modbot_fsm_revision", "Revision of the last change applied on this node.", nil, nil)
+	descGuilds    = prometheus.NewDesc("modbot_fsm_guilds", "Guilds in the map.", nil, nil)
+	descMigrating = prometheus.NewDesc("modbot_fsm_guilds_migrating", "Guilds being moved.", nil, nil)
+	descPerPod    = prometheus.NewDesc("modbot_guilds_per_pod", "Guilds owned by each pod.", []string{"pod"}, nil)
+	descShardsPod = prometheus.NewDesc("modbot_shards_per_pod", "Shards held by each pod.", []string{"pod"}, nil)
+	descPods      = prometheus.NewDesc("modbot_pods", "Pods by state.", []string{"state"}, nil)
+	descHistory   = prometheus.NewDesc("modbot_watch_oldest_revision", "Oldest revision a watch can start from on this node.", nil, nil)
+)
+
+func (c *fsmCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descRevision, descGuilds, descMigrating, descPerPod, descShardsPod, descPods, descHistory} {
+		ch <- d
+	}
+}
+
+func (c *fsmCollector) Collect(ch chan<- prometheus.Metric) {
+	c.n.store.View(func(s *fsm.State) {
+		ch <- prometheus.MustNewConstMetric(descRevision, prometheus.GaugeValue, float64(s.Revision))
+		ch <- prometheus.MustNewConstMetric(descGuilds, prometheus.GaugeValue, float64(len(s.Guilds)))
+		ch <- prometheus.MustNewConstMetric(descMigrating, prometheus.GaugeValue, float64(s.Migrating()))
+		states := map[fsm.PodState]int{fsm.PodActive: 0, fsm.PodDown: 0, fsm.PodDraining: 0}
+		shards := map[string]int{}
+		for _, h := range s.Shards {
+			if h != "" {
+				shards[h]++
+			}
+		}
+		for id, p := range s.Pods {
+			states[p.State]++
+			ch <- prometheus.MustNewConstMetric(descPerPod, prometheus.GaugeValue, float64(s.GuildCount(id)), id)
+			ch <- prometheus.MustNewConstMetric(descShardsPod, prometheus.GaugeValue, float64(shards[id]), id)
+		}
+		for st, v := range states {
+			ch <- prometheus.MustNewConstMetric(descPods, prometheus.GaugeValue, float64(v), string(st))
+		}
+	})
+	ch <- prometheus.MustNewConstMetric(descHistory, prometheus.GaugeValue, float64(c.n.store.hist.oldest()))
+}

@@ -1,0 +1,413 @@
+package confignode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/modbot/modbot/assignments"
+	"github.com/modbot/modbot/fsm"
+)
+
+// Config configures one config node.
+type Config struct {
+	ID        string
+	DataDir   string
+	RaftAddr  string // host:port, bound and advertised
+	HTTPAddr  string // host:port of the API
+	Bootstrap bool
+	Shards    int      // shard count set at bootstrap
+	Join      []string // config node URLs to join through
+	Token     string
+	// NoAuth must be set explicitly to run without a token.
+	NoAuth bool
+
+	// PodTimeout: a pod not heard from for this long is marked down.
+	PodTimeout time.Duration
+	// WriteTimeout bounds how long a write waits for a quorum.
+	WriteTimeout time.Duration
+	// MaxBodyBytes limits request bodies.
+	MaxBodyBytes int64
+	// WatchHistory is how many change events are kept for watch resumption.
+	WatchHistory int
+	// WatchProgress is the idle interval between watch progress events.
+	WatchProgress time.Duration
+
+	// Raft tuning. Zero values take the defaults below, tuned for a LAN.
+	RaftHeartbeatTimeout time.Duration
+	RaftElectionTimeout  time.Duration
+	SnapshotThreshold    uint64
+	SnapshotInterval     time.Duration
+	TrailingLogs         uint64
+	// NoSync disables fsync of the Raft log (tests only).
+	NoSync bool
+
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.PodTimeout == 0 {
+		c.PodTimeout = 10 * time.Second
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = 5 * time.Second
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = 4 << 20
+	}
+	if c.WatchHistory == 0 {
+		c.WatchHistory = 100_000
+	}
+	if c.WatchProgress == 0 {
+		c.WatchProgress = 2 * time.Second
+	}
+	if c.RaftHeartbeatTimeout == 0 {
+		c.RaftHeartbeatTimeout = 500 * time.Millisecond
+	}
+	if c.RaftElectionTimeout == 0 {
+		c.RaftElectionTimeout = 500 * time.Millisecond
+	}
+	if c.SnapshotThreshold == 0 {
+		c.SnapshotThreshold = 8192
+	}
+	if c.SnapshotInterval == 0 {
+		c.SnapshotInterval = 30 * time.Second
+	}
+	if c.TrailingLogs == 0 {
+		c.TrailingLogs = 10240
+	}
+	if c.Shards == 0 {
+		c.Shards = 4
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.ID == "":
+		return errors.New("--id is required (e.g. config-0)")
+	case c.DataDir == "":
+		return errors.New("--data-dir is required")
+	case c.RaftAddr == "":
+		return errors.New("--raft-addr is required (e.g. 127.0.0.1:7000)")
+	case c.HTTPAddr == "":
+		return errors.New("--http-addr is required (e.g. 127.0.0.1:8000)")
+	case c.Token == "" && !c.NoAuth:
+		return errors.New("refusing to start without an API token: pass --token (or MODBOT_TOKEN), or --insecure-no-auth to run without authentication")
+	}
+	return nil
+}
+
+// Node is a running config node: Raft, the FSM and the HTTP API.
+type Node struct {
+	cfg     Config
+	log     *slog.Logger
+	raft    *raft.Raft
+	store   *Store
+	logs    *raftboltdb.BoltStore
+	trans   *raft.NetworkTransport
+	httpLn  net.Listener
+	httpSrv *http.Server
+	httpURL string
+	metrics *metrics
+	live    *liveness
+	peers   *http.Client
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	closeOnce sync.Once
+}
+
+// Start opens the node's data, starts Raft and serves the API. It returns
+// once the node listens; joining a cluster continues in the background.
+func Start(cfg Config) (*Node, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.ID)}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.peers = &http.Client{Timeout: cfg.WriteTimeout + 2*time.Second, Transport: &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: time.Second}).DialContext,
+		MaxIdleConnsPerHost: 32,
+	}}
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	n.store = newStore(cfg.WatchHistory)
+	n.metrics = newMetrics(n)
+	n.store.applied = n.metrics.observeApplied
+	n.live = newLiveness(n)
+
+	if err := n.startRaft(); err != nil {
+		n.closeRaft()
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		n.closeRaft()
+		return nil, fmt.Errorf("listen on %s for the API: %w", cfg.HTTPAddr, err)
+	}
+	n.httpLn = ln
+	n.httpURL = "http://" + ln.Addr().String()
+	n.httpSrv = &http.Server{
+		Handler:           n.routes(),
+		ReadHeaderTimeout: 5 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := n.httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error("api server stopped", "err", err)
+		}
+	}()
+	n.wg.Add(2)
+	go func() { defer n.wg.Done(); n.leaderLoop() }()
+	go func() { defer n.wg.Done(); n.metrics.raftLoop(n.ctx, func() *raft.Raft { return n.raft }) }()
+	if len(cfg.Join) > 0 {
+		n.wg.Add(1)
+		go func() { defer n.wg.Done(); n.joinLoop() }()
+	}
+	n.log.Info("config node started", "raft_addr", cfg.RaftAddr, "http", n.httpURL, "bootstrap", cfg.Bootstrap, "join", cfg.Join)
+	return n, nil
+}
+
+func (n *Node) startRaft() error {
+	cfg := n.cfg
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.ID)
+	rc.HeartbeatTimeout = cfg.RaftHeartbeatTimeout
+	rc.ElectionTimeout = cfg.RaftElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.RaftHeartbeatTimeout / 2
+	rc.CommitTimeout = 5 * time.Millisecond
+	rc.SnapshotThreshold = cfg.SnapshotThreshold
+	rc.SnapshotInterval = cfg.SnapshotInterval
+	rc.TrailingLogs = cfg.TrailingLogs
+	rc.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr})
+
+	var err error
+	n.logs, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db"), NoSync: cfg.NoSync})
+	if err != nil {
+		return fmt.Errorf("open raft log %s: %w", filepath.Join(cfg.DataDir, "raft.db"), err)
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, rc.Logger)
+	if err != nil {
+		return fmt.Errorf("open snapshot store: %w", err)
+	}
+	adv, err := net.ResolveTCPAddr("tcp", cfg.RaftAddr)
+	if err != nil {
+		return fmt.Errorf("resolve raft addr %s: %w", cfg.RaftAddr, err)
+	}
+	n.trans, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, adv, 5, 5*time.Second, rc.Logger)
+	if err != nil {
+		return fmt.Errorf("listen on %s for raft: %w", cfg.RaftAddr, err)
+	}
+	existing, err := raft.HasExistingState(n.logs, n.logs, snaps)
+	if err != nil {
+		return fmt.Errorf("inspect raft state: %w", err)
+	}
+	n.raft, err = raft.NewRaft(rc, n.store, n.logs, n.logs, snaps, n.trans)
+	if err != nil {
+		return fmt.Errorf("start raft: %w", err)
+	}
+	if cfg.Bootstrap && !existing {
+		f := n.raft.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{
+			ID: rc.LocalID, Address: n.trans.LocalAddr(), Suffrage: raft.Voter,
+		}}})
+		if err := f.Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			return fmt.Errorf("bootstrap cluster: %w", err)
+		}
+		n.log.Info("bootstrapped a new cluster", "shards", cfg.Shards)
+	}
+	return nil
+}
+
+// URL returns the API's base URL.
+func (n *Node) URL() string { return n.httpURL }
+
+// ID returns the node id.
+func (n *Node) ID() string { return n.cfg.ID }
+
+// Raft exposes the Raft instance (tests and benchmarks).
+func (n *Node) Raft() *raft.Raft { return n.raft }
+
+// Store exposes the replicated state.
+func (n *Node) Store() *Store { return n.store }
+
+// IsLeader reports whether this node is the Raft leader.
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// Registry returns the node's Prometheus registry.
+func (n *Node) Registry() *prometheus.Registry { return n.metrics.reg }
+
+// leaderLoop runs the leader-only duties while this node leads: recording the
+// cluster's shard count and this node's addresses, and pod liveness.
+func (n *Node) leaderLoop() {
+	var stopLeading context.CancelFunc
+	defer func() {
+		if stopLeading != nil {
+			stopLeading()
+		}
+	}()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case isLeader := <-n.raft.LeaderCh():
+			if stopLeading != nil {
+				stopLeading()
+				stopLeading = nil
+			}
+			if !isLeader {
+				n.log.Info("lost leadership")
+				continue
+			}
+			n.log.Info("became leader", "term", n.raft.CurrentTerm())
+			ctx, cancel := context.WithCancel(n.ctx)
+			stopLeading = cancel
+			go n.lead(ctx)
+		}
+	}
+}
+
+func (n *Node) lead(ctx context.Context) {
+	if err := n.raft.Barrier(n.cfg.WriteTimeout).Error(); err != nil {
+		n.log.Warn("leader barrier failed", "err", err)
+		return
+	}
+	var init bool
+	n.store.View(func(st *fsm.State) { init = st.ShardCount == 0 })
+	if init && n.cfg.Bootstrap {
+		if _, err := n.propose(ctx, fsm.Command{Type: fsm.CmdInit, ShardCount: n.cfg.Shards}); err != nil {
+			n.log.Error("set shard count", "err", err)
+		}
+	}
+	self := fsm.ConfigNode{ID: n.cfg.ID, RaftAddr: string(n.trans.LocalAddr()), HTTPAddr: n.httpLn.Addr().String()}
+	for ctx.Err() == nil {
+		_, err := n.propose(ctx, fsm.Command{Type: fsm.CmdSetConfigNode, ConfigNode: &self})
+		if err == nil {
+			break
+		}
+		n.log.Warn("record own address", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	n.live.run(ctx)
+}
+
+// joinLoop asks the given config nodes to add this node until one accepts.
+func (n *Node) joinLoop() {
+	req := assignments.JoinRequest{ID: n.cfg.ID, RaftAddr: string(n.trans.LocalAddr()), HTTPAddr: n.httpLn.Addr().String()}
+	client, err := assignments.NewClient(n.cfg.Join, n.cfg.Token)
+	if err != nil {
+		n.log.Error("join", "err", err)
+		return
+	}
+	backoff := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.WriteTimeout+time.Second)
+		_, err := client.Join(ctx, req)
+		cancel()
+		if err == nil {
+			n.log.Info("joined the cluster", "via", n.cfg.Join, "attempts", attempt)
+			return
+		}
+		if assignments.IsStatus(err, http.StatusConflict) || assignments.IsStatus(err, http.StatusUnauthorized) {
+			n.log.Error("join refused; not retrying", "err", err)
+			return
+		}
+		n.log.Warn("join failed; retrying", "err", err, "in", backoff)
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// Close stops the node gracefully: a leader first hands leadership to another
+// voter so the cluster does not wait for an election timeout.
+func (n *Node) Close() error {
+	var err error
+	n.closeOnce.Do(func() {
+		if n.IsLeader() && n.voters() > 1 {
+			if terr := n.raft.LeadershipTransfer().Error(); terr != nil {
+				n.log.Warn("leadership transfer before exit failed", "err", terr)
+			} else {
+				n.log.Info("handed leadership over before exit")
+			}
+		}
+		err = n.shutdown()
+	})
+	return err
+}
+
+// Kill stops the node abruptly, as a crash would (no leadership transfer).
+func (n *Node) Kill() {
+	n.closeOnce.Do(func() { _ = n.shutdown() })
+}
+
+func (n *Node) shutdown() error {
+	n.cancel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if n.httpSrv != nil {
+		_ = n.httpSrv.Shutdown(ctx)
+		_ = n.httpSrv.Close()
+	}
+	err := n.closeRaft()
+	n.wg.Wait()
+	n.log.Info("config node stopped")
+	return err
+}
+
+func (n *Node) closeRaft() error {
+	var errs []error
+	if n.raft != nil {
+		errs = append(errs, n.raft.Shutdown().Error())
+	}
+	if n.trans != nil {
+		errs = append(errs, n.trans.Close())
+	}
+	if n.logs != nil {
+		errs = append(errs, n.logs.Close())
+	}
+	return errors.Join(errs...)
+}
+
+func (n *Node) voters() int {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return 0
+	}
+	c := 0
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			c++
+		}
+	}
+	return c
+}
+
+var _ io.Closer = (*Node)(nil)

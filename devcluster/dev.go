@@ -1,0 +1,181 @@
+package devcluster
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/modbot/modbot/assignments"
+)
+
+// Options configure a local cluster. The defaults are DESIGN §4's fixed
+// loopback ports, so modbotctl finds the cluster with no flags.
+type Options struct {
+	Dir         string
+	ConfigNodes int
+	Shards      int
+	// BaseRaftPort and BaseHTTPPort: node i listens on base+i.
+	BaseRaftPort int
+	BaseHTTPPort int
+	Host         string
+	Binary       string
+	Out          io.Writer
+	Log          *slog.Logger
+}
+
+func (o *Options) defaults() {
+	if o.Dir == "" {
+		o.Dir = ".modbot-dev"
+	}
+	if o.ConfigNodes == 0 {
+		o.ConfigNodes = 3
+	}
+	if o.Shards == 0 {
+		o.Shards = 4
+	}
+	if o.BaseRaftPort == 0 {
+		o.BaseRaftPort = 7000
+	}
+	if o.BaseHTTPPort == 0 {
+		o.BaseHTTPPort = 8000
+	}
+	if o.Host == "" {
+		o.Host = "127.0.0.1"
+	}
+	if o.Out == nil {
+		o.Out = os.Stdout
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+}
+
+// TokenFile is where the dev token is written (modbotctl reads it).
+func TokenFile(dir string) string { return filepath.Join(dir, "token") }
+
+// EnsureToken returns the token stored in dir, creating one on first use so
+// that running dev again resumes with the same credentials.
+func EnsureToken(dir string) (string, error) {
+	b, err := os.ReadFile(TokenFile(dir))
+	if err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("read token: %w", err)
+	}
+	raw := make([]byte, 24)
+	if _, err := rand.Read(raw); err != nil {
+		return "", fmt.Errorf("generate token: %w", err)
+	}
+	tok := hex.EncodeToString(raw)
+	if err := os.WriteFile(TokenFile(dir), []byte(tok+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write token: %w", err)
+	}
+	return tok, nil
+}
+
+// Run starts the cluster and blocks until ctx ends, then stops every child.
+func Run(ctx context.Context, o Options) error {
+	o.defaults()
+	if o.Binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find own binary: %w", err)
+		}
+		o.Binary = exe
+	}
+	logDir := filepath.Join(o.Dir, "logs")
+	if err := os.MkdirAll(logDir, 0o750); err != nil {
+		return fmt.Errorf("create %s: %w", logDir, err)
+	}
+	token, err := EnsureToken(o.Dir)
+	if err != nil {
+		return err
+	}
+	sup := &Supervisor{Binary: o.Binary, LogDir: logDir, Log: o.Log}
+	env := []string{"MODBOT_TOKEN=" + token}
+	var procs []*Process
+	var urls []string
+	for i := 0; i < o.ConfigNodes; i++ {
+		urls = append(urls, fmt.Sprintf("http://%s:%d", o.Host, o.BaseHTTPPort+i))
+	}
+	for i := 0; i < o.ConfigNodes; i++ {
+		id := fmt.Sprintf("config-%d", i)
+		args := []string{"config-node", "--id", id,
+			"--data-dir", filepath.Join(o.Dir, id),
+			"--raft-addr", fmt.Sprintf("%s:%d", o.Host, o.BaseRaftPort+i),
+			"--http-addr", fmt.Sprintf("%s:%d", o.Host, o.BaseHTTPPort+i)}
+		if i == 0 {
+			args = append(args, "--bootstrap", "--shards", fmt.Sprint(o.Shards))
+		} else {
+			args = append(args, "--join", strings.Join(urls[:i], ","))
+		}
+		procs = append(procs, &Process{Name: id, Args: args, Env: env, URL: urls[i]})
+	}
+	for _, p := range procs {
+		if err := sup.Start(ctx, p); err != nil {
+			return err
+		}
+	}
+	client, err := assignments.NewClient(urls, token)
+	if err != nil {
+		return err
+	}
+	if err := waitReady(ctx, client, o.ConfigNodes); err != nil {
+		sup.Wait()
+		return err
+	}
+	printSummary(o, procs, token)
+	<-ctx.Done()
+	o.Log.Info("stopping every child")
+	sup.Wait()
+	return nil
+}
+
+// waitReady waits until the cluster has a leader and every config node is a
+// voter.
+func waitReady(ctx context.Context, c *assignments.Client, voters int) error {
+	deadline := time.Now().Add(60 * time.Second)
+	var last error
+	for time.Now().Before(deadline) {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		st, err := c.Status(ctx)
+		if err == nil && st.Leader != "" && len(st.Servers) >= voters {
+			return nil
+		}
+		if err != nil {
+			last = err
+		} else {
+			last = fmt.Errorf("leader %q, %d of %d voters", st.Leader, len(st.Servers), voters)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("cluster not ready after 60s (logs under the dev dir's logs/): %v", last)
+}
+
+func printSummary(o Options, procs []*Process, token string) {
+	w := tabwriter.NewWriter(o.Out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "COMPONENT\tPID\tURL")
+	for _, p := range procs {
+		fmt.Fprintf(w, "%s\t%d\t%s\n", p.Name, p.PID(), p.URL)
+	}
+	_ = w.Flush()
+	fmt.Fprintf(o.Out, "\ntoken: %s (in %s)\nlogs:  %s\n\ntry:\n  modbotctl status\n  modbotctl config-node list\n  modbotctl watch\n\nCtrl-C stops everything; running it again resumes from %s.\n",
+		token, TokenFile(o.Dir), filepath.Join(o.Dir, "logs"), o.Dir)
+}

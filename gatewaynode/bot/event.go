@@ -1,0 +1,77 @@
+package bot
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// Event is one gateway dispatch: its t and d, exactly as Discord sent them.
+type Event struct {
+	Type string          `json:"t"`
+	Data json.RawMessage `json:"d"`
+	// DeliveryID optionally identifies this delivery stably across replays,
+	// e.g. "<session_id>:<seq>" (a RESUME replays with the same pair). It is
+	// used as the idempotency key of events that carry no id of their own
+	// (GUILD_BAN_ADD/REMOVE, GUILD_MEMBER_REMOVE). Empty is allowed.
+	DeliveryID string `json:"delivery_id,omitempty"`
+}
+
+// Dispatch event names handled by the bot.
+const (
+	EventMessageCreate     = "MESSAGE_CREATE"
+	EventMessageUpdate     = "MESSAGE_UPDATE"
+	EventMessageDelete     = "MESSAGE_DELETE"
+	EventMessageDeleteBulk = "MESSAGE_DELETE_BULK"
+	EventGuildBanAdd       = "GUILD_BAN_ADD"
+	EventGuildBanRemove    = "GUILD_BAN_REMOVE"
+	EventGuildMemberRemove = "GUILD_MEMBER_REMOVE"
+	EventGuildMemberUpdate = "GUILD_MEMBER_UPDATE"
+	EventInteractionCreate = "INTERACTION_CREATE"
+)
+
+// GuildOf returns the guild an event belongs to, for routing. Guild
+// lifecycle events (GUILD_CREATE/UPDATE/DELETE) carry it as d.id, the others
+// as d.guild_id. ok is false for events without a guild (DMs, READY, ...).
+func GuildOf(ev Event) (guildID uint64, ok bool) {
+	var d struct {
+		GuildID string `json:"guild_id"`
+		ID      string `json:"id"`
+	}
+	if len(ev.Data) == 0 || ev.Data[0] != '{' || json.Unmarshal(ev.Data, &d) != nil {
+		return 0, false
+	}
+	s := d.GuildID
+	switch ev.Type {
+	case "GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE":
+		s = d.ID
+	}
+	id, err := parseID(s)
+	if err != nil || id == 0 {
+		return 0, false
+	}
+	return id, true
+}
+
+// parseID parses a snowflake ("" is 0).
+func parseID(s string) (uint64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	id, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("bad snowflake %q: %w", s, err)
+	}
+	return id, nil
+}
+
+// discordEpochMS is the first millisecond of 2015, Discord's snowflake epoch.
+const discordEpochMS = 1420070400000
+
+// snowflakeTime is the creation time encoded in a snowflake.
+func snowflakeTime(id uint64) time.Time {
+	return time.UnixMilli(int64(id>>22) + discordEpochMS).UTC()
+}
+
+func idString(id uint64) string { return strconv.FormatUint(id, 10) }

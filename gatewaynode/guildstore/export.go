@@ -1,0 +1,636 @@
+package guildstore
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Export format ("modbot-guild-export" version 1), newline-delimited JSON:
+//
+//	{"format":"modbot-guild-export","version":1,"guild_id":"<id>"}      header
+//	["<table>",v1,v2,...]                                               one line per row
+//	{"end":true,"rows":{"<table>":n,...},"checksum":"sha256:<hex>"}   trailer
+//
+// Row lines are in the canonical encoding: tables in exportTables order, rows
+// in each table's key order, values in column order; integers in decimal,
+// NULL as null, text as a JSON string (encoding/json escaping), blobs as a
+// base64 (std, padded) JSON string; no spaces. The checksum is SHA-256 over
+// the concatenation of the canonical row lines, each with its trailing "\n".
+// Header and trailer are not hashed. Internal row ids that do not travel
+// (mod_actions.id) are not exported; their order is the export order.
+
+const exportFormat = "modbot-guild-export"
+
+// ExportInfo describes an export or import.
+type ExportInfo struct {
+	GuildID  uint64         `json:"guild_id,string"`
+	Rows     map[string]int `json:"rows"`
+	Checksum string         `json:"checksum"`
+}
+
+type colType int
+
+const (
+	cInt colType = iota
+	cNullInt
+	cText
+	cNullText
+	cBlob
+)
+
+type tableSpec struct {
+	name  string
+	cols  []string // guild_id first
+	types []colType
+	order string
+}
+
+// exportTables lists every guild-keyed table in canonical order. Read-only.
+var exportTables = []tableSpec{
+	{"guild_epochs", []string{"guild_id", "epoch"}, []colType{cInt, cInt}, "guild_id"},
+	{"guild_settings", []string{"guild_id", "mod_role_id", "modlog_channel_id", "updated_at"},
+		[]colType{cInt, cNullInt, cNullInt, cInt}, "guild_id"},
+	{"messages", []string{"guild_id", "message_id", "channel_id", "author_id", "created_at", "edited_at", "deleted_at", "content_length"},
+		[]colType{cInt, cInt, cInt, cInt, cInt, cNullInt, cNullInt, cInt}, "message_id"},
+	{"reports", []string{"guild_id", "id", "reporter_id", "target_user_id", "message_id", "channel_id", "message_content", "reason",
+		"created_at", "modlog_channel_id", "modlog_posted_at"},
+		[]colType{cInt, cInt, cInt, cInt, cNullInt, cNullInt, cNullText, cText, cInt, cNullInt, cNullInt}, "id"},
+	{"mod_actions", []string{"guild_id", "kind", "user_id", "moderator_id", "reason", "created_at", "dedupe_key"},
+		[]colType{cInt, cText, cInt, cNullInt, cText, cInt, cText}, "id"},
+	{"held_cursor", []string{"guild_id", "last_seq"}, []colType{cInt, cInt}, "guild_id"},
+	{"held_events", []string{"guild_id", "seq", "type", "payload", "received_at"}, []colType{cInt, cInt, cText, cBlob, cInt}, "seq"},
+}
+
+func tableIndex(name string) int {
+	for i, t := range exportTables {
+		if t.name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// appendRow appends the canonical encoding of one row (with "\n").
+// vals hold int64, nil, string or []byte.
+func appendRow(buf []byte, table string, vals []any) []byte {
+	buf = append(buf, `["`...)
+	buf = append(buf, table...)
+	buf = append(buf, '"')
+	for _, v := range vals {
+		buf = append(buf, ',')
+		switch x := v.(type) {
+		case nil:
+			buf = append(buf, "null"...)
+		case int64:
+			buf = strconv.AppendInt(buf, x, 10)
+		case string:
+			buf = appendJSONString(buf, x)
+		case []byte:
+			buf = append(buf, '"')
+			buf = base64.StdEncoding.AppendEncode(buf, x)
+			buf = append(buf, '"')
+		default:
+			panic(fmt.Sprintf("guildstore: unexpected value %T", v))
+		}
+	}
+	return append(buf, "]\n"...)
+}
+
+func appendJSONString(buf []byte, s string) []byte {
+	simple := true
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			simple = false
+			break
+		}
+	}
+	if simple {
+		buf = append(buf, '"')
+		buf = append(buf, s...)
+		return append(buf, '"')
+	}
+	b, _ := json.Marshal(s) // cannot fail for a string
+	return append(buf, b...)
+}
+
+// rowScanner scans a table's rows into canonical values.
+type rowScanner struct {
+	spec  tableSpec
+	dest  []any
+	vals  []any
+	ints  []int64
+	nints []sql.NullInt64
+	strs  []string
+	nstrs []sql.NullString
+	blobs [][]byte
+}
+
+func newRowScanner(spec tableSpec) *rowScanner {
+	n := len(spec.cols)
+	rs := &rowScanner{spec: spec, dest: make([]any, n), vals: make([]any, n), ints: make([]int64, n),
+		nints: make([]sql.NullInt64, n), strs: make([]string, n), nstrs: make([]sql.NullString, n), blobs: make([][]byte, n)}
+	for i, t := range spec.types {
+		switch t {
+		case cInt:
+			rs.dest[i] = &rs.ints[i]
+		case cNullInt:
+			rs.dest[i] = &rs.nints[i]
+		case cText:
+			rs.dest[i] = &rs.strs[i]
+		case cNullText:
+			rs.dest[i] = &rs.nstrs[i]
+		case cBlob:
+			rs.dest[i] = &rs.blobs[i]
+		}
+	}
+	return rs
+}
+
+func (rs *rowScanner) scan(rows *sql.Rows) ([]any, error) {
+	if err := rows.Scan(rs.dest...); err != nil {
+		return nil, err
+	}
+	for i, t := range rs.spec.types {
+		switch t {
+		case cInt:
+			rs.vals[i] = rs.ints[i]
+		case cNullInt:
+			if rs.nints[i].Valid {
+				rs.vals[i] = rs.nints[i].Int64
+			} else {
+				rs.vals[i] = nil
+			}
+		case cText:
+			rs.vals[i] = rs.strs[i]
+		case cNullText:
+			if rs.nstrs[i].Valid {
+				rs.vals[i] = rs.nstrs[i].String
+			} else {
+				rs.vals[i] = nil
+			}
+		case cBlob:
+			b := rs.blobs[i]
+			if b == nil {
+				b = []byte{}
+			}
+			rs.vals[i] = b
+		}
+	}
+	return rs.vals, nil
+}
+
+// Export streams every row of the guild, from one consistent read snapshot.
+func (s *Store) Export(ctx context.Context, guildID uint64, w io.Writer) (ExportInfo, error) {
+	info, err := s.export(ctx, guildID, w, true)
+	if err != nil {
+		return ExportInfo{}, fmt.Errorf("export guild %d: %w", guildID, err)
+	}
+	return info, nil
+}
+
+// Checksum computes the export checksum from what is stored for the guild.
+func (s *Store) Checksum(ctx context.Context, guildID uint64) (ExportInfo, error) {
+	info, err := s.export(ctx, guildID, io.Discard, false)
+	if err != nil {
+		return ExportInfo{}, fmt.Errorf("checksum guild %d: %w", guildID, err)
+	}
+	return info, nil
+}
+
+func (s *Store) export(ctx context.Context, guildID uint64, w io.Writer, framed bool) (ExportInfo, error) {
+	tx, err := s.rdb.BeginTx(ctx, nil)
+	if err != nil {
+		return ExportInfo{}, err
+	}
+	defer tx.Rollback()
+	return exportTx(ctx, tx, guildID, w, framed)
+}
+
+func exportTx(ctx context.Context, q queryer, guildID uint64, w io.Writer, framed bool) (ExportInfo, error) {
+	info := ExportInfo{GuildID: guildID, Rows: map[string]int{}}
+	bw := bufio.NewWriterSize(w, 256<<10)
+	h := sha256.New()
+	if framed {
+		fmt.Fprintf(bw, `{"format":%q,"version":1,"guild_id":"%d"}`+"\n", exportFormat, guildID)
+	}
+	var buf []byte
+	for _, t := range exportTables {
+		rows, err := q.QueryContext(ctx, `SELECT `+strings.Join(t.cols, ", ")+` FROM `+t.name+` WHERE guild_id = ? ORDER BY `+t.order, int64(guildID))
+		if err != nil {
+			return info, fmt.Errorf("read %s: %w", t.name, err)
+		}
+		rs := newRowScanner(t)
+		n := 0
+		for rows.Next() {
+			vals, err := rs.scan(rows)
+			if err != nil {
+				rows.Close()
+				return info, fmt.Errorf("read %s: %w", t.name, err)
+			}
+			buf = appendRow(buf[:0], t.name, vals)
+			h.Write(buf)
+			if framed {
+				if _, err := bw.Write(buf); err != nil {
+					rows.Close()
+					return info, fmt.Errorf("write: %w", err)
+				}
+			}
+			n++
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return info, fmt.Errorf("read %s: %w", t.name, err)
+		}
+		info.Rows[t.name] = n
+	}
+	info.Checksum = "sha256:" + hex.EncodeToString(h.Sum(nil))
+	if framed {
+		tr, err := json.Marshal(trailer{End: true, Rows: info.Rows, Checksum: info.Checksum})
+		if err != nil {
+			return info, err
+		}
+		bw.Write(tr)
+		bw.WriteByte('\n')
+		if err := bw.Flush(); err != nil {
+			return info, fmt.Errorf("write: %w", err)
+		}
+	}
+	return info, nil
+}
+
+type header struct {
+	Format  string `json:"format"`
+	Version int    `json:"version"`
+	GuildID uint64 `json:"guild_id,string"`
+}
+
+type trailer struct {
+	End      bool           `json:"end"`
+	Rows     map[string]int `json:"rows"`
+	Checksum string         `json:"checksum"`
+}
+
+// exportReader parses and validates an export stream, re-encoding each row
+// canonically and hashing it.
+type exportReader struct {
+	br      *bufio.Reader
+	guildID uint64
+	h       hash.Hash
+	rows    map[string]int
+	last    int // index of the last table seen
+	trailer *trailer
+	buf     []byte
+	toks    [][]byte
+}
+
+func newExportReader(r io.Reader, guildID uint64) (*exportReader, error) {
+	er := &exportReader{br: bufio.NewReaderSize(r, 256<<10), guildID: guildID, h: sha256.New(), rows: map[string]int{}}
+	line, err := er.line()
+	if err != nil {
+		return nil, fmt.Errorf("%w: header: %v", ErrBadExport, err)
+	}
+	var hd header
+	if err := json.Unmarshal(line, &hd); err != nil || hd.Format != exportFormat || hd.Version != 1 {
+		return nil, fmt.Errorf("%w: bad header %.100q", ErrBadExport, line)
+	}
+	if hd.GuildID != guildID {
+		return nil, fmt.Errorf("%w: export is for guild %d, not %d", ErrBadExport, hd.GuildID, guildID)
+	}
+	return er, nil
+}
+
+func (er *exportReader) line() ([]byte, error) {
+	line, err := er.br.ReadBytes('\n')
+	if err == io.EOF && len(line) > 0 {
+		return nil, io.ErrUnexpectedEOF // every line ends with \n; a missing one means truncation
+	}
+	if err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(line, []byte{'\n'}), nil
+}
+
+// next returns the next row (table spec and values), or io.EOF after a valid trailer.
+func (er *exportReader) next() (tableSpec, []any, error) {
+	line, err := er.line()
+	if err == io.EOF {
+		return tableSpec{}, nil, fmt.Errorf("%w: truncated (no trailer)", ErrBadExport)
+	}
+	if err != nil {
+		return tableSpec{}, nil, fmt.Errorf("%w: %v", ErrBadExport, err)
+	}
+	if len(line) > 0 && line[0] == '{' {
+		var tr trailer
+		if err := json.Unmarshal(line, &tr); err != nil || !tr.End {
+			return tableSpec{}, nil, fmt.Errorf("%w: bad trailer %.100q", ErrBadExport, line)
+		}
+		er.trailer = &tr
+		if _, err := er.br.ReadByte(); err != io.EOF {
+			return tableSpec{}, nil, fmt.Errorf("%w: data after trailer", ErrBadExport)
+		}
+		return tableSpec{}, nil, io.EOF
+	}
+	raw, err := splitRow(line, er.toks[:0])
+	if err != nil || len(raw) < 2 {
+		return tableSpec{}, nil, fmt.Errorf("%w: bad row %.100q", ErrBadExport, line)
+	}
+	er.toks = raw
+	var table string
+	if err := json.Unmarshal(raw[0], &table); err != nil {
+		return tableSpec{}, nil, fmt.Errorf("%w: bad table in row %.100q", ErrBadExport, line)
+	}
+	ti := tableIndex(table)
+	if ti < 0 || ti < er.last {
+		return tableSpec{}, nil, fmt.Errorf("%w: unknown or out-of-order table %q", ErrBadExport, table)
+	}
+	er.last = ti
+	spec := exportTables[ti]
+	if len(raw)-1 != len(spec.cols) {
+		return tableSpec{}, nil, fmt.Errorf("%w: %s row has %d values, want %d", ErrBadExport, table, len(raw)-1, len(spec.cols))
+	}
+	vals := make([]any, len(spec.cols))
+	for i, t := range spec.types {
+		v, err := decodeValue(raw[i+1], t)
+		if err != nil {
+			return tableSpec{}, nil, fmt.Errorf("%w: %s.%s: %v", ErrBadExport, table, spec.cols[i], err)
+		}
+		vals[i] = v
+	}
+	if vals[0] != int64(er.guildID) {
+		return tableSpec{}, nil, fmt.Errorf("%w: %s row for guild %v in export of guild %d", ErrBadExport, table, vals[0], er.guildID)
+	}
+	er.buf = appendRow(er.buf[:0], table, vals)
+	er.h.Write(er.buf)
+	er.rows[table]++
+	return spec, vals, nil
+}
+
+// splitRow splits a row line (a flat JSON array of numbers, null and
+// strings) into its raw value tokens, without allocating per value.
+func splitRow(line []byte, toks [][]byte) ([][]byte, error) {
+	if len(line) < 2 || line[0] != '[' || line[len(line)-1] != ']' {
+		return nil, errors.New("not an array")
+	}
+	body := line[1 : len(line)-1]
+	for i := 0; i < len(body); {
+		start := i
+		if body[i] == '"' {
+			i++
+			for i < len(body) && body[i] != '"' {
+				if body[i] == '\\' {
+					i++
+				}
+				i++
+			}
+			if i >= len(body) {
+				return nil, errors.New("unterminated string")
+			}
+			i++
+		} else {
+			for i < len(body) && body[i] != ',' {
+				i++
+			}
+		}
+		toks = append(toks, body[start:i])
+		if i < len(body) {
+			if body[i] != ',' {
+				return nil, errors.New("expected ,")
+			}
+			i++
+			if i == len(body) {
+				return nil, errors.New("trailing ,")
+			}
+		}
+	}
+	return toks, nil
+}
+
+// parseInt parses a canonical decimal int64 token.
+func parseInt(b []byte) (int64, error) {
+	neg := len(b) > 0 && b[0] == '-'
+	d := b
+	if neg {
+		d = b[1:]
+	}
+	if len(d) == 0 || len(d) > 19 {
+		return strconv.ParseInt(string(b), 10, 64)
+	}
+	var n int64
+	for _, c := range d {
+		if c < '0' || c > '9' {
+			return 0, fmt.Errorf("bad integer %q", b)
+		}
+		n = n*10 + int64(c-'0')
+		if n < 0 {
+			return strconv.ParseInt(string(b), 10, 64)
+		}
+	}
+	if neg {
+		n = -n
+	}
+	return n, nil
+}
+
+func decodeValue(raw []byte, t colType) (any, error) {
+	if string(raw) == "null" {
+		if t == cNullInt || t == cNullText {
+			return nil, nil
+		}
+		return nil, errors.New("null in NOT NULL column")
+	}
+	switch t {
+	case cInt, cNullInt:
+		return parseInt(raw)
+	case cText, cNullText:
+		var s string
+		err := json.Unmarshal(raw, &s)
+		return s, err
+	case cBlob:
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return nil, err
+		}
+		return base64.StdEncoding.DecodeString(s)
+	}
+	return nil, errors.New("unknown column type")
+}
+
+// finish checks the trailer against what was read and returns the info.
+func (er *exportReader) finish(wantChecksum string) (ExportInfo, error) {
+	info := ExportInfo{GuildID: er.guildID, Rows: map[string]int{}, Checksum: "sha256:" + hex.EncodeToString(er.h.Sum(nil))}
+	for _, t := range exportTables {
+		info.Rows[t.name] = er.rows[t.name]
+		if er.trailer.Rows[t.name] != er.rows[t.name] {
+			return info, fmt.Errorf("%w: trailer says %d %s rows, stream has %d", ErrBadExport, er.trailer.Rows[t.name], t.name, er.rows[t.name])
+		}
+	}
+	if info.Checksum != er.trailer.Checksum {
+		return info, fmt.Errorf("rows hash to %s, trailer says %s: %w", info.Checksum, er.trailer.Checksum, ErrChecksumMismatch)
+	}
+	if info.Checksum != wantChecksum {
+		return info, fmt.Errorf("rows hash to %s, want %s: %w", info.Checksum, wantChecksum, ErrChecksumMismatch)
+	}
+	return info, nil
+}
+
+// Import replaces the guild's rows with the export read from r, in one
+// transaction that commits only if the rows hash to wantChecksum (and match
+// the stream's trailer). On any error nothing changes. Re-importing the same
+// export is a no-op in effect. The stream is first validated into a local
+// spool file, so the write lock is not held while the network transfers it.
+// An export whose epoch is lower than the guild's stored epoch fails with
+// ErrStaleEpoch.
+func (s *Store) Import(ctx context.Context, guildID uint64, r io.Reader, wantChecksum string) (ExportInfo, error) {
+	info, err := s.importGuild(ctx, guildID, r, wantChecksum)
+	if err != nil {
+		return ExportInfo{}, fmt.Errorf("import guild %d: %w", guildID, err)
+	}
+	s.log.Info("imported guild", "guild", guildID, "rows", info.Rows, "checksum", info.Checksum)
+	return info, nil
+}
+
+func (s *Store) importGuild(ctx context.Context, guildID uint64, r io.Reader, wantChecksum string) (ExportInfo, error) {
+	spool, err := os.CreateTemp(filepath.Dir(s.path), ".import-*.ndjson")
+	if err != nil {
+		return ExportInfo{}, fmt.Errorf("spool: %w", err)
+	}
+	defer os.Remove(spool.Name())
+	defer spool.Close()
+
+	// Phase 1: validate and verify the stream, spooling it, without the write lock.
+	er, err := newExportReader(r, guildID)
+	if err != nil {
+		return ExportInfo{}, err
+	}
+	sw := bufio.NewWriterSize(spool, 256<<10)
+	fmt.Fprintf(sw, `{"format":%q,"version":1,"guild_id":"%d"}`+"\n", exportFormat, guildID)
+	for {
+		if err := ctx.Err(); err != nil {
+			return ExportInfo{}, err
+		}
+		_, _, err := er.next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return ExportInfo{}, err
+		}
+		sw.Write(er.buf)
+	}
+	info, err := er.finish(wantChecksum)
+	if err != nil {
+		return ExportInfo{}, err
+	}
+	tr, _ := json.Marshal(er.trailer)
+	sw.Write(tr)
+	sw.WriteByte('\n')
+	if err := sw.Flush(); err != nil {
+		return ExportInfo{}, fmt.Errorf("spool: %w", err)
+	}
+	if _, err := spool.Seek(0, io.SeekStart); err != nil {
+		return ExportInfo{}, fmt.Errorf("spool: %w", err)
+	}
+
+	// Phase 2: replace the guild's rows in one write transaction, hashing
+	// again what is inserted; commit only if it still matches.
+	err = s.w.job(ctx, func(ctx context.Context, t *wtx) error {
+		var oldEpoch int64
+		err := t.queryRow(ctx, `SELECT epoch FROM guild_epochs WHERE guild_id = ?`, int64(guildID)).Scan(&oldEpoch)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("read epoch: %w", err)
+		}
+		for _, tb := range exportTables {
+			if _, err := t.exec(ctx, `DELETE FROM `+tb.name+` WHERE guild_id = ?`, int64(guildID)); err != nil {
+				return fmt.Errorf("clear %s: %w", tb.name, err)
+			}
+		}
+		er, err := newExportReader(spool, guildID)
+		if err != nil {
+			return err
+		}
+		var newEpoch int64
+		for {
+			spec, vals, err := er.next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return err
+			}
+			if spec.name == "guild_epochs" {
+				newEpoch = vals[1].(int64)
+			}
+			if _, err := t.exec(ctx, insertSQL(spec), vals...); err != nil {
+				return fmt.Errorf("insert %s: %w", spec.name, err)
+			}
+		}
+		if _, err := er.finish(wantChecksum); err != nil {
+			return err
+		}
+		if newEpoch < oldEpoch {
+			return fmt.Errorf("export epoch %d < stored epoch %d: %w", newEpoch, oldEpoch, ErrStaleEpoch)
+		}
+		return nil
+	})
+	if err != nil {
+		return ExportInfo{}, err
+	}
+	return info, nil
+}
+
+func insertSQL(t tableSpec) string {
+	return `INSERT INTO ` + t.name + ` (` + strings.Join(t.cols, ", ") + `) VALUES (?` + strings.Repeat(", ?", len(t.cols)-1) + `)`
+}
+
+// deleteChunk is how many rows of one table DeleteGuild removes per transaction.
+const deleteChunk = 5000
+
+// DeleteGuild removes all of the guild's rows, in chunked transactions so
+// other guilds' writes interleave. The guild's fencing epoch is kept as a
+// tombstone so a stale writer stays fenced. Idempotent; safe to resume.
+func (s *Store) DeleteGuild(ctx context.Context, guildID uint64) error {
+	keys := map[string]string{"messages": "message_id", "held_events": "seq"}
+	for _, tb := range exportTables {
+		if tb.name == "guild_epochs" {
+			continue
+		}
+		key, ok := keys[tb.name]
+		if !ok {
+			key = "rowid"
+		}
+		q := `DELETE FROM ` + tb.name + ` WHERE guild_id = ? AND ` + key + ` IN (SELECT ` + key + ` FROM ` + tb.name + ` WHERE guild_id = ? LIMIT ?)`
+		for {
+			var n int64
+			err := s.w.job(ctx, func(ctx context.Context, t *wtx) error {
+				res, err := t.exec(ctx, q, int64(guildID), int64(guildID), deleteChunk)
+				if err != nil {
+					return err
+				}
+				n, err = res.RowsAffected()
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("delete guild %d: %s: %w", guildID, tb.name, err)
+			}
+			if n < deleteChunk {
+				break
+			}
+		}
+	}
+	s.log.Info("deleted guild", "guild", guildID)
+	return nil
+}

@@ -1,0 +1,124 @@
+package guildstore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func exportOf(t testing.TB, s *Store, g uint64) ([]byte, ExportInfo) {
+	t.Helper()
+	var buf bytes.Buffer
+	info, err := s.Export(context.Background(), g, &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes(), info
+}
+
+func TestExportImportReproducesChecksumAndDashboard(t *testing.T) {
+	ctx := context.Background()
+	src, dst := openTest(t, "src.db"), openTest(t, "dst.db")
+	const g = 77
+	mustApply(t, src, sampleWrites(g, 4)...)
+	for i := 0; i < 3; i++ {
+		if _, err := src.Hold(ctx, g, "MESSAGE_CREATE", []byte(fmt.Sprintf(`{"i":%d}`, i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The target already has another guild; its rows must be untouched.
+	mustApply(t, dst, sampleWrites(5, 0)...)
+	otherSum := mustChecksum(t, dst, 5)
+
+	data, info := exportOf(t, src, g)
+	if info.Rows["messages"] != 3 || info.Rows["held_events"] != 3 || info.Rows["guild_epochs"] != 1 {
+		t.Fatalf("export rows = %v", info.Rows)
+	}
+	if sum := mustChecksum(t, src, g); sum != info.Checksum {
+		t.Fatalf("Checksum %s != export checksum %s", sum, info.Checksum)
+	}
+	for i := 0; i < 2; i++ { // the second import is an idempotent re-import
+		got, err := dst.Import(ctx, g, bytes.NewReader(data), info.Checksum)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, info) {
+			t.Fatalf("import info = %+v, want %+v", got, info)
+		}
+	}
+	if sum := mustChecksum(t, dst, g); sum != info.Checksum {
+		t.Fatalf("target checksum %s != source %s", sum, info.Checksum)
+	}
+	ds, _ := src.Dashboard(ctx, g)
+	dd, _ := dst.Dashboard(ctx, g)
+	if !reflect.DeepEqual(ds, dd) {
+		t.Fatalf("dashboards differ:\nsrc %+v\ndst %+v", ds, dd)
+	}
+	hs, _ := src.Held(ctx, g)
+	hd, _ := dst.Held(ctx, g)
+	if !reflect.DeepEqual(hs, hd) || len(hd) != 3 {
+		t.Fatalf("held events differ: %+v vs %+v", hs, hd)
+	}
+	if seq, _ := dst.Hold(ctx, g, "X", nil); seq != 4 {
+		t.Fatalf("next held seq on target = %d, want 4", seq)
+	}
+	if mustChecksum(t, dst, 5) != otherSum {
+		t.Fatal("import touched another guild")
+	}
+	if e, _ := dst.Epoch(ctx, g); e != 4 {
+		t.Fatalf("epoch on target = %d", e)
+	}
+}
+
+func TestImportIsAllOrNothing(t *testing.T) {
+	ctx := context.Background()
+	src, dst := openTest(t, "src.db"), openTest(t, "dst.db")
+	const g = 77
+	mustApply(t, src, sampleWrites(g, 1)...)
+	data, info := exportOf(t, src, g)
+	// The target has a partial, different copy of the guild from an earlier attempt.
+	mustApply(t, dst, Write{Op: MessageCreate{GuildID: g, MessageID: 999, ChannelID: 1, AuthorID: 1, CreatedAt: t0}})
+	before := mustChecksum(t, dst, g)
+
+	tampered := bytes.Replace(data, []byte(`"spam"`), []byte(`"spam!"`), 1)
+	wrongGuild := bytes.Replace(data, []byte(`["messages",77,`), []byte(`["messages",78,`), 1)
+	lines := bytes.SplitAfter(data, []byte("\n"))
+	truncated := bytes.Join(lines[:len(lines)-3], nil)
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want string
+		err  error
+	}{
+		{"tampered row", tampered, info.Checksum, ErrChecksumMismatch},
+		{"wrong checksum", data, "sha256:" + strings.Repeat("0", 64), ErrChecksumMismatch},
+		{"row of another guild", wrongGuild, info.Checksum, ErrBadExport},
+		{"truncated", truncated, info.Checksum, ErrBadExport},
+		{"garbage", []byte("hello\n"), info.Checksum, ErrBadExport},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := dst.Import(ctx, g, bytes.NewReader(tc.data), tc.want)
+			if !errors.Is(err, tc.err) {
+				t.Fatalf("err = %v, want %v", err, tc.err)
+			}
+			if after := mustChecksum(t, dst, g); after != before {
+				t.Fatal("failed import changed the target")
+			}
+		})
+	}
+	// A stale export (epoch below the target's) is refused too.
+	if err := dst.Fence(ctx, g, 9); err != nil {
+		t.Fatal(err)
+	}
+	before = mustChecksum(t, dst, g)
+	if _, err := dst.Import(ctx, g, bytes.NewReader(data), info.Checksum); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("stale import err = %v", err)
+	}
+	if mustChecksum(t, dst, g) != before {
+		t.Fatal("stale import changed the target")
+	}
+}

@@ -1,0 +1,272 @@
+package guildstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Reads use the read pool and see every write whose Apply has returned
+// (read-your-writes), because WAL readers see all committed transactions.
+
+const dashboardListLimit = 10
+
+// Settings returns the guild's settings (zero ids when /setup never ran).
+func (s *Store) Settings(ctx context.Context, guildID uint64) (Settings, error) {
+	st, err := settings(ctx, s.rdb, guildID)
+	if err != nil {
+		return Settings{}, fmt.Errorf("settings of guild %d: %w", guildID, err)
+	}
+	return st, nil
+}
+
+type queryer interface {
+	QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row
+}
+
+func settings(ctx context.Context, q queryer, guildID uint64) (Settings, error) {
+	st := Settings{GuildID: guildID}
+	var role, ch sql.NullInt64
+	var upd int64
+	err := q.QueryRowContext(ctx, `SELECT mod_role_id, modlog_channel_id, updated_at FROM guild_settings WHERE guild_id = ?`,
+		int64(guildID)).Scan(&role, &ch, &upd)
+	if errors.Is(err, sql.ErrNoRows) {
+		return st, nil
+	}
+	if err != nil {
+		return st, err
+	}
+	st.ModRoleID, st.ModlogChannelID, st.UpdatedAt = fromNullID(role), fromNullID(ch), fromMS(upd)
+	return st, nil
+}
+
+// Epoch returns the guild's stored fencing epoch (0 if none).
+func (s *Store) Epoch(ctx context.Context, guildID uint64) (uint64, error) {
+	var v int64
+	err := s.rdb.QueryRowContext(ctx, `SELECT epoch FROM guild_epochs WHERE guild_id = ?`, int64(guildID)).Scan(&v)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return 0, fmt.Errorf("epoch of guild %d: %w", guildID, err)
+	}
+	return uint64(v), nil
+}
+
+const reportCols = `id, guild_id, reporter_id, target_user_id, message_id, channel_id, message_content, reason, created_at, modlog_channel_id, modlog_posted_at`
+
+func scanReports(rows *sql.Rows) ([]Report, error) {
+	defer rows.Close()
+	var out []Report
+	for rows.Next() {
+		var r Report
+		var id, g, rep, tgt, created int64
+		var msg, ch, mlc, posted sql.NullInt64
+		var content sql.NullString
+		if err := rows.Scan(&id, &g, &rep, &tgt, &msg, &ch, &content, &r.Reason, &created, &mlc, &posted); err != nil {
+			return nil, err
+		}
+		r.ID, r.GuildID, r.ReporterID, r.TargetUserID = uint64(id), uint64(g), uint64(rep), uint64(tgt)
+		r.MessageID, r.ChannelID, r.MessageContent = fromNullID(msg), fromNullID(ch), content.String
+		r.CreatedAt, r.ModlogChannelID, r.ModlogPostedAt = fromMS(created), fromNullID(mlc), fromNullMS(posted)
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// Report returns one report by id (ok=false if absent).
+func (s *Store) Report(ctx context.Context, guildID, reportID uint64) (Report, bool, error) {
+	rows, err := s.rdb.QueryContext(ctx, `SELECT `+reportCols+` FROM reports WHERE guild_id = ? AND id = ?`, int64(guildID), int64(reportID))
+	if err != nil {
+		return Report{}, false, fmt.Errorf("report %d of guild %d: %w", reportID, guildID, err)
+	}
+	rs, err := scanReports(rows)
+	if err != nil {
+		return Report{}, false, fmt.Errorf("report %d of guild %d: %w", reportID, guildID, err)
+	}
+	if len(rs) == 0 {
+		return Report{}, false, nil
+	}
+	return rs[0], true, nil
+}
+
+// ReportsForUser returns the reports against userID, newest first.
+func (s *Store) ReportsForUser(ctx context.Context, guildID, userID uint64) ([]Report, error) {
+	rows, err := s.rdb.QueryContext(ctx, `SELECT `+reportCols+` FROM reports WHERE guild_id = ? AND target_user_id = ? ORDER BY id DESC`,
+		int64(guildID), int64(userID))
+	if err != nil {
+		return nil, fmt.Errorf("reports for user %d in guild %d: %w", userID, guildID, err)
+	}
+	rs, err := scanReports(rows)
+	if err != nil {
+		return nil, fmt.Errorf("reports for user %d in guild %d: %w", userID, guildID, err)
+	}
+	return rs, nil
+}
+
+func scanActions(rows *sql.Rows) ([]ModAction, error) {
+	defer rows.Close()
+	var out []ModAction
+	for rows.Next() {
+		var a ModAction
+		var g, u, created int64
+		var mod sql.NullInt64
+		if err := rows.Scan(&g, &a.Kind, &u, &mod, &a.Reason, &created, &a.DedupeKey); err != nil {
+			return nil, err
+		}
+		a.GuildID, a.UserID, a.ModeratorID, a.CreatedAt = uint64(g), uint64(u), fromNullID(mod), fromMS(created)
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+// ModActionsForUser returns the actions against userID, newest first.
+func (s *Store) ModActionsForUser(ctx context.Context, guildID, userID uint64) ([]ModAction, error) {
+	rows, err := s.rdb.QueryContext(ctx, `SELECT guild_id, kind, user_id, moderator_id, reason, created_at, dedupe_key
+		FROM mod_actions WHERE guild_id = ? AND user_id = ? ORDER BY id DESC`, int64(guildID), int64(userID))
+	if err != nil {
+		return nil, fmt.Errorf("mod actions for user %d in guild %d: %w", userID, guildID, err)
+	}
+	as, err := scanActions(rows)
+	if err != nil {
+		return nil, fmt.Errorf("mod actions for user %d in guild %d: %w", userID, guildID, err)
+	}
+	return as, nil
+}
+
+// GuildIDs lists the guilds that have any data besides a fencing epoch, ascending.
+func (s *Store) GuildIDs(ctx context.Context) ([]uint64, error) {
+	rows, err := s.rdb.QueryContext(ctx, `SELECT guild_id FROM guild_settings
+		UNION SELECT DISTINCT guild_id FROM messages
+		UNION SELECT DISTINCT guild_id FROM reports
+		UNION SELECT DISTINCT guild_id FROM mod_actions
+		UNION SELECT DISTINCT guild_id FROM held_events
+		ORDER BY 1`)
+	if err != nil {
+		return nil, fmt.Errorf("guild ids: %w", err)
+	}
+	defer rows.Close()
+	var out []uint64
+	for rows.Next() {
+		var g int64
+		if err := rows.Scan(&g); err != nil {
+			return nil, fmt.Errorf("guild ids: %w", err)
+		}
+		out = append(out, uint64(g))
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("guild ids: %w", err)
+	}
+	return out, nil
+}
+
+// Counts returns the number of rows the guild has in each guild-keyed table.
+func (s *Store) Counts(ctx context.Context, guildID uint64) (map[string]int64, error) {
+	out := map[string]int64{}
+	for _, t := range exportTables {
+		var n int64
+		if err := s.rdb.QueryRowContext(ctx, `SELECT count(*) FROM `+t.name+` WHERE guild_id = ?`, int64(guildID)).Scan(&n); err != nil {
+			return nil, fmt.Errorf("count %s of guild %d: %w", t.name, guildID, err)
+		}
+		out[t.name] = n
+	}
+	return out, nil
+}
+
+// Dashboard summarizes a guild's activity. All figures come from one read
+// transaction, so they are mutually consistent.
+func (s *Store) Dashboard(ctx context.Context, guildID uint64) (Dashboard, error) {
+	d, err := s.dashboard(ctx, guildID)
+	if err != nil {
+		return Dashboard{}, fmt.Errorf("dashboard of guild %d: %w", guildID, err)
+	}
+	return d, nil
+}
+
+func (s *Store) dashboard(ctx context.Context, guildID uint64) (Dashboard, error) {
+	tx, err := s.rdb.BeginTx(ctx, nil)
+	if err != nil {
+		return Dashboard{}, err
+	}
+	defer tx.Rollback()
+	g := int64(guildID)
+	d := Dashboard{GuildID: guildID, ModActionsByKind: map[string]int64{}, TopChannels: []IDCount{}, TopAuthors: []IDCount{},
+		RecentReports: []Report{}, RecentActions: []ModAction{}}
+	since := s.opts.Now().Add(-24 * time.Hour).UnixMilli()
+	var epoch int64
+	if err := tx.QueryRowContext(ctx, `SELECT coalesce((SELECT epoch FROM guild_epochs WHERE guild_id = ?), 0)`, g).Scan(&epoch); err != nil {
+		return d, err
+	}
+	d.Epoch = uint64(epoch)
+	if err := tx.QueryRowContext(ctx, `SELECT
+			count(*) FILTER (WHERE deleted_at IS NULL),
+			count(*) FILTER (WHERE deleted_at IS NOT NULL),
+			count(*) FILTER (WHERE edited_at IS NOT NULL AND deleted_at IS NULL),
+			count(*) FILTER (WHERE deleted_at IS NULL AND created_at >= ?)
+		FROM messages WHERE guild_id = ?`, since, g).Scan(&d.Messages, &d.MessagesDeleted, &d.MessagesEdited, &d.MessagesLast24h); err != nil {
+		return d, fmt.Errorf("message counts: %w", err)
+	}
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM reports WHERE guild_id = ?`, g).Scan(&d.Reports); err != nil {
+		return d, fmt.Errorf("report count: %w", err)
+	}
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM held_events WHERE guild_id = ?`, g).Scan(&d.HeldEvents); err != nil {
+		return d, fmt.Errorf("held count: %w", err)
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT kind, count(*) FROM mod_actions WHERE guild_id = ? GROUP BY kind`, g)
+	if err != nil {
+		return d, fmt.Errorf("action counts: %w", err)
+	}
+	for rows.Next() {
+		var k string
+		var n int64
+		if err := rows.Scan(&k, &n); err != nil {
+			rows.Close()
+			return d, err
+		}
+		d.ModActionsByKind[k] = n
+		d.ModActions += n
+	}
+	rows.Close()
+	for _, top := range []struct {
+		col string
+		dst *[]IDCount
+	}{{"channel_id", &d.TopChannels}, {"author_id", &d.TopAuthors}} {
+		rows, err := tx.QueryContext(ctx, `SELECT `+top.col+`, count(*) AS n FROM messages WHERE guild_id = ? AND deleted_at IS NULL
+			GROUP BY `+top.col+` ORDER BY n DESC, `+top.col+` LIMIT ?`, g, dashboardListLimit)
+		if err != nil {
+			return d, fmt.Errorf("top %s: %w", top.col, err)
+		}
+		for rows.Next() {
+			var id, n int64
+			if err := rows.Scan(&id, &n); err != nil {
+				rows.Close()
+				return d, err
+			}
+			*top.dst = append(*top.dst, IDCount{ID: uint64(id), Messages: n})
+		}
+		rows.Close()
+	}
+	rrows, err := tx.QueryContext(ctx, `SELECT `+reportCols+` FROM reports WHERE guild_id = ? ORDER BY id DESC LIMIT ?`, g, dashboardListLimit)
+	if err != nil {
+		return d, fmt.Errorf("recent reports: %w", err)
+	}
+	rs, err := scanReports(rrows)
+	if err != nil {
+		return d, fmt.Errorf("recent reports: %w", err)
+	}
+	d.RecentReports = append(d.RecentReports, rs...)
+	arows, err := tx.QueryContext(ctx, `SELECT guild_id, kind, user_id, moderator_id, reason, created_at, dedupe_key
+		FROM mod_actions WHERE guild_id = ? ORDER BY id DESC LIMIT ?`, g, dashboardListLimit)
+	if err != nil {
+		return d, fmt.Errorf("recent actions: %w", err)
+	}
+	as, err := scanActions(arows)
+	if err != nil {
+		return d, fmt.Errorf("recent actions: %w", err)
+	}
+	d.RecentActions = append(d.RecentActions, as...)
+	if d.Settings, err = settings(ctx, tx, guildID); err != nil {
+		return d, fmt.Errorf("settings: %w", err)
+	}
+	return d, nil
+}

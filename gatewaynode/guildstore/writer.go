@@ -1,0 +1,395 @@
+package guildstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+)
+
+// UnitResult is the result of one atomic unit of an ApplyBatch call.
+type UnitResult struct {
+	Outcomes []Outcome // one per Write, when Err is nil
+	Err      error     // e.g. ErrStaleEpoch; the unit's writes were rolled back
+}
+
+// WriterStats are cumulative group-commit counters (for metrics).
+type WriterStats struct {
+	Commits   uint64 // transactions committed
+	Requests  uint64 // caller requests committed
+	Writes    uint64 // writes committed (including no-op replays)
+	MaxWrites uint64 // largest number of writes in one commit
+}
+
+// Apply applies writes atomically (all or none) through the group-commit
+// writer and returns once they are committed. It shares its transaction with
+// whatever else is queued at the same time; a failing Apply does not affect
+// the others (each is a SAVEPOINT).
+//
+// If ctx ends while waiting, Apply returns ctx.Err() but the writes may still
+// commit; callers retry, which is safe because every Op is idempotent.
+func (s *Store) Apply(ctx context.Context, writes ...Write) ([]Outcome, error) {
+	res, err := s.ApplyBatch(ctx, [][]Write{writes})
+	if err != nil {
+		return nil, err
+	}
+	return res[0].Outcomes, res[0].Err
+}
+
+// ApplyBatch applies several independent units in one commit. Each unit is
+// atomic on its own; the returned error is for the whole call (e.g. the commit
+// failed), per-unit errors are in the results.
+func (s *Store) ApplyBatch(ctx context.Context, units [][]Write) ([]UnitResult, error) {
+	r := &request{ctx: ctx, units: units, done: make(chan struct{})}
+	if err := s.w.submit(ctx, r); err != nil {
+		return nil, err
+	}
+	return r.res, r.err
+}
+
+// Fence raises the guild's epoch to epoch (a migration started or finished
+// under that epoch). Writes carrying a lower epoch are rejected from now on.
+// Fencing with a lower epoch than stored fails with ErrStaleEpoch.
+func (s *Store) Fence(ctx context.Context, guildID, epoch uint64) error {
+	return s.w.job(ctx, func(ctx context.Context, t *wtx) error {
+		if err := t.checkEpoch(ctx, guildID, epoch); err != nil {
+			return fmt.Errorf("fence guild %d: %w", guildID, err)
+		}
+		return nil
+	})
+}
+
+// Stats returns the writer's counters.
+func (s *Store) Stats() WriterStats {
+	return WriterStats{
+		Commits:   s.w.commits.Load(),
+		Requests:  s.w.requests.Load(),
+		Writes:    s.w.writes.Load(),
+		MaxWrites: s.w.maxWrites.Load(),
+	}
+}
+
+type request struct {
+	ctx   context.Context
+	units [][]Write
+	job   func(ctx context.Context, t *wtx) error
+	res   []UnitResult
+	err   error
+	done  chan struct{}
+}
+
+func (r *request) size() int {
+	n := 0
+	for _, u := range r.units {
+		n += len(u)
+	}
+	return n
+}
+
+// writer owns the single write connection. One goroutine drains the request
+// queue: everything queued when it becomes free goes into one transaction.
+type writer struct {
+	s      *Store
+	conn   *sql.Conn
+	ctx    context.Context // the writer's own; caller contexts never interrupt a shared transaction
+	cancel context.CancelFunc
+	reqs   chan *request
+	exited chan struct{}
+	stmts  map[string]*sql.Stmt
+	once   sync.Once
+
+	commits, requests, writes, maxWrites atomic.Uint64
+}
+
+func newWriter(ctx context.Context, s *Store) (*writer, error) {
+	conn, err := s.wdb.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("writer connection: %w", err)
+	}
+	wctx, cancel := context.WithCancel(context.Background())
+	w := &writer{s: s, conn: conn, ctx: wctx, cancel: cancel, reqs: make(chan *request, 1024),
+		exited: make(chan struct{}), stmts: map[string]*sql.Stmt{}}
+	go w.run()
+	return w, nil
+}
+
+func (w *writer) wait() { <-w.exited }
+
+func (w *writer) close() error {
+	var errs []error
+	for _, st := range w.stmts {
+		errs = append(errs, st.Close())
+	}
+	errs = append(errs, w.conn.Close())
+	w.cancel()
+	return errors.Join(errs...)
+}
+
+func (w *writer) submit(ctx context.Context, r *request) error {
+	select {
+	case w.reqs <- r:
+	case <-w.s.closed:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-r.done:
+		return nil
+	case <-w.exited:
+		// The writer may have finished r just before exiting.
+		select {
+		case <-r.done:
+			return nil
+		default:
+			return ErrClosed
+		}
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// job runs fn alone in its own write transaction on the writer goroutine.
+func (w *writer) job(ctx context.Context, fn func(ctx context.Context, t *wtx) error) error {
+	r := &request{ctx: ctx, job: fn, done: make(chan struct{})}
+	if err := w.submit(ctx, r); err != nil {
+		return err
+	}
+	return r.err
+}
+
+func (w *writer) run() {
+	defer close(w.exited)
+	var pending *request
+	for {
+		first := pending
+		pending = nil
+		if first == nil {
+			select {
+			case first = <-w.reqs:
+			case <-w.s.closed:
+				w.failQueued()
+				return
+			}
+		}
+		if first.job != nil {
+			w.runJob(first)
+			continue
+		}
+		batch := []*request{first}
+		n := first.size()
+	collect:
+		for n < w.s.opts.MaxBatch {
+			select {
+			case r := <-w.reqs:
+				if r.job != nil {
+					pending = r
+					break collect
+				}
+				batch = append(batch, r)
+				n += r.size()
+			default:
+				break collect
+			}
+		}
+		w.commitBatch(batch, n)
+	}
+}
+
+func (w *writer) failQueued() {
+	for {
+		select {
+		case r := <-w.reqs:
+			r.err = ErrClosed
+			close(r.done)
+		default:
+			return
+		}
+	}
+}
+
+func (w *writer) runJob(r *request) {
+	defer close(r.done)
+	if err := r.ctx.Err(); err != nil {
+		r.err = err
+		return
+	}
+	t, err := w.begin()
+	if err != nil {
+		r.err = err
+		return
+	}
+	// The job's context may cancel its own (unshared) transaction.
+	if err := r.job(r.ctx, t); err != nil {
+		t.rollback()
+		r.err = err
+		return
+	}
+	r.err = t.commit()
+}
+
+func (w *writer) commitBatch(batch []*request, n int) {
+	defer func() {
+		for _, r := range batch {
+			close(r.done)
+		}
+	}()
+	t, err := w.begin()
+	if err != nil {
+		for _, r := range batch {
+			r.err = err
+		}
+		return
+	}
+	live := 0
+	for _, r := range batch {
+		if err := r.ctx.Err(); err != nil {
+			r.err = err // gave up before we started: not applied
+			continue
+		}
+		live++
+		r.res = make([]UnitResult, len(r.units))
+		for i, u := range r.units {
+			r.res[i] = t.applyUnit(w.ctx, u)
+		}
+	}
+	if err := t.commit(); err != nil {
+		for _, r := range batch {
+			r.res, r.err = nil, err
+		}
+		return
+	}
+	w.commits.Add(1)
+	w.requests.Add(uint64(live))
+	w.writes.Add(uint64(n))
+	for {
+		cur := w.maxWrites.Load()
+		if uint64(n) <= cur || w.maxWrites.CompareAndSwap(cur, uint64(n)) {
+			break
+		}
+	}
+}
+
+// wtx is the writer's open transaction (BEGIN IMMEDIATE on the single
+// connection), with prepared statements reused across transactions.
+type wtx struct {
+	w      *writer
+	epochs map[uint64]uint64 // epochs read or raised in this transaction
+	sp     int
+}
+
+func (w *writer) begin() (*wtx, error) {
+	if _, err := w.conn.ExecContext(w.ctx, "BEGIN IMMEDIATE"); err != nil {
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	return &wtx{w: w, epochs: map[uint64]uint64{}}, nil
+}
+
+func (t *wtx) commit() error {
+	if _, err := t.w.conn.ExecContext(t.w.ctx, "COMMIT"); err != nil {
+		t.rollback()
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+func (t *wtx) rollback() {
+	if _, err := t.w.conn.ExecContext(t.w.ctx, "ROLLBACK"); err != nil {
+		t.w.s.log.Warn("rollback failed", "err", err)
+	}
+}
+
+func (t *wtx) stmt(ctx context.Context, q string) (*sql.Stmt, error) {
+	if st, ok := t.w.stmts[q]; ok {
+		return st, nil
+	}
+	st, err := t.w.conn.PrepareContext(ctx, q)
+	if err != nil {
+		return nil, fmt.Errorf("prepare: %w", err)
+	}
+	t.w.stmts[q] = st
+	return st, nil
+}
+
+func (t *wtx) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	st, err := t.stmt(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	return st.ExecContext(ctx, args...)
+}
+
+func (t *wtx) queryRow(ctx context.Context, q string, args ...any) *sql.Row {
+	st, err := t.stmt(ctx, q)
+	if err != nil {
+		// Surface the prepare error through the Row.
+		return t.w.conn.QueryRowContext(ctx, q, args...)
+	}
+	return st.QueryRowContext(ctx, args...)
+}
+
+// applyUnit applies one atomic unit inside a savepoint.
+func (t *wtx) applyUnit(ctx context.Context, u []Write) UnitResult {
+	if _, err := t.exec(ctx, "SAVEPOINT unit"); err != nil {
+		return UnitResult{Err: err}
+	}
+	out := make([]Outcome, len(u))
+	for i, wr := range u {
+		if wr.Op == nil {
+			return t.abortUnit(ctx, errors.New("write without op"))
+		}
+		g := wr.Op.Guild()
+		if _, free := wr.Op.(unfencedOp); !free {
+			if err := t.checkEpoch(ctx, g, wr.Epoch); err != nil {
+				return t.abortUnit(ctx, fmt.Errorf("guild %d: %w", g, err))
+			}
+		}
+		o, err := wr.Op.apply(ctx, t)
+		if err != nil {
+			return t.abortUnit(ctx, fmt.Errorf("guild %d: apply %T: %w", g, wr.Op, err))
+		}
+		out[i] = o
+	}
+	if _, err := t.exec(ctx, "RELEASE unit"); err != nil {
+		return t.abortUnit(ctx, err)
+	}
+	return UnitResult{Outcomes: out}
+}
+
+func (t *wtx) abortUnit(ctx context.Context, cause error) UnitResult {
+	t.epochs = map[uint64]uint64{} // raises inside the unit are undone
+	if _, err := t.exec(ctx, "ROLLBACK TO unit"); err != nil {
+		return UnitResult{Err: errors.Join(cause, err)}
+	}
+	if _, err := t.exec(ctx, "RELEASE unit"); err != nil {
+		return UnitResult{Err: errors.Join(cause, err)}
+	}
+	return UnitResult{Err: cause}
+}
+
+// checkEpoch enforces the fence: epoch < stored → ErrStaleEpoch; epoch > stored raises it.
+func (t *wtx) checkEpoch(ctx context.Context, guildID, epoch uint64) error {
+	stored, ok := t.epochs[guildID]
+	if !ok {
+		var v int64
+		err := t.queryRow(ctx, `SELECT epoch FROM guild_epochs WHERE guild_id = ?`, int64(guildID)).Scan(&v)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("read epoch: %w", err)
+		}
+		stored = uint64(v) // no row: epoch 0
+		t.epochs[guildID] = stored
+	}
+	switch {
+	case epoch < stored:
+		return fmt.Errorf("write epoch %d < stored epoch %d: %w", epoch, stored, ErrStaleEpoch)
+	case epoch > stored:
+		if _, err := t.exec(ctx, `INSERT INTO guild_epochs (guild_id, epoch) VALUES (?, ?)
+			ON CONFLICT (guild_id) DO UPDATE SET epoch = excluded.epoch`, int64(guildID), int64(epoch)); err != nil {
+			return fmt.Errorf("raise epoch: %w", err)
+		}
+		t.epochs[guildID] = epoch
+	}
+	return nil
+}

@@ -1,0 +1,94 @@
+// Package cli holds what every command line of modbot shares: flags that
+// also read environment variables, logging set-up and signal handling.
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+// EnvName is the environment variable a flag reads: DISCORD_* flags keep
+// their own prefix, everything else gets MODBOT_ (--config → MODBOT_CONFIG).
+func EnvName(flagName string) string {
+	up := strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+	if strings.HasPrefix(up, "DISCORD_") {
+		return up
+	}
+	return "MODBOT_" + up
+}
+
+// Parse parses args and fills every flag not given on the command line from
+// its environment variable. It prints usage errors itself.
+func Parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] || err != nil {
+			return
+		}
+		if v, ok := os.LookupEnv(EnvName(f.Name)); ok {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("environment %s=%q: %w", EnvName(f.Name), v, e)
+			}
+		}
+	})
+	return err
+}
+
+// Usage installs a usage function that mentions the environment variables.
+func Usage(fs *flag.FlagSet, synopsis string) {
+	fs.Usage = func() {
+		out := fs.Output()
+		fmt.Fprintf(out, "usage: %s\n\nflags (each also read from the environment variable shown):\n", synopsis)
+		fs.VisitAll(func(f *flag.Flag) {
+			def := ""
+			if f.DefValue != "" && f.DefValue != "false" {
+				def = fmt.Sprintf(" (default %s)", f.DefValue)
+			}
+			fmt.Fprintf(out, "  --%-22s %s%s [$%s]\n", f.Name, f.Usage, def, EnvName(f.Name))
+		})
+	}
+}
+
+// Logger returns a structured logger for a component, JSON when
+// MODBOT_LOG_FORMAT=json, text otherwise, at MODBOT_LOG_LEVEL (info).
+func Logger(component string) *slog.Logger {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(os.Getenv("MODBOT_LOG_LEVEL"))); err != nil {
+		lvl = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	var h slog.Handler = slog.NewTextHandler(os.Stderr, opts)
+	if os.Getenv("MODBOT_LOG_FORMAT") == "json" {
+		h = slog.NewJSONHandler(os.Stderr, opts)
+	}
+	l := slog.New(h).With("component", component)
+	slog.SetDefault(l)
+	return l
+}
+
+// SignalContext is cancelled on SIGINT or SIGTERM.
+func SignalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+// SplitList splits a comma-separated flag value.
+func SplitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
