@@ -102,6 +102,27 @@ type JoinRequest struct {
 	HTTPAddr string `json:"http_addr,omitempty"`
 }
 
+// CheckpointRequest is POST /v1/shards/checkpoints: a holder saves the
+// resume points of the shards it holds.
+type CheckpointRequest struct {
+	Pod         string                    `json:"pod"`
+	Checkpoints map[string]fsm.Checkpoint `json:"checkpoints"` // shard id → checkpoint
+}
+
+// IdentifyRequest is POST /v1/identify: a pod asks for an identify slot.
+type IdentifyRequest struct {
+	Pod            string `json:"pod"`
+	Shard          int    `json:"shard"`
+	MaxConcurrency int    `json:"max_concurrency"`
+}
+
+// IdentifySlot says when the pod may send IDENTIFY.
+type IdentifySlot struct {
+	Bucket int   `json:"bucket"`
+	WaitMs int64 `json:"wait_ms"`
+	At     int64 `json:"at"` // unix ms
+}
+
 // TransferRequest is POST /v1/cluster/transfer-leadership.
 type TransferRequest struct {
 	To string `json:"to,omitempty"`

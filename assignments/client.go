@@ -225,6 +225,17 @@ func (c *Client) PlaceGuilds(ctx context.Context, ids []string) (PlaceResponse, 
 	return p, c.Do(ctx, http.MethodPost, "/v1/guilds", PlaceRequest{GuildIDs: ids}, &p)
 }
 
+// SaveCheckpoints stores resume points for shards the pod holds.
+func (c *Client) SaveCheckpoints(ctx context.Context, r CheckpointRequest) error {
+	return c.Do(ctx, http.MethodPost, "/v1/shards/checkpoints", r, nil)
+}
+
+// IdentifySlot reserves the next identify slot of the shard's bucket.
+func (c *Client) IdentifySlot(ctx context.Context, r IdentifyRequest) (IdentifySlot, error) {
+	var s IdentifySlot
+	return s, c.Do(ctx, http.MethodPost, "/v1/identify", r, &s)
+}
+
 func (c *Client) Snapshot(ctx context.Context) (Snapshot, error) {
 	var s Snapshot
 	return s, c.Do(ctx, http.MethodGet, "/v1/snapshot", nil, &s)

@@ -45,6 +45,8 @@ func (n *Node) routes() http.Handler {
 	v1("/pods/{id}/heartbeat", n.leaderOnly(n.handleHeartbeat), "POST")
 	v1("/pods/{id}/drain", n.leaderOnly(n.handleDrain), "POST")
 	v1("/shards", n.reads(n.handleShards), "GET")
+	v1("/shards/checkpoints", n.leaderOnly(n.handleCheckpoints), "POST")
+	v1("/identify", n.leaderOnly(n.handleIdentify), "POST")
 	v1("/guilds", n.reads(n.handleGuilds), "GET")
 	v1("/guilds", n.leaderOnly(n.handlePlace), "POST")
 	v1("/guilds/{id}", n.reads(n.handleGuild), "GET")
@@ -266,10 +268,7 @@ func (n *Node) handleShards(w http.ResponseWriter, r *http.Request) {
 	var out assignments.ShardList
 	n.store.View(func(s *fsm.State) {
 		out.Revision, out.ShardCount = s.Revision, s.ShardCount
-		out.Shards = make([]fsm.ShardAssignment, len(s.Shards))
-		for i, h := range s.Shards {
-			out.Shards[i] = fsm.ShardAssignment{Shard: i, Holder: h}
-		}
+		out.Shards = shardAssignments(s)
 	})
 	writeJSON(w, http.StatusOK, out)
 }
@@ -326,6 +325,40 @@ func (n *Node) handleGuilds(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+func shardAssignments(s *fsm.State) []fsm.ShardAssignment {
+	out := make([]fsm.ShardAssignment, len(s.Shards))
+	for i, h := range s.Shards {
+		out[i] = fsm.ShardAssignment{Shard: i, Holder: h}
+		if cp, ok := s.Checkpoints[i]; ok {
+			out[i].Checkpoint = &cp
+		}
+	}
+	return out
+}
+
+func (n *Node) handleCheckpoints(w http.ResponseWriter, r *http.Request) {
+	var req assignments.CheckpointRequest
+	if err := n.decodeBody(w, r, &req); err != nil {
+		n.fail(w, r, err)
+		return
+	}
+	cps := make(map[int]fsm.Checkpoint, len(req.Checkpoints))
+	for k, v := range req.Checkpoints {
+		sh, err := strconv.Atoi(k)
+		if err != nil {
+			n.fail(w, r, badRequest("shard %q is not a number", k))
+			return
+		}
+		cps[sh] = v
+	}
+	res, err := n.propose(r.Context(), fsm.Command{Type: fsm.CmdSaveCheckpoints, PodID: req.Pod, Checkpoints: cps})
+	if err != nil {
+		n.fail(w, r, err)
+		return
+	}
+	n.writeResult(w, res, "saved")
 }
 
 // searchAfter returns the index of the first id greater than after.
@@ -419,10 +452,7 @@ func (n *Node) snapshot() assignments.Snapshot {
 		for _, p := range s.SortedPods() {
 			out.Pods = append(out.Pods, *p)
 		}
-		out.Shards = make([]fsm.ShardAssignment, len(s.Shards))
-		for i, h := range s.Shards {
-			out.Shards[i] = fsm.ShardAssignment{Shard: i, Holder: h}
-		}
+		out.Shards = shardAssignments(s)
 		out.Guilds = make([]fsm.Guild, 0, len(s.Guilds))
 		for _, id := range s.SortedGuildIDs() {
 			g := *s.Guilds[id]

@@ -20,6 +20,7 @@ type metrics struct {
 	proposals      *prometheus.CounterVec
 	applyLatency   prometheus.Histogram
 	forwarded      prometheus.Counter
+	identifySlots  prometheus.Counter
 	podsMarkedDown prometheus.Counter
 	watchers       prometheus.Gauge
 	watchSent      prometheus.Counter
@@ -46,6 +47,7 @@ func newMetrics(n *Node) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
 		forwarded:      prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_forwarded_requests_total", Help: "Requests forwarded to the leader."}),
+		identifySlots:  prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_identify_slots_total", Help: "Discord identify slots handed out."}),
 		podsMarkedDown: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_pods_marked_down_total", Help: "Pods marked down for missed heartbeats."}),
 		watchers:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_watch_subscribers", Help: "Open /v1/watch streams on this node."}),
 		watchSent:      prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_watch_events_sent_total", Help: "Change events written to watch streams."}),
@@ -55,7 +57,7 @@ func newMetrics(n *Node) *metrics {
 		raftCommit:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_raft_commit_index", Help: "Last committed Raft index."}),
 		lastContact:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_raft_last_contact_seconds", Help: "Seconds since this follower heard from the leader (0 on the leader)."}),
 	}
-	reg.MustRegister(m.httpLatency, m.proposals, m.applyLatency, m.forwarded, m.podsMarkedDown, m.watchers, m.watchSent,
+	reg.MustRegister(m.httpLatency, m.proposals, m.applyLatency, m.forwarded, m.identifySlots, m.podsMarkedDown, m.watchers, m.watchSent,
 		m.raftState, m.raftTerm, m.raftApplied, m.raftCommit, m.lastContact,
 		&fsmCollector{n: n}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -52,6 +52,9 @@ type Config struct {
 	SnapshotThreshold    uint64
 	SnapshotInterval     time.Duration
 	TrailingLogs         uint64
+	// IdentifyInterval is Discord's spacing between identifies per bucket
+	// (5 s; a fake Discord may advertise less).
+	IdentifyInterval time.Duration
 	// NoSync disables fsync of the Raft log (tests only).
 	NoSync bool
 
@@ -89,6 +92,9 @@ func (c *Config) setDefaults() {
 	if c.TrailingLogs == 0 {
 		c.TrailingLogs = 10240
 	}
+	if c.IdentifyInterval == 0 {
+		c.IdentifyInterval = 5 * time.Second
+	}
 	if c.Shards == 0 {
 		c.Shards = 4
 	}
@@ -115,18 +121,19 @@ func (c *Config) validate() error {
 
 // Node is a running config node: Raft, the FSM and the HTTP API.
 type Node struct {
-	cfg     Config
-	log     *slog.Logger
-	raft    *raft.Raft
-	store   *Store
-	logs    *raftboltdb.BoltStore
-	trans   *raft.NetworkTransport
-	httpLn  net.Listener
-	httpSrv *http.Server
-	httpURL string
-	metrics *metrics
-	live    *liveness
-	peers   *http.Client
+	cfg      Config
+	log      *slog.Logger
+	raft     *raft.Raft
+	store    *Store
+	logs     *raftboltdb.BoltStore
+	trans    *raft.NetworkTransport
+	httpLn   net.Listener
+	httpSrv  *http.Server
+	httpURL  string
+	metrics  *metrics
+	live     *liveness
+	identify *identifyQueue
+	peers    *http.Client
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -155,6 +162,7 @@ func Start(cfg Config) (*Node, error) {
 	n.metrics = newMetrics(n)
 	n.store.applied = n.metrics.observeApplied
 	n.live = newLiveness(n)
+	n.identify = newIdentifyQueue(cfg.IdentifyInterval)
 
 	if err := n.startRaft(); err != nil {
 		n.closeRaft()
@@ -312,6 +320,7 @@ func (n *Node) lead(ctx context.Context) {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+	n.identify.reset(time.Now())
 	n.live.run(ctx)
 }
 

@@ -128,6 +128,23 @@ func (s *State) Validate(c Command) error {
 		if n == nil || n.ID == "" || n.RaftAddr == "" || n.HTTPAddr == "" {
 			return reject(ErrInvalid, "config node needs id, raft_addr and http_addr")
 		}
+	case CmdSaveCheckpoints:
+		if len(c.Checkpoints) == 0 {
+			return reject(ErrInvalid, "no checkpoints given")
+		}
+		for shard, cp := range c.Checkpoints {
+			if shard < 0 || shard >= s.ShardCount {
+				return reject(ErrInvalid, "shard %d out of range [0, %d)", shard, s.ShardCount)
+			}
+			// Fencing: only the current holder may move a shard's resume point,
+			// so a pod that lost the shard cannot overwrite its successor's.
+			if s.Shards[shard] != c.PodID {
+				return reject(ErrConflict, "pod %q does not hold shard %d (holder %q)", c.PodID, shard, s.Shards[shard])
+			}
+			if cp.SessionID == "" || cp.Seq < 0 {
+				return reject(ErrInvalid, "shard %d: checkpoint needs a session id and a seq >= 0", shard)
+			}
+		}
 	case CmdRemoveConfigNode:
 		if _, ok := s.ConfigNodes[c.PodID]; !ok {
 			return reject(ErrNotFound, "unknown config node %q", c.PodID)
@@ -159,6 +176,11 @@ func (s *State) Apply(index uint64, c Command) ([]Event, error) {
 			s.ConfigNodes[c.ConfigNode.ID] = *c.ConfigNode
 			n := *c.ConfigNode
 			a.emit(Event{Type: EventConfigNode, ConfigNode: &n})
+		}
+	case CmdSaveCheckpoints:
+		for shard, cp := range c.Checkpoints {
+			cp.Holder, cp.At = c.PodID, c.At
+			s.Checkpoints[shard] = cp
 		}
 	case CmdRemoveConfigNode:
 		n := s.ConfigNodes[c.PodID]

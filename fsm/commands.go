@@ -26,6 +26,7 @@ const (
 	CmdRemoveGuilds     CommandType = "remove_guilds"      // GuildIDs (the bot left them)
 	CmdSetConfigNode    CommandType = "set_config_node"    // ConfigNode: a config node's addresses
 	CmdRemoveConfigNode CommandType = "remove_config_node" // PodID names the config node
+	CmdSaveCheckpoints  CommandType = "save_checkpoints"   // PodID, Checkpoints: the holder's resume points
 	maxGuildsPerCmd                 = 100_000
 )
 
@@ -46,6 +47,8 @@ type Command struct {
 	Phase      string      `json:"phase,omitempty"`
 	Reason     string      `json:"reason,omitempty"`
 	ConfigNode *ConfigNode `json:"config_node,omitempty"`
+	// Checkpoints maps shard id → the resume point its holder has committed.
+	Checkpoints map[int]Checkpoint `json:"checkpoints,omitempty"`
 }
 
 // PodSpec is what a pod says about itself when it registers.

@@ -18,8 +18,11 @@
 //     active pod other than the owner.
 //   - Every shard in [0, ShardCount) has at most one holder, the holder is an
 //     active pod, and active pods hold an even share (counts differ by at most 1).
-//   - The revision is the Raft index of the last entry that changed the state;
+//   - The revision is the Raft index of the last entry that changed the map;
 //     a rejected or no-op command changes nothing, not even the revision.
+//     Shard checkpoints (resume points) are bookkeeping outside the map: saving
+//     one emits no event and leaves the revision alone. Only a shard's current
+//     holder may save its checkpoint.
 //   - Snapshot → Restore reproduces the State exactly (see snapshot.go for the
 //     encoding, designed for a million guilds).
 //

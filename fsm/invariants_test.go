@@ -106,7 +106,15 @@ func randomCommand(r *rand.Rand, s *State, guildPool []uint64) Command {
 	}
 	guild := func() uint64 { return guildPool[r.IntN(len(guildPool))] }
 	c := Command{Version: CommandVersion, At: int64(r.IntN(1 << 30))}
-	switch r.IntN(12) {
+	switch r.IntN(13) {
+	case 12:
+		sh := r.IntN(max(1, s.ShardCount))
+		holder := anyPod()
+		if sh < len(s.Shards) && r.IntN(2) == 0 {
+			holder = s.Shards[sh]
+		}
+		c.Type, c.PodID = CmdSaveCheckpoints, holder
+		c.Checkpoints = map[int]Checkpoint{sh: {SessionID: fmt.Sprintf("s%d", r.IntN(5)), Seq: int64(r.IntN(1000)), ResumeURL: "ws://x"}}
 	case 11:
 		n := fmt.Sprintf("config-%d", r.IntN(3))
 		if r.IntN(3) == 0 {
@@ -169,6 +177,9 @@ func assertSameState(t *testing.T, want, got *State) {
 	}
 	if !reflect.DeepEqual(want.Shards, got.Shards) && !(len(want.Shards) == 0 && len(got.Shards) == 0) {
 		t.Fatalf("shards differ:\nwant %v\ngot  %v", want.Shards, got.Shards)
+	}
+	if !reflect.DeepEqual(want.Checkpoints, got.Checkpoints) {
+		t.Fatalf("checkpoints differ: want %v got %v", want.Checkpoints, got.Checkpoints)
 	}
 	if !reflect.DeepEqual(want.ConfigNodes, got.ConfigNodes) {
 		t.Fatalf("config nodes differ: want %v got %v", want.ConfigNodes, got.ConfigNodes)

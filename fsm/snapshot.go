@@ -20,6 +20,8 @@ import (
 //	pods: count, then per pod: id, ordinal, addr, state, since(zigzag)
 //	shards: shard_count holder indexes (pod index + 1, 0 = none)
 //	config nodes: count, then per node in id order: id, raft_addr, http_addr
+//	checkpoints: count, then per shard in order: shard, session_id,
+//	        seq(zigzag), resume_url, holder, at(zigzag)
 //	guilds: count, then per guild in id order: id delta, owner index,
 //	        state byte, epoch, revision delta-free, has-migration byte
 //	        [from index, to index, epoch, phase, started_at(zigzag)]
@@ -107,6 +109,21 @@ func (s *State) WriteSnapshot(w io.Writer) error {
 		sw.str(n.ID)
 		sw.str(n.RaftAddr)
 		sw.str(n.HTTPAddr)
+	}
+	cps := make([]int, 0, len(s.Checkpoints))
+	for sh := range s.Checkpoints {
+		cps = append(cps, sh)
+	}
+	slices.Sort(cps)
+	sw.uvarint(uint64(len(cps)))
+	for _, sh := range cps {
+		cp := s.Checkpoints[sh]
+		sw.uvarint(uint64(sh))
+		sw.str(cp.SessionID)
+		sw.varint(cp.Seq)
+		sw.str(cp.ResumeURL)
+		sw.str(cp.Holder)
+		sw.varint(cp.At)
 	}
 	ids := s.SortedGuildIDs()
 	sw.uvarint(uint64(len(ids)))
@@ -263,6 +280,14 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 	for i := uint64(0); i < ncn && sr.err == nil; i++ {
 		n := ConfigNode{ID: sr.str(), RaftAddr: sr.str(), HTTPAddr: sr.str()}
 		s.ConfigNodes[n.ID] = n
+	}
+	ncp := sr.uvarint()
+	if ncp > 65536 {
+		return nil, fmt.Errorf("read snapshot: %d checkpoints is not plausible", ncp)
+	}
+	for i := uint64(0); i < ncp && sr.err == nil; i++ {
+		sh := int(sr.uvarint())
+		s.Checkpoints[sh] = Checkpoint{SessionID: sr.str(), Seq: sr.varint(), ResumeURL: sr.str(), Holder: sr.str(), At: sr.varint()}
 	}
 	n := sr.uvarint()
 	if n > 1<<32 {

@@ -44,6 +44,9 @@ type State struct {
 	Shards      []string // index = shard id, value = holder pod id or ""
 	Guilds      map[uint64]*Guild
 	ConfigNodes map[string]ConfigNode
+	// Checkpoints are the shards' resume points. They are bookkeeping, not
+	// part of the map: saving one emits no event and leaves the revision.
+	Checkpoints map[int]Checkpoint
 
 	// Derived, rebuilt on Restore.
 	owned     map[string]int // pod id → guilds owned
@@ -54,7 +57,7 @@ type State struct {
 
 // New returns an empty state.
 func New() *State {
-	return &State{Pods: map[string]*Pod{}, Guilds: map[uint64]*Guild{}, ConfigNodes: map[string]ConfigNode{}, owned: map[string]int{}}
+	return &State{Pods: map[string]*Pod{}, Guilds: map[uint64]*Guild{}, ConfigNodes: map[string]ConfigNode{}, Checkpoints: map[int]Checkpoint{}, owned: map[string]int{}}
 }
 
 // GuildCount returns how many guilds a pod owns.

@@ -63,10 +63,25 @@ type ConfigNode struct {
 	HTTPAddr string `json:"http_addr"`
 }
 
+// Checkpoint is where a shard's Discord session can be resumed from: every
+// dispatch up to Seq has been durably committed by its owner. A pod that takes
+// the shard over RESUMEs from it, so nothing dispatched while the previous
+// holder was dying is lost (replays are harmless: handlers are idempotent).
+type Checkpoint struct {
+	SessionID string `json:"session_id"`
+	Seq       int64  `json:"seq"`
+	ResumeURL string `json:"resume_url"`
+	// Holder is the pod that saved it; At is the leader's clock then.
+	Holder string `json:"holder"`
+	At     int64  `json:"at"`
+}
+
 // ShardAssignment says which pod keeps the Discord session of one shard.
 type ShardAssignment struct {
 	Shard  int    `json:"shard"`
 	Holder string `json:"holder"` // "" when no active pod exists
+	// Checkpoint is the last saved resume point (nil before the first).
+	Checkpoint *Checkpoint `json:"checkpoint,omitempty"`
 }
 
 // ShardOf returns the gateway shard that carries a guild's events.

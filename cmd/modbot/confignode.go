@@ -28,6 +28,7 @@ func runConfigNode(args []string) error {
 	fs.IntVar(&c.WatchHistory, "watch-history", 0, "change events kept for watch resumption (default 100000)")
 	fs.Uint64Var(&c.SnapshotThreshold, "snapshot-threshold", 0, "Raft log entries between snapshots (default 8192)")
 	fs.Uint64Var(&c.TrailingLogs, "trailing-logs", 0, "Raft log entries kept after a snapshot (default 10240)")
+	fs.DurationVar(&c.IdentifyInterval, "identify-interval", 0, "Discord identify spacing per max_concurrency bucket (default 5s)")
 	fs.DurationVar(&c.SnapshotInterval, "snapshot-interval", 0, "how often to check whether to snapshot (default 30s)")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
