@@ -49,9 +49,13 @@ type Config struct {
 	// Raft tuning. Zero values take the defaults below, tuned for a LAN.
 	RaftHeartbeatTimeout time.Duration
 	RaftElectionTimeout  time.Duration
-	SnapshotThreshold    uint64
-	SnapshotInterval     time.Duration
-	TrailingLogs         uint64
+	// RaftCommitTimeout is how long the leader waits, idle, before telling
+	// followers about a new commit (default 5 ms). Lower means faster watch
+	// delivery from followers at the cost of more idle RPCs.
+	RaftCommitTimeout time.Duration
+	SnapshotThreshold uint64
+	SnapshotInterval  time.Duration
+	TrailingLogs      uint64
 	// IdentifyInterval is Discord's spacing between identifies per bucket
 	// (5 s; a fake Discord may advertise less).
 	IdentifyInterval time.Duration
@@ -82,6 +86,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RaftElectionTimeout == 0 {
 		c.RaftElectionTimeout = 500 * time.Millisecond
+	}
+	if c.RaftCommitTimeout == 0 {
+		c.RaftCommitTimeout = 5 * time.Millisecond
 	}
 	if c.SnapshotThreshold == 0 {
 		c.SnapshotThreshold = 8192
@@ -205,7 +212,7 @@ func (n *Node) startRaft() error {
 	rc.HeartbeatTimeout = cfg.RaftHeartbeatTimeout
 	rc.ElectionTimeout = cfg.RaftElectionTimeout
 	rc.LeaderLeaseTimeout = cfg.RaftHeartbeatTimeout / 2
-	rc.CommitTimeout = 5 * time.Millisecond
+	rc.CommitTimeout = cfg.RaftCommitTimeout
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.SnapshotInterval = cfg.SnapshotInterval
 	rc.TrailingLogs = cfg.TrailingLogs

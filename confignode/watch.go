@@ -81,11 +81,16 @@ func (n *Node) handleWatch(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if len(batches) > 0 {
+			// Write every ready batch, then flush once.
+			_ = rc.SetWriteDeadline(time.Now().Add(10 * time.Second))
 			for _, b := range batches {
-				if !write(b.frame) {
+				if _, err := w.Write(b.frame); err != nil {
 					return
 				}
 				n.metrics.watchSent.Add(float64(len(b.events)))
+			}
+			if rc.Flush() != nil {
+				return
 			}
 			pos = batches[len(batches)-1].revision
 			ticker.Reset(n.cfg.WatchProgress)

@@ -23,7 +23,16 @@ import (
 type Options struct {
 	Dir         string
 	ConfigNodes int
+	Gateways    int
+	Guilds      int
+	Traffic     float64 // synthetic messages per second (0: none)
+	Proxy       bool
 	Shards      int
+	// DiscordAddr is the fake Discord's address; GatewayBasePort+i is
+	// gateway-i's; ProxyAddr the proxy's.
+	DiscordAddr     string
+	GatewayBasePort int
+	ProxyAddr       string
 	// BaseRaftPort and BaseHTTPPort: node i listens on base+i.
 	BaseRaftPort int
 	BaseHTTPPort int
@@ -41,7 +50,16 @@ func (o *Options) defaults() {
 		o.ConfigNodes = 3
 	}
 	if o.Shards == 0 {
-		o.Shards = 4
+		o.Shards = 6
+	}
+	if o.DiscordAddr == "" {
+		o.DiscordAddr = "127.0.0.1:7900"
+	}
+	if o.GatewayBasePort == 0 {
+		o.GatewayBasePort = 9000
+	}
+	if o.ProxyAddr == "" {
+		o.ProxyAddr = "127.0.0.1:8080"
 	}
 	if o.BaseRaftPort == 0 {
 		o.BaseRaftPort = 7000
@@ -135,7 +153,24 @@ func Run(ctx context.Context, o Options) error {
 		sup.Wait()
 		return err
 	}
+	more, discordURL, err := startWorkload(ctx, o, sup, urls, env)
+	if err != nil {
+		sup.Wait()
+		return err
+	}
+	procs = append(procs, more...)
+	if o.Gateways > 0 {
+		if err := waitGateways(ctx, client, o.Gateways); err != nil {
+			o.Log.Warn("gateways not all up yet", "err", err)
+		}
+	}
 	printSummary(o, procs, token)
+	if o.Gateways > 0 {
+		printTryCommands(ctx, o, client)
+	}
+	if o.Traffic > 0 && o.Gateways > 0 {
+		go runTraffic(ctx, o, discordURL)
+	}
 	<-ctx.Done()
 	o.Log.Info("stopping every child")
 	sup.Wait()
@@ -176,6 +211,6 @@ func printSummary(o Options, procs []*Process, token string) {
 		fmt.Fprintf(w, "%s\t%d\t%s\n", p.Name, p.PID(), p.URL)
 	}
 	_ = w.Flush()
-	fmt.Fprintf(o.Out, "\ntoken: %s (in %s)\nlogs:  %s\n\ntry:\n  modbotctl status\n  modbotctl config-node list\n  modbotctl watch\n\nCtrl-C stops everything; running it again resumes from %s.\n",
+	fmt.Fprintf(o.Out, "\ntoken: %s (in %s)\nlogs:  %s\nCtrl-C stops everything; running it again resumes from %s.\n",
 		token, TokenFile(o.Dir), filepath.Join(o.Dir, "logs"), o.Dir)
 }

@@ -204,12 +204,14 @@ func (s *Server) controlRoutes(mux *http.ServeMux) {
 			TargetID  jsonID          `json:"target_id"`
 			ChannelID jsonID          `json:"channel_id"`
 			UserID    jsonID          `json:"user_id"`
+			// Permissions of the invoking member (decimal string).
+			Permissions string `json:"permissions"`
 		}
 		if !ctlDecode(w, r, &b) {
 			return
 		}
 		rec, err := s.DeliverInteraction(r.Context(), InteractionSpec{GuildID: uint64(b.GuildID), Name: b.Name, CommandType: b.Type,
-			Options: b.Options, TargetID: uint64(b.TargetID), ChannelID: uint64(b.ChannelID), UserID: uint64(b.UserID)})
+			Options: b.Options, TargetID: uint64(b.TargetID), ChannelID: uint64(b.ChannelID), UserID: uint64(b.UserID), Permissions: b.Permissions})
 		if err != nil {
 			ctlErr(w, err)
 			return

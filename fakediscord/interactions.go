@@ -49,6 +49,9 @@ type InteractionSpec struct {
 	// turned into options (string, integer, boolean or number typed).
 	Options  json.RawMessage
 	TargetID uint64
+	// Permissions is the invoking member's permission bitfield as Discord
+	// sends it (decimal string); "" = a member without Manage Server.
+	Permissions string
 }
 
 // InteractionRecord is what the fake knows about one interaction.
@@ -222,6 +225,9 @@ func (s *Server) newInteractionLocked(spec InteractionSpec) (json.RawMessage, *i
 	token := fmt.Sprintf("aW50ZXJhY3Rpb246%d:%s", id, newSessionID())
 	member := memberPayload(spec.UserID)
 	member["permissions"] = "1071698660929"
+	if spec.Permissions != "" {
+		member["permissions"] = spec.Permissions
+	}
 	payload, err := json.Marshal(map[string]any{
 		"id": idStr(id), "application_id": idStr(s.appID), "type": InteractionApplicationCommand, "data": data,
 		"guild_id": idStr(spec.GuildID), "channel_id": idStr(spec.ChannelID),

@@ -48,3 +48,21 @@ func (s *Store) DropHeld(ctx context.Context, guildID uint64, uptoSeq int64) err
 	}
 	return nil
 }
+
+// HeldGuilds lists the guilds that have held events, ascending.
+func (s *Store) HeldGuilds(ctx context.Context) ([]uint64, error) {
+	rows, err := s.rdb.QueryContext(ctx, `SELECT DISTINCT guild_id FROM held_events ORDER BY guild_id`)
+	if err != nil {
+		return nil, fmt.Errorf("list guilds with held events: %w", err)
+	}
+	defer rows.Close()
+	var out []uint64
+	for rows.Next() {
+		var g int64
+		if err := rows.Scan(&g); err != nil {
+			return nil, fmt.Errorf("list guilds with held events: %w", err)
+		}
+		out = append(out, uint64(g))
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,44 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+
+	"github.com/modbot/modbot/gatewaynode"
+	"github.com/modbot/modbot/internal/cli"
+)
+
+func runGateway(args []string) error {
+	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
+	cli.Usage(fs, "modbot gateway --id gateway-0 --data-dir DIR --http-addr HOST:PORT --config URL,… [--discord-token T] [--discord-url URL] [--token T]")
+	var c gatewaynode.Config
+	var config string
+	fs.StringVar(&c.ID, "id", "", "pod id with its ordinal, e.g. gateway-1 (the StatefulSet hostname)")
+	fs.IntVar(&c.Ordinal, "ordinal", -1, "ordinal (default: the id's numeric suffix)")
+	fs.StringVar(&c.DataDir, "data-dir", "", "directory for the pod's SQLite database")
+	fs.StringVar(&c.HTTPAddr, "http-addr", "127.0.0.1:9000", "internal API address")
+	fs.StringVar(&c.Advertise, "advertise-addr", "", "address peers and proxies dial (default: --http-addr)")
+	fs.StringVar(&config, "config", "", "config node URLs, comma-separated")
+	fs.StringVar(&c.Token, "token", "", "API token shared with the config nodes and peers")
+	fs.StringVar(&c.DiscordToken, "discord-token", "", "Discord bot token")
+	fs.StringVar(&c.DiscordURL, "discord-url", "", "base URL of a fake Discord (default: real Discord)")
+	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", 0, "heartbeat to the control plane (default 1s)")
+	fs.DurationVar(&c.CheckpointInterval, "checkpoint-interval", 0, "how often shard resume points are saved (default 1s)")
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %v", fs.Args())
+	}
+	c.ConfigURLs = cli.SplitList(config)
+	c.Logger = cli.Logger("gateway")
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	n, err := gatewaynode.Start(c)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	c.Logger.Info("signal received; stopping (shard sessions stay resumable)")
+	return n.Close()
+}

@@ -1,0 +1,211 @@
+package gatewaynode
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/bwmarrin/discordgo"
+	"github.com/gorilla/mux"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/modbot/modbot/fsm"
+	"github.com/modbot/modbot/gatewaynode/bot"
+)
+
+const maxBody = 8 << 20
+
+func (n *Node) routes(reg *prometheus.Registry) http.Handler {
+	r := mux.NewRouter()
+	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, http.StatusNotFound, "no route %s %s", r.Method, r.URL.Path)
+	})
+	r.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, http.StatusMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path)
+	})
+	r.Use(n.metrics.instrument)
+	r.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) }).Methods("GET")
+	r.HandleFunc("/readyz", n.handleReady).Methods("GET")
+	r.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{})).Methods("GET")
+	auth := func(path string, h http.HandlerFunc, method string) {
+		r.Handle(path, n.requireToken(h)).Methods(method)
+	}
+	auth("/guild/{id}/dashboard", n.handleDashboard, "GET")
+	auth("/internal/events", n.handleEvents, "POST")
+	auth("/internal/interactions", n.handleInteraction, "POST")
+	auth("/internal/status", n.handleStatus, "GET")
+	return r
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, status int, format string, args ...any) {
+	writeJSON(w, status, map[string]string{"error": fmt.Sprintf(format, args...)})
+}
+
+func (n *Node) requireToken(next http.Handler) http.Handler {
+	want := []byte("Bearer " + n.cfg.Token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			writeErr(w, http.StatusUnauthorized, "missing or wrong bearer token")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (n *Node) handleReady(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case n.watch.Revision() == 0:
+		writeErr(w, http.StatusServiceUnavailable, "no map yet")
+	case !n.shards.ready():
+		writeErr(w, http.StatusServiceUnavailable, "shard sessions are not all up")
+	default:
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "shards": n.shards.held(), "revision": n.watch.Revision()})
+	}
+}
+
+// notOwner answers 421 so the caller (a proxy or a peer) re-reads its map.
+func (n *Node) notOwner(w http.ResponseWriter, g fsm.Guild, known bool) {
+	owner := ""
+	if known {
+		owner = g.Owner
+	}
+	writeJSON(w, http.StatusMisdirectedRequest, map[string]any{
+		"error": fmt.Sprintf("%s does not own guild %d", n.cfg.ID, g.ID), "owner": owner, "revision": n.watch.Revision(),
+	})
+}
+
+func (n *Node) handleDashboard(w http.ResponseWriter, r *http.Request) {
+	id, err := fsm.ParseGuildID(mux.Vars(r)["id"])
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	g, ok := n.watch.Lookup(id)
+	if !ok || g.Owner != n.cfg.ID {
+		g.ID = id
+		n.notOwner(w, g, ok)
+		return
+	}
+	d, err := n.store.Dashboard(r.Context(), id)
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, "dashboard of guild %d: %v", id, err)
+		return
+	}
+	view := dashboardView{Dashboard: d, Owner: n.cfg.ID, State: string(g.State), Revision: n.watch.Revision()}
+	if strings.Contains(r.Header.Get("Accept"), "application/json") {
+		writeJSON(w, http.StatusOK, view)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	if err := dashboardHTML.Execute(w, view); err != nil {
+		n.log.Warn("render dashboard", "guild", id, "err", err)
+	}
+}
+
+// handleEvents takes events forwarded by a shard holder. It answers 200 only
+// after every event is committed (processed or durably held), which is what
+// lets the holder acknowledge them to Discord.
+func (n *Node) handleEvents(w http.ResponseWriter, r *http.Request) {
+	var req forwardRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	if err := dec.Decode(&req); err != nil {
+		writeErr(w, http.StatusBadRequest, "malformed events: %v", err)
+		return
+	}
+	evs := make([]bot.Event, 0, len(req.Events))
+	for _, e := range req.Events {
+		ev := bot.Event{Type: e.Type, Data: e.Data, DeliveryID: e.DeliveryID}
+		if _, ok := bot.GuildOf(ev); !ok {
+			writeErr(w, http.StatusBadRequest, "event %s has no guild", e.Type)
+			return
+		}
+		evs = append(evs, ev)
+	}
+	if err := n.processLocal(r.Context(), evs); err != nil {
+		writeErr(w, http.StatusServiceUnavailable, "commit forwarded events: %v", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"accepted": len(evs)})
+}
+
+// handleInteraction answers an interaction the proxy received over the
+// webhook. If the proxy gives up first (it then answers Discord with a
+// deferred response), the answer is sent as an edit of the original response.
+func (n *Node) handleInteraction(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
+	if err != nil {
+		writeErr(w, http.StatusRequestEntityTooLarge, "interaction body: %v", err)
+		return
+	}
+	var it discordgo.Interaction
+	if err := json.Unmarshal(body, &it); err != nil {
+		writeErr(w, http.StatusBadRequest, "malformed interaction: %v", err)
+		return
+	}
+	ev := bot.Event{Type: bot.EventInteractionCreate, Data: body}
+	gid, ok := bot.GuildOf(ev)
+	if !ok {
+		writeJSON(w, http.StatusOK, &discordgo.InteractionResponse{Type: discordgo.InteractionResponseChannelMessageWithSource,
+			Data: &discordgo.InteractionResponseData{Content: "modbot works inside servers; use its commands there.", Flags: discordgo.MessageFlagsEphemeral}})
+		return
+	}
+	g, known := n.watch.Lookup(gid)
+	if !known || g.Owner != n.cfg.ID {
+		g.ID = gid
+		n.notOwner(w, g, known)
+		return
+	}
+	if g.State == fsm.GuildMigrating {
+		writeJSON(w, http.StatusOK, &discordgo.InteractionResponse{Type: discordgo.InteractionResponseChannelMessageWithSource,
+			Data: &discordgo.InteractionResponseData{Content: "This server's data is being moved; try again in a few seconds.", Flags: discordgo.MessageFlagsEphemeral}})
+		return
+	}
+	// Handle on a context that survives the proxy giving up, so the work
+	// completes and the answer goes out as a follow-up.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 30*time.Second)
+	defer cancel()
+	res, err := n.bot.Handle(ctx, ev, g.Epoch)
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, "handle interaction: %v", err)
+		return
+	}
+	n.metrics.events.WithLabelValues(ev.Type, outcome(res)).Inc()
+	n.post(ctx, res, g.Epoch)
+	if res.Response == nil {
+		writeErr(w, http.StatusInternalServerError, "no response for interaction %s", it.ID)
+		return
+	}
+	if r.Context().Err() != nil {
+		// The proxy already answered "deferred": edit the original response.
+		edit := &discordgo.WebhookEdit{}
+		if d := res.Response.Data; d != nil {
+			edit.Content, edit.Embeds = &d.Content, &d.Embeds
+		}
+		if _, err := n.rest.InteractionResponseEdit(&it, edit, discordgo.WithContext(ctx)); err != nil {
+			n.metrics.restErrors.WithLabelValues("interaction_followup").Inc()
+			n.log.Warn("follow up a deferred interaction", "interaction", it.ID, "err", err)
+		}
+		return
+	}
+	writeJSON(w, http.StatusOK, res.Response)
+}
+
+func (n *Node) handleStatus(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{
+		"pod": n.cfg.ID, "addr": n.addr, "revision": n.watch.Revision(), "staleness_ms": n.watch.Staleness().Milliseconds(),
+		"shards": n.shards.held(), "ready": n.shards.ready(), "outbox_guilds": n.outbox.size(),
+		"guilds_owned": len(n.watch.GuildsOwnedBy(n.cfg.ID)),
+	})
+}

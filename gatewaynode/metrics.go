@@ -1,0 +1,93 @@
+package gatewaynode
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gorilla/mux"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+type metrics struct {
+	httpLatency     *prometheus.HistogramVec
+	events          *prometheus.CounterVec
+	restErrors      *prometheus.CounterVec
+	processDuration prometheus.Histogram
+	batchDuration   prometheus.Histogram
+	forwardDuration prometheus.Histogram
+	dispatches      prometheus.Counter
+	forwarded       prometheus.Counter
+	forwardErrors   prometheus.Counter
+	held            prometheus.Counter
+	outboxDelivered prometheus.Counter
+	outboxGuilds    prometheus.Gauge
+	placed          prometheus.Counter
+	checkpoints     prometheus.Counter
+	identifies      prometheus.Counter
+	sessionErrors   prometheus.Counter
+	heartbeatErrors prometheus.Counter
+	shardsHeld      prometheus.Gauge
+}
+
+var latencyBuckets = []float64{.0002, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
+
+func newMetrics(reg *prometheus.Registry, n *Node) *metrics {
+	m := &metrics{
+		httpLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "modbot_http_request_duration_seconds",
+			Help: "HTTP request latency by route, method and status.", Buckets: latencyBuckets}, []string{"component", "route", "method", "code"}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "modbot_gateway_events_total",
+			Help: "Events handled by this pod as owner, by type and outcome."}, []string{"type", "outcome"}),
+		restErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "modbot_gateway_rest_errors_total",
+			Help: "Failed Discord REST calls by kind."}, []string{"kind"}),
+		processDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "modbot_gateway_event_processing_seconds",
+			Help: "Time to commit a batch of owned events (dispatch to committed).", Buckets: latencyBuckets}),
+		batchDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "modbot_gateway_batch_routing_seconds",
+			Help: "Time to route one shard batch until acknowledged.", Buckets: latencyBuckets}),
+		forwardDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "modbot_gateway_forward_seconds",
+			Help: "Time to forward a batch to its owner pod.", Buckets: latencyBuckets}),
+		dispatches:      prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_dispatches_total", Help: "Gateway dispatches received on this pod's shards."}),
+		forwarded:       prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_forwarded_events_total", Help: "Events forwarded to their owner pod."}),
+		forwardErrors:   prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_forward_errors_total", Help: "Forwarded batches that failed (their events went to the outbox)."}),
+		held:            prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_held_events_total", Help: "Events written to the durable buffer."}),
+		outboxDelivered: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_outbox_delivered_total", Help: "Held events delivered later."}),
+		outboxGuilds:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_gateway_outbox_guilds", Help: "Guilds with held events waiting."}),
+		placed:          prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_guilds_placed_total", Help: "New guilds this pod asked the control plane to place."}),
+		checkpoints:     prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_checkpoints_saved_total", Help: "Shard resume points saved to the control plane."}),
+		identifies:      prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_identifies_total", Help: "Identify slots taken."}),
+		sessionErrors:   prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_session_errors_total", Help: "Failed attempts to open a shard session."}),
+		heartbeatErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_heartbeat_errors_total", Help: "Failed heartbeats to the control plane."}),
+		shardsHeld:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_gateway_shards", Help: "Shards this pod holds."}),
+	}
+	reg.MustRegister(m.httpLatency, m.events, m.restErrors, m.processDuration, m.batchDuration, m.forwardDuration,
+		m.dispatches, m.forwarded, m.forwardErrors, m.held, m.outboxDelivered, m.outboxGuilds, m.placed, m.checkpoints,
+		m.identifies, m.sessionErrors, m.heartbeatErrors, m.shardsHeld,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "modbot_gateway_guilds_owned", Help: "Guilds this pod owns per its map."},
+			func() float64 { return float64(len(n.watch.GuildsOwnedBy(n.cfg.ID))) }),
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *metrics) instrument(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		route := "other"
+		if cr := mux.CurrentRoute(r); cr != nil {
+			if t, err := cr.GetPathTemplate(); err == nil {
+				route = t
+			}
+		}
+		sw := &statusWriter{ResponseWriter: w, code: 200}
+		start := time.Now()
+		next.ServeHTTP(sw, r)
+		m.httpLatency.WithLabelValues("gateway", route, r.Method, strconv.Itoa(sw.code)).Observe(time.Since(start).Seconds())
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusWriter) WriteHeader(c int)           { s.code = c; s.ResponseWriter.WriteHeader(c) }
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }

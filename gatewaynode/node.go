@@ -1,0 +1,280 @@
+package gatewaynode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/bwmarrin/discordgo"
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/modbot/modbot/assignments"
+	"github.com/modbot/modbot/fakediscord"
+	"github.com/modbot/modbot/fsm"
+	"github.com/modbot/modbot/gatewaynode/bot"
+	"github.com/modbot/modbot/gatewaynode/guildstore"
+)
+
+// Config configures a gateway pod.
+type Config struct {
+	ID         string   // pod id, e.g. gateway-1 (the StatefulSet hostname)
+	Ordinal    int      // -1: from the id's suffix
+	DataDir    string   // holds modbot.db
+	HTTPAddr   string   // internal API listen address
+	Advertise  string   // address peers and proxies dial (default: the listen address)
+	ConfigURLs []string // config nodes
+	Token      string   // API token (config nodes and peers)
+	// DiscordToken is the bot token; DiscordURL points at a fake Discord.
+	DiscordToken string
+	DiscordURL   string
+	Intents      int
+
+	HeartbeatInterval  time.Duration // to the config leader (default 1s)
+	CheckpointInterval time.Duration // shard resume points to the FSM (default 1s)
+	HandoffTimeout     time.Duration // how long an old holder waits for the new one (default 30s)
+	ForwardTimeout     time.Duration // per forwarded batch (default 5s)
+	Logger             *slog.Logger
+}
+
+func (c *Config) defaults() error {
+	switch {
+	case c.ID == "":
+		return errors.New("--id is required (e.g. gateway-0)")
+	case c.DataDir == "":
+		return errors.New("--data-dir is required")
+	case len(c.ConfigURLs) == 0:
+		return errors.New("--config is required (config node URLs)")
+	case c.Token == "":
+		return errors.New("--token is required (MODBOT_TOKEN): peers and config nodes authenticate with it")
+	}
+	if c.Ordinal < 0 {
+		c.Ordinal = fsm.OrdinalFromID(c.ID)
+		if c.Ordinal < 0 {
+			return fmt.Errorf("pod id %q has no ordinal suffix (like gateway-1); pass --ordinal", c.ID)
+		}
+	}
+	if c.HTTPAddr == "" {
+		c.HTTPAddr = "127.0.0.1:9000"
+	}
+	if c.DiscordToken == "" {
+		c.DiscordToken = "fake-token"
+	}
+	if c.Intents == 0 {
+		c.Intents = int(discordgo.IntentsGuilds | discordgo.IntentsGuildMessages | discordgo.IntentGuildModeration |
+			discordgo.IntentsGuildMembers | discordgo.IntentMessageContent)
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = time.Second
+	}
+	if c.CheckpointInterval == 0 {
+		c.CheckpointInterval = time.Second
+	}
+	if c.HandoffTimeout == 0 {
+		c.HandoffTimeout = 30 * time.Second
+	}
+	if c.ForwardTimeout == 0 {
+		c.ForwardTimeout = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Node is a running gateway pod.
+type Node struct {
+	cfg     Config
+	log     *slog.Logger
+	store   *guildstore.Store
+	bot     *bot.Handler
+	client  *assignments.Client
+	watch   *assignments.Watcher
+	rest    *discordgo.Session
+	dialer  *websocket.Dialer
+	peers   *http.Client
+	metrics *metrics
+	outbox  *outbox
+	shards  *shardSet
+
+	ln      net.Listener
+	srv     *http.Server
+	addr    string
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	closing sync.Once
+}
+
+// Start opens the database, registers with the control plane, starts
+// following the map and serves the internal API. Shard sessions start as the
+// map assigns them.
+func Start(cfg Config) (*Node, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger.With("pod", cfg.ID)}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	var err error
+	n.store, err = guildstore.Open(n.ctx, filepath.Join(cfg.DataDir, "modbot.db"))
+	if err != nil {
+		return nil, err
+	}
+	n.bot = &bot.Handler{Store: n.store, Log: n.log}
+	if n.client, err = assignments.NewClient(cfg.ConfigURLs, cfg.Token); err != nil {
+		n.store.Close()
+		return nil, err
+	}
+	n.rest, err = discordgo.New("Bot " + cfg.DiscordToken)
+	if err != nil {
+		n.store.Close()
+		return nil, fmt.Errorf("discord REST client: %w", err)
+	}
+	n.dialer = websocket.DefaultDialer
+	if cfg.DiscordURL != "" {
+		hc, d, err := fakediscord.ClientFor(cfg.DiscordURL)
+		if err != nil {
+			n.store.Close()
+			return nil, err
+		}
+		n.rest.Client, n.dialer = hc, d
+	}
+	n.peers = &http.Client{Transport: &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: time.Second}).DialContext,
+		MaxIdleConnsPerHost: 32,
+		IdleConnTimeout:     90 * time.Second,
+	}}
+	reg := prometheus.NewRegistry()
+	n.metrics = newMetrics(reg, n)
+	n.watch = assignments.NewWatcher(n.client, assignments.WatcherOptions{Logger: n.log, Registerer: reg, Name: cfg.ID})
+	n.outbox = newOutbox(n)
+	n.shards = newShardSet(n)
+
+	n.ln, err = net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		n.store.Close()
+		return nil, fmt.Errorf("listen on %s: %w", cfg.HTTPAddr, err)
+	}
+	n.addr = cfg.Advertise
+	if n.addr == "" {
+		n.addr = n.ln.Addr().String()
+	}
+	n.srv = &http.Server{Handler: n.routes(reg), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
+	n.goRun("http", func() {
+		if err := n.srv.Serve(n.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error("internal API stopped", "err", err)
+		}
+	})
+	n.goRun("watcher", func() { _ = n.watch.Run(n.ctx) })
+	n.goRun("membership", n.membership)
+	n.goRun("shards", n.shards.run)
+	n.goRun("checkpoints", n.shards.checkpointLoop)
+	n.goRun("outbox", n.outbox.run)
+	n.log.Info("gateway pod started", "addr", n.addr, "config", strings.Join(cfg.ConfigURLs, ","), "discord", cfg.DiscordURL)
+	return n, nil
+}
+
+func (n *Node) goRun(name string, f func()) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		f()
+	}()
+}
+
+// Addr is the advertised internal API address.
+func (n *Node) Addr() string { return n.addr }
+
+// ID is the pod id.
+func (n *Node) ID() string { return n.cfg.ID }
+
+// Store exposes the pod's database (tests).
+func (n *Node) Store() *guildstore.Store { return n.store }
+
+// Watcher exposes the pod's view of the map.
+func (n *Node) Watcher() *assignments.Watcher { return n.watch }
+
+// membership registers the pod and keeps heartbeating; a 404 (the control
+// plane forgot the pod) registers it again.
+func (n *Node) membership() {
+	register := func() error {
+		ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
+		defer cancel()
+		ord := n.cfg.Ordinal
+		_, err := n.client.RegisterPod(ctx, assignments.RegisterPodRequest{ID: n.cfg.ID, Addr: n.addr, Ordinal: &ord})
+		return err
+	}
+	backoff := 200 * time.Millisecond
+	for {
+		err := register()
+		if err == nil {
+			n.log.Info("registered with the control plane")
+			break
+		}
+		n.log.Warn("register failed; retrying", "err", err, "in", backoff)
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+	t := time.NewTicker(n.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.HeartbeatInterval*3)
+		err := n.client.Heartbeat(ctx, n.cfg.ID)
+		cancel()
+		if assignments.IsStatus(err, http.StatusNotFound) {
+			_ = register()
+		} else if err != nil {
+			n.metrics.heartbeatErrors.Inc()
+			n.log.Debug("heartbeat failed", "err", err)
+		}
+	}
+}
+
+// Close stops the pod: shard sessions are detached (resumable by whoever
+// takes them over), then the API and the database close.
+func (n *Node) Close() error {
+	var err error
+	n.closing.Do(func() {
+		n.shards.stopAll(false)
+		n.cancel()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = n.srv.Shutdown(ctx)
+		n.wg.Wait()
+		err = n.store.Close()
+		n.log.Info("gateway pod stopped")
+	})
+	return err
+}
+
+// Kill stops abruptly, as a crash would: sessions are dropped without a
+// close frame and nothing is flushed beyond what was committed.
+func (n *Node) Kill() {
+	n.closing.Do(func() {
+		n.shards.stopAll(true)
+		n.cancel()
+		_ = n.srv.Close()
+		n.wg.Wait()
+		_ = n.store.Close()
+	})
+}
