@@ -5,6 +5,7 @@ package assignments
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/modbot/modbot/fsm"
 )
@@ -121,6 +122,39 @@ type IdentifySlot struct {
 	Bucket int   `json:"bucket"`
 	WaitMs int64 `json:"wait_ms"`
 	At     int64 `json:"at"` // unix ms
+}
+
+// MoveRequest is POST /v1/guilds/{id}/move.
+type MoveRequest struct {
+	To string `json:"to"` // pod id (gateway-1) or ordinal (1)
+}
+
+// MoveResponse says which move started; its epoch fences it.
+type MoveResponse struct {
+	Guild    uint64 `json:"guild,string"`
+	From     string `json:"from"`
+	To       string `json:"to"`
+	Epoch    uint64 `json:"epoch"`
+	Revision uint64 `json:"revision"`
+}
+
+// RebalanceRequest is POST /v1/rebalance.
+type RebalanceRequest struct {
+	DryRun bool `json:"dry_run"`
+}
+
+// RebalanceJob is a rebalance or drain: its plan and progress.
+type RebalanceJob struct {
+	Kind       string    `json:"kind"` // rebalance or drain
+	Pod        string    `json:"pod,omitempty"`
+	Total      int       `json:"total"`
+	Done       int       `json:"done"`
+	Failed     int       `json:"failed"`
+	Running    int       `json:"running"`
+	StartedAt  time.Time `json:"started_at,omitzero"`
+	FinishedAt time.Time `json:"finished_at,omitzero"`
+	Moves      []Move    `json:"moves"`
+	Errors     []string  `json:"errors,omitempty"`
 }
 
 // TransferRequest is POST /v1/cluster/transfer-leadership.

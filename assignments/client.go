@@ -179,9 +179,28 @@ func (c *Client) Heartbeat(ctx context.Context, pod string) error {
 	return c.Do(ctx, http.MethodPost, "/v1/pods/"+url.PathEscape(pod)+"/heartbeat", nil, nil)
 }
 
-func (c *Client) Drain(ctx context.Context, pod string) (WriteResult, error) {
-	var w WriteResult
-	return w, c.Do(ctx, http.MethodPost, "/v1/pods/"+url.PathEscape(pod)+"/drain", nil, &w)
+// Drain marks the pod draining and starts moving its guilds away.
+func (c *Client) Drain(ctx context.Context, pod string) (RebalanceJob, error) {
+	var j RebalanceJob
+	return j, c.Do(ctx, http.MethodPost, "/v1/pods/"+url.PathEscape(pod)+"/drain", nil, &j)
+}
+
+// Move starts moving a guild to a pod (id or ordinal).
+func (c *Client) Move(ctx context.Context, guild, to string) (MoveResponse, error) {
+	var m MoveResponse
+	return m, c.Do(ctx, http.MethodPost, "/v1/guilds/"+url.PathEscape(guild)+"/move", MoveRequest{To: to}, &m)
+}
+
+// Rebalance plans (dryRun) or starts a rebalance.
+func (c *Client) Rebalance(ctx context.Context, dryRun bool) (RebalanceJob, error) {
+	var j RebalanceJob
+	return j, c.Do(ctx, http.MethodPost, "/v1/rebalance", RebalanceRequest{DryRun: dryRun}, &j)
+}
+
+// RebalanceStatus reports the current or last rebalance/drain.
+func (c *Client) RebalanceStatus(ctx context.Context) (RebalanceJob, error) {
+	var j RebalanceJob
+	return j, c.Do(ctx, http.MethodGet, "/v1/rebalance", nil, &j)
 }
 
 func (c *Client) Shards(ctx context.Context) (ShardList, error) {

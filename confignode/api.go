@@ -50,6 +50,9 @@ func (n *Node) routes() http.Handler {
 	v1("/guilds", n.reads(n.handleGuilds), "GET")
 	v1("/guilds", n.leaderOnly(n.handlePlace), "POST")
 	v1("/guilds/{id}", n.reads(n.handleGuild), "GET")
+	v1("/guilds/{id}/move", n.leaderOnly(n.handleMove), "POST")
+	v1("/rebalance", n.leaderOnly(n.handleRebalance), "POST")
+	v1("/rebalance", n.leaderOnly(n.handleRebalanceStatus), "GET")
 	v1("/snapshot", n.reads(n.handleSnapshot), "GET")
 	v1("/watch", n.handleWatch, "GET")
 	return r
@@ -248,16 +251,6 @@ func (n *Node) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 		pod.State = fsm.PodActive
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"pod": pod.ID, "state": pod.State})
-}
-
-func (n *Node) handleDrain(w http.ResponseWriter, r *http.Request) {
-	id := mux.Vars(r)["id"]
-	res, err := n.propose(r.Context(), fsm.Command{Type: fsm.CmdDrainPod, PodID: id})
-	if err != nil {
-		n.fail(w, r, err)
-		return
-	}
-	n.writeResult(w, res, "pod "+id+" is draining: it gets no new guilds and holds no shards")
 }
 
 func (n *Node) writeResult(w http.ResponseWriter, res proposeResult, msg string) {

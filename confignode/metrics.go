@@ -21,6 +21,9 @@ type metrics struct {
 	applyLatency   prometheus.Histogram
 	forwarded      prometheus.Counter
 	identifySlots  prometheus.Counter
+	moves          *prometheus.CounterVec
+	moveDuration   prometheus.Histogram
+	movesInFlight  prometheus.Gauge
 	podsMarkedDown prometheus.Counter
 	watchers       prometheus.Gauge
 	watchSent      prometheus.Counter
@@ -46,7 +49,12 @@ func newMetrics(n *Node) *metrics {
 			Name: "modbot_config_commit_duration_seconds", Help: "Time from proposing a write to its application on the leader.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
-		forwarded:      prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_forwarded_requests_total", Help: "Requests forwarded to the leader."}),
+		forwarded: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_forwarded_requests_total", Help: "Requests forwarded to the leader."}),
+		moves: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "modbot_migrations_total",
+			Help: "Guild moves by result (completed, aborted)."}, []string{"result"}),
+		moveDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "modbot_migration_duration_seconds",
+			Help: "Guild move time from start to commit.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 16)}),
+		movesInFlight:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_migrations_in_flight", Help: "Guild moves this leader is running."}),
 		identifySlots:  prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_identify_slots_total", Help: "Discord identify slots handed out."}),
 		podsMarkedDown: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_pods_marked_down_total", Help: "Pods marked down for missed heartbeats."}),
 		watchers:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_watch_subscribers", Help: "Open /v1/watch streams on this node."}),
@@ -57,7 +65,7 @@ func newMetrics(n *Node) *metrics {
 		raftCommit:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_raft_commit_index", Help: "Last committed Raft index."}),
 		lastContact:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_raft_last_contact_seconds", Help: "Seconds since this follower heard from the leader (0 on the leader)."}),
 	}
-	reg.MustRegister(m.httpLatency, m.proposals, m.applyLatency, m.forwarded, m.identifySlots, m.podsMarkedDown, m.watchers, m.watchSent,
+	reg.MustRegister(m.httpLatency, m.proposals, m.applyLatency, m.forwarded, m.identifySlots, m.moves, m.moveDuration, m.movesInFlight, m.podsMarkedDown, m.watchers, m.watchSent,
 		m.raftState, m.raftTerm, m.raftApplied, m.raftCommit, m.lastContact,
 		&fsmCollector{n: n}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -59,6 +59,11 @@ type Config struct {
 	// IdentifyInterval is Discord's spacing between identifies per bucket
 	// (5 s; a fake Discord may advertise less).
 	IdentifyInterval time.Duration
+	// MoveTimeout bounds one guild's copy (export + transfer + import).
+	MoveTimeout time.Duration
+	// MaxMoves and MaxMovesPerPod cap concurrent moves in a rebalance/drain.
+	MaxMoves       int
+	MaxMovesPerPod int
 	// NoSync disables fsync of the Raft log (tests only).
 	NoSync bool
 
@@ -102,6 +107,15 @@ func (c *Config) setDefaults() {
 	if c.IdentifyInterval == 0 {
 		c.IdentifyInterval = 5 * time.Second
 	}
+	if c.MoveTimeout == 0 {
+		c.MoveTimeout = 2 * time.Minute
+	}
+	if c.MaxMoves == 0 {
+		c.MaxMoves = 8
+	}
+	if c.MaxMovesPerPod == 0 {
+		c.MaxMovesPerPod = 2
+	}
 	if c.Shards == 0 {
 		c.Shards = 4
 	}
@@ -140,6 +154,8 @@ type Node struct {
 	metrics  *metrics
 	live     *liveness
 	identify *identifyQueue
+	mover    *mover
+	pods     *http.Client // to gateway pods (moves)
 	peers    *http.Client
 
 	ctx    context.Context
@@ -170,6 +186,11 @@ func Start(cfg Config) (*Node, error) {
 	n.store.applied = n.metrics.observeApplied
 	n.live = newLiveness(n)
 	n.identify = newIdentifyQueue(cfg.IdentifyInterval)
+	n.mover = newMover(n)
+	n.pods = &http.Client{Transport: &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: 16,
+	}}
 
 	if err := n.startRaft(); err != nil {
 		n.closeRaft()
@@ -328,6 +349,7 @@ func (n *Node) lead(ctx context.Context) {
 		}
 	}
 	n.identify.reset(time.Now())
+	n.mover.abortOrphans(ctx)
 	n.live.run(ctx)
 }
 

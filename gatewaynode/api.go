@@ -40,6 +40,9 @@ func (n *Node) routes(reg *prometheus.Registry) http.Handler {
 	auth("/internal/events", n.handleEvents, "POST")
 	auth("/internal/interactions", n.handleInteraction, "POST")
 	auth("/internal/status", n.handleStatus, "GET")
+	auth("/internal/guilds/{id}/export", n.handleExport, "GET")
+	auth("/internal/guilds/{id}/import", n.handleImport, "POST")
+	auth("/internal/guilds/{id}", n.handleDropCopy, "DELETE")
 	return r
 }
 

@@ -29,6 +29,7 @@ type metrics struct {
 	sessionErrors   prometheus.Counter
 	heartbeatErrors prometheus.Counter
 	shardsHeld      prometheus.Gauge
+	migrationSteps  *prometheus.HistogramVec
 }
 
 var latencyBuckets = []float64{.0002, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
@@ -59,10 +60,12 @@ func newMetrics(reg *prometheus.Registry, n *Node) *metrics {
 		sessionErrors:   prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_session_errors_total", Help: "Failed attempts to open a shard session."}),
 		heartbeatErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_heartbeat_errors_total", Help: "Failed heartbeats to the control plane."}),
 		shardsHeld:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_gateway_shards", Help: "Shards this pod holds."}),
+		migrationSteps: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "modbot_gateway_migration_step_seconds",
+			Help: "Duration of this pod's part of guild moves (export, import).", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"step"}),
 	}
 	reg.MustRegister(m.httpLatency, m.events, m.restErrors, m.processDuration, m.batchDuration, m.forwardDuration,
 		m.dispatches, m.forwarded, m.forwardErrors, m.held, m.outboxDelivered, m.outboxGuilds, m.placed, m.checkpoints,
-		m.identifies, m.sessionErrors, m.heartbeatErrors, m.shardsHeld,
+		m.identifies, m.sessionErrors, m.heartbeatErrors, m.shardsHeld, m.migrationSteps,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "modbot_gateway_guilds_owned", Help: "Guilds this pod owns per its map."},
 			func() float64 { return float64(len(n.watch.GuildsOwnedBy(n.cfg.ID))) }),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

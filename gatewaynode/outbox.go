@@ -54,6 +54,18 @@ func (o *outbox) hold(ctx context.Context, g uint64, ev bot.Event) error {
 	return nil
 }
 
+// markPending makes the guild's live events queue behind its held ones (an
+// imported guild's held events are processed first).
+func (o *outbox) markPending(g uint64) {
+	o.mu.Lock()
+	o.set[g] = true
+	o.mu.Unlock()
+	select {
+	case o.kick <- struct{}{}:
+	default:
+	}
+}
+
 func (o *outbox) size() int {
 	o.mu.Lock()
 	defer o.mu.Unlock()

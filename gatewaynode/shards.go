@@ -352,7 +352,7 @@ func (s *shardSet) pump(ctx context.Context, r *shardRunner, sh *discordgw.Shard
 		}
 		n.metrics.batchDuration.Observe(time.Since(start).Seconds())
 		n.metrics.dispatches.Add(float64(len(batch)))
-		sh.Ack(batch[len(batch)-1].Seq)
+		sh.AckDispatch(batch[len(batch)-1])
 	}
 }
 

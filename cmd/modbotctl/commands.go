@@ -160,25 +160,6 @@ func cmdShards(ctx context.Context, c *ctl, args []string) error {
 	return c.table("SHARD\tHOLDER", rows)
 }
 
-func cmdDrain(ctx context.Context, c *ctl, args []string) error {
-	if len(args) != 1 {
-		return errors.New("usage: modbotctl drain POD")
-	}
-	pod, err := resolvePod(ctx, c, args[0])
-	if err != nil {
-		return err
-	}
-	res, err := c.client.Drain(ctx, pod)
-	if err != nil {
-		return err
-	}
-	if c.output == "json" {
-		return c.json(res)
-	}
-	fmt.Fprintln(c.out, res.Message)
-	return nil
-}
-
 // resolvePod turns an ordinal ("1") into a pod id.
 func resolvePod(ctx context.Context, c *ctl, ref string) (string, error) {
 	pods, err := c.client.Pods(ctx)
@@ -291,6 +272,18 @@ func cmdWatch(ctx context.Context, c *ctl, args []string) error {
 func (c *ctl) errOut() io.Writer { return os.Stderr }
 
 func watchOnce(ctx context.Context, c *ctl, base string, pos *string) error {
+	return streamEvents(ctx, c, base, pos, func(e fsm.Event) (bool, error) {
+		printEvent(c, e)
+		return false, nil
+	})
+}
+
+// errStreamDone ends streamEvents without error.
+var errStreamDone = errors.New("done")
+
+// streamEvents reads the change stream from *pos, calling fn for each event
+// until fn says done; *pos follows the last revision seen.
+func streamEvents(ctx context.Context, c *ctl, base string, pos *string, fn func(fsm.Event) (bool, error)) error {
 	q := url.Values{}
 	if *pos != "" {
 		q.Set("from", *pos)
@@ -329,7 +322,14 @@ func watchOnce(ctx context.Context, c *ctl, base string, pos *string) error {
 				return fmt.Errorf("bad change message: %w", err)
 			}
 			for _, e := range ch.Events {
-				printEvent(c, e)
+				done, err := fn(e)
+				if err != nil {
+					return err
+				}
+				if done {
+					*pos = m.ID
+					return errStreamDone
+				}
 			}
 			*pos = m.ID
 		case "progress":

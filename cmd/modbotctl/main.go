@@ -37,7 +37,9 @@ var commands = []command{
 	{"guilds", "[--pod P]", "list guilds and their owners", cmdGuilds},
 	{"guild", "G", "show one guild", cmdGuild},
 	{"shards", "", "list shards and their holders", cmdShards},
-	{"drain", "P", "stop placing guilds and shards on pod P", cmdDrain},
+	{"move-guild", "G --to P [--no-wait]", "migrate one guild; P is an ordinal (1) or a pod id", cmdMoveGuild},
+	{"rebalance", "[--dry-run]", "plan and apply moves until guild counts are even", cmdRebalance},
+	{"drain", "P", "move every guild off pod P", cmdDrain},
 	{"watch", "[--from REV]", "print the change stream", cmdWatch},
 	{"config-node", "list | join --id ID --raft-addr ADDR | remove ID | transfer-leadership [--to ID]", "manage the control plane's voters", cmdConfigNode},
 }

@@ -24,13 +24,13 @@
 //     merely the last one received or delivered. Storing a checkpoint after
 //     committing the events up to its Seq is therefore always safe.
 //   - Resume from a checkpoint: a Shard opened with Config.Resume replays,
-//     in order, every dispatch of that session after Checkpoint.Seq that
-//     Discord still retains (the acknowledged-but-lost tail, the dispatches
-//     the previous holder received but never acknowledged, and those sent
-//     while nobody was connected), then RESUMED, then live dispatches.
-//     Dispatches at or before Checkpoint.Seq may be replayed again by other
-//     paths (for example the previous holder also processed them after its
-//     last checkpoint was stored): handlers must be idempotent.
+//     in order and with nothing missing, every dispatch of that session
+//     after Checkpoint.Seq that Discord still retains — those the previous
+//     holder received but never acknowledged and those sent while nobody was
+//     connected — then RESUMED, then live dispatches. Across processes
+//     delivery is at least once: the previous holder may have processed
+//     dispatches after the checkpoint it last stored, so they can arrive
+//     again; handlers must be idempotent.
 //   - Fallback identify loses the gap: if the checkpoint's session is no
 //     longer resumable (op 9 with d:false, close 4007/4009 — e.g. the resume
 //     window passed or the previous holder closed with 1000), the Shard
@@ -47,7 +47,9 @@
 // Shard stops as with Detach (the session stays resumable) and Err reports
 // the context's error. Close ends the session (close code 1000: Discord
 // invalidates it); Detach stops but leaves the session resumable elsewhere
-// (close code 4000). After either, Events() is closed; dispatches that were
+// (close code 4000). Close while the shard is between connections sends no
+// close frame; the session then simply expires on Discord's side. After
+// either, Events() is closed; dispatches that were
 // received but not yet taken from Events() are dropped — they are after the
 // acknowledged checkpoint, so a resume elsewhere delivers them again. When the
 // gateway ends the shard for good (close 4004, 4010–4014), the dispatches

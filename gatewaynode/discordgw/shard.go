@@ -233,11 +233,8 @@ func Open(ctx context.Context, cfg Config) (*Shard, error) {
 	if r := cfg.Resume; r != nil && r.SessionID != "" {
 		s.sessionID, s.resumeURL, s.lastSeq, s.acked = r.SessionID, r.ResumeURL, r.Seq, r.Seq
 	}
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); s.run() }()
-	go func() { defer wg.Done(); s.deliver() }()
-	go func() { wg.Wait(); s.cancel(); close(s.done) }()
+	go s.run()
+	go s.deliver() // outlives run; closes done last
 
 	select {
 	case <-s.ready:
@@ -508,6 +505,8 @@ func (s *Shard) deliver() {
 	defer func() {
 		<-s.runDone // Err is final before Events() closes
 		close(s.out)
+		s.cancel()
+		close(s.done)
 	}()
 	for {
 		s.mu.Lock()

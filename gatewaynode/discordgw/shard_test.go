@@ -575,3 +575,24 @@ func TestConfigIsValidated(t *testing.T) {
 		t.Errorf("gatewayURL = %q, %v", u, err)
 	}
 }
+
+func TestSendWritesCommandsButNotTheShardsOwn(t *testing.T) {
+	f := newFake(t, fakediscord.Config{})
+	s, _ := f.open(f.config(0, 1))
+	ctx := context.Background()
+	presence := map[string]any{"since": nil, "activities": []any{}, "status": "online", "afk": false}
+	if err := s.Send(ctx, 3, presence); err != nil {
+		t.Fatalf("Send presence update: %v", err)
+	}
+	for _, op := range []int{opHeartbeat, opIdentify, opResume} {
+		if err := s.Send(ctx, op, nil); err == nil {
+			t.Errorf("Send(op %d) accepted", op)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(ctx, 3, presence); !errors.Is(err, ErrNotConnected) {
+		t.Errorf("Send after Close = %v, want ErrNotConnected", err)
+	}
+}

@@ -1,0 +1,198 @@
+package confignode
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/mux"
+
+	"github.com/modbot/modbot/assignments"
+	"github.com/modbot/modbot/fsm"
+)
+
+// rebalanceJob is a plan of moves being executed with a cap on concurrent
+// moves overall and per pod; GET /v1/rebalance reports its progress.
+type rebalanceJob = assignments.RebalanceJob
+
+func (n *Node) plan(kind, pod string) []assignments.Move {
+	var moves []assignments.Move
+	n.store.View(func(s *fsm.State) {
+		guilds := make([]fsm.Guild, 0, len(s.Guilds))
+		for _, g := range s.Guilds {
+			guilds = append(guilds, *g)
+		}
+		pods := make([]fsm.Pod, 0, len(s.Pods))
+		for _, p := range s.Pods {
+			pods = append(pods, *p)
+		}
+		if kind == "drain" {
+			moves = assignments.PlanDrain(pod, guilds, pods, s.HolderOf)
+		} else {
+			moves = assignments.PlanRebalance(guilds, pods, s.HolderOf)
+		}
+	})
+	return moves
+}
+
+func (n *Node) handleRebalance(w http.ResponseWriter, r *http.Request) {
+	var req assignments.RebalanceRequest
+	if r.ContentLength != 0 {
+		if err := n.decodeBody(w, r, &req); err != nil {
+			n.fail(w, r, err)
+			return
+		}
+	}
+	moves := n.plan("rebalance", "")
+	if req.DryRun {
+		writeJSON(w, http.StatusOK, rebalanceJob{Kind: "rebalance", Total: len(moves), Moves: moves})
+		return
+	}
+	job, err := n.mover.runJob("rebalance", "", moves)
+	if err != nil {
+		n.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, job)
+}
+
+func (n *Node) handleRebalanceStatus(w http.ResponseWriter, r *http.Request) {
+	job := n.mover.jobStatus()
+	if job == nil {
+		writeErr(w, http.StatusNotFound, "no rebalance or drain has run since this node became leader")
+		return
+	}
+	writeJSON(w, http.StatusOK, job)
+}
+
+func (n *Node) handleDrain(w http.ResponseWriter, r *http.Request) {
+	id := mux.Vars(r)["id"]
+	var pod string
+	n.store.View(func(s *fsm.State) {
+		if p, ok := s.ResolvePod(id); ok {
+			pod = p.ID
+		}
+	})
+	if pod == "" {
+		writeErr(w, http.StatusNotFound, "unknown pod %q", id)
+		return
+	}
+	if _, err := n.propose(r.Context(), fsm.Command{Type: fsm.CmdDrainPod, PodID: pod}); err != nil {
+		n.fail(w, r, err)
+		return
+	}
+	moves := n.plan("drain", pod)
+	job, err := n.mover.runJob("drain", pod, moves)
+	if err != nil {
+		n.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, job)
+}
+
+func (m *mover) jobStatus() *rebalanceJob {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.job == nil {
+		return nil
+	}
+	cp := *m.job
+	cp.Moves = append([]assignments.Move(nil), m.job.Moves...)
+	cp.Errors = append([]string(nil), m.job.Errors...)
+	return &cp
+}
+
+// runJob starts executing moves unless a job is already running.
+func (m *mover) runJob(kind, pod string, moves []assignments.Move) (rebalanceJob, error) {
+	m.mu.Lock()
+	if m.job != nil && m.job.FinishedAt.IsZero() {
+		m.mu.Unlock()
+		return rebalanceJob{}, &fsm.CommandError{Kind: fsm.ErrConflict, Msg: fmt.Sprintf("a %s is already running (%d of %d moves done)", m.job.Kind, m.job.Done, m.job.Total)}
+	}
+	job := &rebalanceJob{Kind: kind, Pod: pod, Total: len(moves), Moves: moves, StartedAt: time.Now()}
+	if len(moves) == 0 {
+		job.FinishedAt = time.Now()
+	}
+	m.job = job
+	out := *job
+	m.mu.Unlock()
+	if len(moves) > 0 {
+		go m.execute(m.n.ctx, job)
+	}
+	return out, nil
+}
+
+// execute runs the job's moves, at most MaxMoves at once and at most
+// MaxMovesPerPod touching any one pod (as source or target).
+func (m *mover) execute(ctx context.Context, job *rebalanceJob) {
+	n := m.n
+	var wg sync.WaitGroup
+	cond := sync.NewCond(&m.mu)
+	for _, mv := range job.Moves {
+		m.mu.Lock()
+		for ctx.Err() == nil && (job.Running >= n.cfg.MaxMoves || m.perPod[mv.From] >= n.cfg.MaxMovesPerPod || m.perPod[mv.To] >= n.cfg.MaxMovesPerPod) {
+			cond.Wait()
+		}
+		if ctx.Err() != nil {
+			m.mu.Unlock()
+			break
+		}
+		job.Running++
+		m.perPod[mv.From]++
+		m.perPod[mv.To]++
+		m.mu.Unlock()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := m.moveAndWait(ctx, mv)
+			m.mu.Lock()
+			job.Running--
+			m.perPod[mv.From]--
+			m.perPod[mv.To]--
+			if err != nil {
+				job.Failed++
+				if len(job.Errors) < 50 {
+					job.Errors = append(job.Errors, fmt.Sprintf("guild %d: %v", mv.Guild, err))
+				}
+			} else {
+				job.Done++
+			}
+			cond.Broadcast()
+			m.mu.Unlock()
+		}()
+	}
+	// Wake the waiter if ctx ended while it waited.
+	go func() { <-ctx.Done(); m.mu.Lock(); cond.Broadcast(); m.mu.Unlock() }()
+	wg.Wait()
+	m.mu.Lock()
+	job.FinishedAt = time.Now()
+	m.mu.Unlock()
+	n.log.Info(job.Kind+" finished", "moves", job.Total, "done", job.Done, "failed", job.Failed, "took", time.Since(job.StartedAt).Round(time.Millisecond))
+}
+
+// moveAndWait starts one move and waits until the guild settles.
+func (m *mover) moveAndWait(ctx context.Context, mv assignments.Move) error {
+	n := m.n
+	res, err := m.start(ctx, mv.Guild, mv.To)
+	if err != nil {
+		return err
+	}
+	for ctx.Err() == nil {
+		var g fsm.Guild
+		n.store.View(func(s *fsm.State) {
+			if x, ok := s.Guilds[mv.Guild]; ok {
+				g = *x
+			}
+		})
+		if g.Migration == nil || g.Migration.Epoch != res.Epoch {
+			if g.Owner == mv.To {
+				return nil
+			}
+			return fmt.Errorf("move aborted; still on %s", g.Owner)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return ctx.Err()
+}

@@ -1,0 +1,206 @@
+package gatewaynode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/gorilla/mux"
+
+	"github.com/modbot/modbot/fsm"
+	"github.com/modbot/modbot/gatewaynode/guildstore"
+)
+
+// The gateway side of a guild move (DESIGN §7; the leader drives it, see
+// confignode/migrate.go):
+//
+//	source  GET    /internal/guilds/{id}/export?epoch=E   fence at E, export every row (+ held events)
+//	target  POST   /internal/guilds/{id}/import?epoch=E&from=ADDR   pull the export from the source, import in one transaction
+//	either  DELETE /internal/guilds/{id}?epoch=E           drop a copy that is not (or no longer) the owner's
+//
+// Every step checks the map: the guild must be migrating at epoch E from the
+// source to the target, so a stale orchestrator cannot move data under a
+// newer move. Fencing the source's store at E first means any write still in
+// flight with the old epoch fails instead of slipping in after the export.
+
+const hdrChecksum = "X-Modbot-Checksum"
+
+// migrationFor waits briefly for the map to show the guild migrating at epoch.
+func (n *Node) migrationFor(ctx context.Context, guild, epoch uint64) (fsm.Guild, error) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		g, ok := n.watch.Lookup(guild)
+		if ok && g.Migration != nil && g.Migration.Epoch == epoch {
+			return g, nil
+		}
+		if ok && g.Epoch > epoch {
+			return g, fmt.Errorf("guild %d is at epoch %d, the move at epoch %d is stale", guild, g.Epoch, epoch)
+		}
+		if time.Now().After(deadline) {
+			return g, fmt.Errorf("guild %d is not migrating at epoch %d here (map revision %d)", guild, epoch, n.watch.Revision())
+		}
+		select {
+		case <-ctx.Done():
+			return g, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func guildAndEpoch(r *http.Request) (uint64, uint64, error) {
+	g, err := fsm.ParseGuildID(mux.Vars(r)["id"])
+	if err != nil {
+		return 0, 0, err
+	}
+	e, err := strconv.ParseUint(r.URL.Query().Get("epoch"), 10, 64)
+	if err != nil || e == 0 {
+		return 0, 0, errors.New("epoch query parameter is required")
+	}
+	return g, e, nil
+}
+
+func (n *Node) handleExport(w http.ResponseWriter, r *http.Request) {
+	g, epoch, err := guildAndEpoch(r)
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	gi, err := n.migrationFor(r.Context(), g, epoch)
+	if err != nil {
+		writeErr(w, http.StatusConflict, "%v", err)
+		return
+	}
+	if gi.Migration.From != n.cfg.ID {
+		writeErr(w, http.StatusConflict, "guild %d moves from %s, not from %s", g, gi.Migration.From, n.cfg.ID)
+		return
+	}
+	start := time.Now()
+	if err := n.store.Fence(r.Context(), g, epoch); err != nil {
+		writeErr(w, http.StatusConflict, "fence guild %d at epoch %d: %v", g, epoch, err)
+		return
+	}
+	// Export to a file first: the checksum goes in a header, before the body.
+	tmp, err := os.CreateTemp(n.cfg.DataDir, fmt.Sprintf("export-%d-*.tmp", g))
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, "export guild %d: %v", g, err)
+		return
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	info, err := n.store.Export(r.Context(), g, tmp)
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	size, _ := tmp.Seek(0, io.SeekCurrent)
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		writeErr(w, http.StatusInternalServerError, "export guild %d: %v", g, err)
+		return
+	}
+	n.metrics.migrationSteps.WithLabelValues("export").Observe(time.Since(start).Seconds())
+	n.log.Info("exported guild for a move", "guild", g, "epoch", epoch, "rows", info.Rows, "bytes", size, "took", time.Since(start).Round(time.Millisecond))
+	w.Header().Set(hdrChecksum, info.Checksum)
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	_, _ = io.Copy(w, tmp)
+}
+
+func (n *Node) handleImport(w http.ResponseWriter, r *http.Request) {
+	g, epoch, err := guildAndEpoch(r)
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	gi, err := n.migrationFor(r.Context(), g, epoch)
+	if err != nil {
+		writeErr(w, http.StatusConflict, "%v", err)
+		return
+	}
+	if gi.Migration.To != n.cfg.ID {
+		writeErr(w, http.StatusConflict, "guild %d moves to %s, not to %s", g, gi.Migration.To, n.cfg.ID)
+		return
+	}
+	src, ok := n.watch.Pod(gi.Migration.From)
+	if !ok {
+		writeErr(w, http.StatusConflict, "source pod %s is not in the map", gi.Migration.From)
+		return
+	}
+	start := time.Now()
+	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet,
+		fmt.Sprintf("http://%s/internal/guilds/%d/export?epoch=%d", src.Addr, g, epoch), nil)
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	req.Header.Set("Authorization", "Bearer "+n.cfg.Token)
+	resp, err := n.peers.Do(req)
+	if err != nil {
+		writeErr(w, http.StatusBadGateway, "pull export of guild %d from %s: %v", g, src.ID, err)
+		return
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		writeErr(w, http.StatusBadGateway, "source %s refused the export: %d %s", src.ID, resp.StatusCode, b)
+		return
+	}
+	want := resp.Header.Get(hdrChecksum)
+	info, err := n.store.Import(r.Context(), g, resp.Body, want)
+	if err != nil {
+		status := http.StatusBadGateway
+		if errors.Is(err, guildstore.ErrChecksumMismatch) || errors.Is(err, guildstore.ErrBadExport) {
+			status = http.StatusUnprocessableEntity
+		}
+		writeErr(w, status, "import guild %d: %v", g, err)
+		return
+	}
+	// Imported held events must be processed before any live event.
+	n.outbox.markPending(g)
+	n.metrics.migrationSteps.WithLabelValues("import").Observe(time.Since(start).Seconds())
+	writeJSON(w, http.StatusOK, map[string]any{"guild_id": strconv.FormatUint(g, 10), "rows": info.Rows, "checksum": info.Checksum,
+		"took_ms": time.Since(start).Milliseconds()})
+}
+
+// handleDropCopy deletes this pod's copy of a guild it does not own after a
+// move committed (the source) or aborted (the target). Held events are
+// delivered to the owner first, so nothing waiting here is lost.
+func (n *Node) handleDropCopy(w http.ResponseWriter, r *http.Request) {
+	g, epoch, err := guildAndEpoch(r)
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		gi, ok := n.watch.Lookup(g)
+		if ok && gi.Owner != n.cfg.ID && gi.Epoch >= epoch && gi.Migration == nil {
+			break
+		}
+		if ok && gi.Owner == n.cfg.ID && gi.Migration == nil {
+			writeErr(w, http.StatusConflict, "%s owns guild %d; refusing to delete its data", n.cfg.ID, g)
+			return
+		}
+		if time.Now().After(deadline) {
+			writeErr(w, http.StatusConflict, "guild %d is not settled on another owner at epoch >= %d here", g, epoch)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	if err := n.outbox.deliver(ctx, g); err != nil {
+		writeErr(w, http.StatusServiceUnavailable, "deliver held events of guild %d before deleting: %v", g, err)
+		return
+	}
+	if err := n.store.DeleteGuild(ctx, g); err != nil {
+		writeErr(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	n.log.Info("deleted the copy of a guild owned elsewhere", "guild", g, "epoch", epoch)
+	writeJSON(w, http.StatusOK, map[string]string{"deleted": strconv.FormatUint(g, 10)})
+}
