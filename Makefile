@@ -27,7 +27,9 @@ test-short:
 # Benchmarks: Go benchmarks for the hot paths, then the cluster benchmark
 # tables (docs/benchmarks.md explains each figure and how to reproduce it).
 bench: build
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || (apt-get update -qq && apt-get install -y -qq nginx-light) || true
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./fsm/
+	$(GO) test -run '^$$' -bench . -benchtime 2000x ./gatewaynode/guildstore/
 	./$(BIN)/modbotbench
 
 fmt:

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -211,4 +212,14 @@ func TempDir(name string) (string, func(), error) {
 		return "", nil, err
 	}
 	return d, func() { _ = os.RemoveAll(d) }, nil
+}
+
+func httpGetStatus(url string) (int, error) {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
 }

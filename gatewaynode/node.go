@@ -43,6 +43,9 @@ type Config struct {
 	HandoffTimeout     time.Duration // how long an old holder waits for the new one (default 30s)
 	ForwardTimeout     time.Duration // per forwarded batch (default 5s)
 	Logger             *slog.Logger
+	// OnCommit, if set, is called after owned events are committed (used by
+	// benchmarks to measure dispatch-to-committed latency).
+	OnCommit func(evs []bot.Event)
 }
 
 func (c *Config) defaults() error {

@@ -152,6 +152,13 @@ func (n *Node) handleOwned(ctx context.Context, inputs []bot.Input) error {
 		return err
 	}
 	n.metrics.processDuration.Observe(time.Since(start).Seconds())
+	if n.cfg.OnCommit != nil {
+		evs := make([]bot.Event, len(inputs))
+		for i, in := range inputs {
+			evs[i] = in.Event
+		}
+		n.cfg.OnCommit(evs)
+	}
 	for i, r := range results {
 		n.metrics.events.WithLabelValues(inputs[i].Event.Type, outcome(r)).Inc()
 		if r.Err != nil {

@@ -16,6 +16,7 @@ var commands = []struct {
 }{
 	{"config-node", "run a control-plane node (Raft + the guild→pod map)", runConfigNode},
 	{"gateway", "run a gateway pod (Discord sessions, per-pod SQLite, the bot's work)", runGateway},
+	{"proxy", "route Discord webhooks and dashboards to the owning gateway pod", runProxy},
 	{"fakediscord", "run the fake Discord (REST, gateway, interactions) for tests and dev", runFakeDiscord},
 	{"dev", "run the whole system locally (what make run starts)", runDev},
 }

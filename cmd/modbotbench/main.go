@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/modbot/modbot/benchmarks"
 	"github.com/modbot/modbot/internal/cli"
@@ -19,17 +20,61 @@ func main() {
 	fs.IntVar(&cp.BatchSize, "batch-size", 1000, "guilds per batch")
 	fs.IntVar(&cp.BatchConcurrency, "batch-concurrency", 4, "concurrent batch writers")
 	fs.IntVar(&cp.FailoverTrials, "failover-trials", 12, "leader kills")
-	only := fs.String("only", "", "run one group: controlplane")
+	watchers := fs.String("watchers", "1,100,1000", "watcher counts for the watch latency benchmark")
+	watchWrites := fs.Int("watch-writes", 100, "writes per watcher count")
+	ingestMsgs := fs.Int("ingest-messages", 50000, "MESSAGE_CREATE events for the unpaced ingest run")
+	ingestRate := fs.Float64("ingest-rate", 10000, "events/s for the paced (latency) ingest run")
+	modbotBin := fs.String("modbot", "bin/modbot", "modbot binary (the proxy runs as its own process, like nginx)")
+	only := fs.String("only", "", "run one group: controlplane, watch, ingest, proxy")
 	_ = cli.Parse(fs, os.Args[1:])
 	ctx, stop := cli.SignalContext()
 	defer stop()
-	if *only == "" || *only == "controlplane" {
+	run := func(name string) bool { return *only == "" || *only == name }
+	fail := func(what string, err error) {
+		fmt.Fprintf(os.Stderr, "%s benchmark: %v\n", what, err)
+		os.Exit(1)
+	}
+	if run("controlplane") {
 		r, err := benchmarks.ControlPlane(ctx, cp)
 		if err != nil {
-			fmt.Fprintln(os.Stderr, "control plane benchmark:", err)
-			os.Exit(1)
+			fail("control plane", err)
 		}
 		benchmarks.PrintControlPlane(os.Stdout, r)
+		fmt.Println()
+	}
+	if run("watch") {
+		var counts []int
+		for _, s := range strings.Split(*watchers, ",") {
+			var n int
+			if _, err := fmt.Sscan(strings.TrimSpace(s), &n); err == nil && n > 0 {
+				counts = append(counts, n)
+			}
+		}
+		rs, err := benchmarks.WatchLatency(ctx, counts, *watchWrites)
+		if err != nil {
+			fail("watch", err)
+		}
+		benchmarks.PrintWatchTable(os.Stdout, rs)
+		fmt.Println()
+	}
+	if run("ingest") {
+		max, err := benchmarks.Ingest(ctx, benchmarks.IngestOptions{Messages: *ingestMsgs, Guilds: 50, Shards: 4, Producers: 4})
+		if err != nil {
+			fail("ingest", err)
+		}
+		paced, err := benchmarks.Ingest(ctx, benchmarks.IngestOptions{Messages: int(*ingestRate * 3), Guilds: 50, Shards: 4, Producers: 4, Rate: *ingestRate})
+		if err != nil {
+			fail("ingest", err)
+		}
+		benchmarks.PrintIngest(os.Stdout, max, paced, *ingestRate)
+		fmt.Println()
+	}
+	if run("proxy") {
+		r, err := benchmarks.ProxyComparison(ctx, benchmarks.ProxyBenchOptions{ModbotBinary: *modbotBin})
+		if err != nil {
+			fail("proxy", err)
+		}
+		benchmarks.PrintProxyComparison(os.Stdout, r)
 		fmt.Println()
 	}
 }

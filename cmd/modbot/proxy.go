@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/modbot/modbot/assignments"
+	"github.com/modbot/modbot/internal/cli"
+	"github.com/modbot/modbot/proxy"
+)
+
+func runProxy(args []string) error {
+	fs := flag.NewFlagSet("proxy", flag.ContinueOnError)
+	cli.Usage(fs, "modbot proxy --http-addr 127.0.0.1:8080 --config http://HOST:PORT[,…] --discord-public-key HEX [--token T]")
+	var c proxy.Config
+	addr := fs.String("http-addr", "127.0.0.1:8080", "listen address host:port (Discord webhooks, dashboards, health, metrics)")
+	configURLs := fs.String("config", "", "comma-separated config node URLs to watch the guild → pod map from")
+	keyHex := fs.String("discord-public-key", "", "the application's Ed25519 public key (hex, from the Discord developer portal)")
+	fs.StringVar(&c.Token, "token", "", "bearer token of the config nodes and the gateway pods' internal API")
+	fs.DurationVar(&c.InteractionBudget, "interaction-budget", 2500*time.Millisecond, "time to wait for the owner's interaction answer before answering Discord with a deferred response (Discord allows 3s)")
+	fs.DurationVar(&c.InteractionHold, "interaction-hold", time.Second, "part of the budget an interaction for a migrating guild waits for the move to finish")
+	fs.DurationVar(&c.HoldTimeout, "hold-timeout", 5*time.Second, "how long a dashboard request for a migrating guild is held before 503")
+	fs.DurationVar(&c.ResponseHeaderTimeout, "response-header-timeout", 10*time.Second, "time for an owner pod to send response headers before 504")
+	fs.DurationVar(&c.DialTimeout, "dial-timeout", time.Second, "time to connect to an owner pod before 504")
+	fs.DurationVar(&c.RetryAfter, "retry-after", time.Second, "Retry-After of 503 answers")
+	fs.Int64Var(&c.MaxBodyBytes, "max-body-bytes", 1<<20, "request body limit (413 beyond)")
+	name := fs.String("name", "", "this proxy's name in metrics labels (default the hostname)")
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %v", fs.Args())
+	}
+	if *keyHex == "" {
+		return errors.New("--discord-public-key (or DISCORD_PUBLIC_KEY) is required: copy the application's public key from the Discord developer portal (modbot dev prints the fake Discord's)")
+	}
+	key, err := proxy.ParsePublicKey(*keyHex)
+	if err != nil {
+		return fmt.Errorf("--discord-public-key: %w", err)
+	}
+	c.PublicKey = key
+	client, err := assignments.NewClient(cli.SplitList(*configURLs), c.Token)
+	if err != nil {
+		return err
+	}
+	if *name == "" {
+		if *name, err = os.Hostname(); err != nil || *name == "" {
+			*name = "proxy"
+		}
+	}
+	c.Logger = cli.Logger("proxy")
+	c.Registry = prometheus.NewRegistry()
+	c.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	w := assignments.NewWatcher(client, assignments.WatcherOptions{Logger: c.Logger, Registerer: c.Registry, Name: *name})
+	wctx, stopWatcher := context.WithCancel(context.Background())
+	watchDone := make(chan error, 1)
+	go func() { watchDone <- w.Run(wctx) }()
+	defer func() {
+		stopWatcher()
+		<-watchDone
+	}()
+	c.Map = w
+	p, err := proxy.New(c)
+	if err != nil {
+		return err
+	}
+	url, err := p.Start(*addr)
+	if err != nil {
+		_ = p.Close()
+		return fmt.Errorf("%w (is another process on %s? choose another with --http-addr)", err, *addr)
+	}
+	c.Logger.Info("proxy listening; ready once the assignment map is loaded", "url", url, "config", client.URLs(),
+		"webhook", url+"/webhooks/discord", "interaction_budget", c.InteractionBudget)
+	<-ctx.Done()
+	c.Logger.Info("signal received; draining in-flight requests")
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return p.Shutdown(sctx)
+}

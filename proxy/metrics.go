@@ -1,0 +1,166 @@
+package proxy
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+type metrics struct {
+	reg          *prometheus.Registry
+	httpLatency  *prometheus.HistogramVec
+	forwardErrs  *prometheus.CounterVec
+	holds        *prometheus.CounterVec
+	holdTime     prometheus.Histogram
+	deferred     prometheus.Counter
+	sigFailures  *prometheus.CounterVec
+	misdirected  prometheus.Counter
+	interactions *prometheus.CounterVec
+}
+
+func newMetrics(reg *prometheus.Registry, m Map) *metrics {
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	x := &metrics{
+		reg: reg,
+		httpLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "modbot_http_request_duration_seconds", Help: "HTTP request latency by route, method and status.",
+			ConstLabels: prometheus.Labels{"component": "proxy"},
+			Buckets:     []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}, []string{"route", "method", "code"}),
+		forwardErrs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "modbot_proxy_forward_errors_total",
+			Help: "Requests the owner pod did not answer: refused (connection failed), timeout, pod_down (marked down in the map), no_pod, misdirected (421 after the retry).",
+		}, []string{"reason"}),
+		holds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "modbot_proxy_holds_total",
+			Help: "Requests held because their guild was migrating, by outcome: active (served after the move), timeout (503 or sent on), canceled (client left).",
+		}, []string{"result"}),
+		holdTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "modbot_proxy_hold_duration_seconds", Help: "How long requests for migrating guilds were held.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
+		deferred: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "modbot_proxy_interactions_deferred_total",
+			Help: "Interactions the proxy answered itself with a deferred response (type 5) because the owner did not answer within the budget.",
+		}),
+		sigFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "modbot_proxy_signature_failures_total", Help: "Webhook requests refused with 401, by reason.",
+		}, []string{"reason"}),
+		misdirected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "modbot_proxy_misdirected_total", Help: "421 answers from pods (the proxy's map was behind); each is retried once.",
+		}),
+		interactions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "modbot_proxy_interactions_total", Help: "Verified interactions by outcome: pong, answered, deferred, failed.",
+		}, []string{"result"}),
+	}
+	rev := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "modbot_proxy_map_revision", Help: "Revision of the assignment map the proxy routes by.",
+	}, func() float64 { return float64(m.Revision()) })
+	reg.MustRegister(x.httpLatency, x.forwardErrs, x.holds, x.holdTime, x.deferred, x.sigFailures, x.misdirected, x.interactions, rev)
+	return x
+}
+
+// recorder captures the status and the routing facts for the request log.
+type recorder struct {
+	http.ResponseWriter
+	status int
+	wrote  bool
+	guild  uint64
+	pod    string
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if !r.wrote {
+		r.status, r.wrote = code, true
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	if !r.wrote {
+		r.status, r.wrote = http.StatusOK, true
+	}
+	return r.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach Flush and deadlines.
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+var recorderPool = sync.Pool{New: func() any { return new(recorder) }}
+
+// note records the guild and pod of a request for the log.
+func note(w http.ResponseWriter, guild uint64, pod string) {
+	if rec, ok := w.(*recorder); ok {
+		if guild != 0 {
+			rec.guild = guild
+		}
+		if pod != "" {
+			rec.pod = pod
+		}
+	}
+}
+
+// instrument observes latency and writes the request log.
+func (p *Proxy) instrument(route string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := recorderPool.Get().(*recorder)
+		*rec = recorder{ResponseWriter: w, status: http.StatusOK}
+		defer func() {
+			d := time.Since(start)
+			code := rec.status
+			if r.Context().Err() != nil && !rec.wrote {
+				code = 499 // the client went away first
+			}
+			p.m.httpLatency.WithLabelValues(route, r.Method, strconv.Itoa(code)).Observe(d.Seconds())
+			if p.log.Enabled(r.Context(), slog.LevelInfo) {
+				attrs := []slog.Attr{
+					slog.String("method", r.Method), slog.String("route", route), slog.String("path", r.URL.Path),
+					slog.Int("status", code), slog.Duration("duration", d),
+				}
+				if rec.guild != 0 {
+					attrs = append(attrs, slog.Uint64("guild", rec.guild))
+				}
+				if rec.pod != "" {
+					attrs = append(attrs, slog.String("pod", rec.pod))
+				}
+				p.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
+			}
+			*rec = recorder{}
+			recorderPool.Put(rec)
+		}()
+		h.ServeHTTP(rec, r)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"error":"encode response"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)+1))
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+// errorBody is every error the proxy answers itself.
+type errorBody struct {
+	Error string `json:"error"`
+	Guild string `json:"guild,omitempty"`
+	Owner string `json:"owner,omitempty"`
+}
+
+func writeError(w http.ResponseWriter, status int, format string, args ...any) {
+	writeJSON(w, status, errorBody{Error: fmt.Sprintf(format, args...)})
+}
