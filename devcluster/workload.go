@@ -26,6 +26,11 @@ func startWorkload(ctx context.Context, o Options, sup *Supervisor, configURLs [
 	fake := &Process{Name: "fakediscord", URL: discordURL, Env: env, Args: []string{"fakediscord",
 		"--addr", o.DiscordAddr, "--shards", fmt.Sprint(o.Shards), "--guilds", fmt.Sprint(o.Guilds),
 		"--public-key-file", keyFile}}
+	if o.Proxy {
+		// Interactions reach the bot the way they do with an interactions
+		// endpoint URL configured: signed webhooks through the proxy.
+		fake.Args = append(fake.Args, "--interactions-url", "http://"+o.ProxyAddr+"/webhooks/discord")
+	}
 	if err := sup.Start(ctx, fake); err != nil {
 		return nil, "", err
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"flag"
+	"fmt"
 
 	"github.com/modbot/modbot/devcluster"
 	"github.com/modbot/modbot/internal/cli"
@@ -17,9 +18,15 @@ func runDev(args []string) error {
 	fs.IntVar(&o.Gateways, "gateways", 3, "gateway pods")
 	fs.IntVar(&o.Guilds, "guilds", 100, "guilds the fake Discord starts with")
 	fs.Float64Var(&o.Traffic, "traffic", 20, "synthetic messages per second (0 turns the chatter off)")
-	fs.BoolVar(&o.Proxy, "proxy", false, "start the HTTP proxy on 127.0.0.1:8080")
+	fs.BoolVar(&o.Proxy, "proxy", true, "start the HTTP proxy on 127.0.0.1:8080")
+	offset := fs.Int("port-offset", 0, "add this to every port (to run a second cluster beside the first)")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
+	}
+	if *offset != 0 {
+		o.BaseRaftPort, o.BaseHTTPPort, o.GatewayBasePort = 7000+*offset, 8000+*offset, 9000+*offset
+		o.DiscordAddr = fmt.Sprintf("127.0.0.1:%d", 7900+*offset)
+		o.ProxyAddr = fmt.Sprintf("127.0.0.1:%d", 8080+*offset)
 	}
 	o.Log = cli.Logger("dev")
 	ctx, stop := cli.SignalContext()

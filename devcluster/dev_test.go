@@ -1,0 +1,214 @@
+package devcluster
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// buildBinaries compiles modbot and modbotctl once for the test.
+func buildBinaries(t *testing.T) (modbot, modbotctl string) {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := exec.Command("go", "build", "-o", dir+"/", "../cmd/modbot", "../cmd/modbotctl")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	return filepath.Join(dir, "modbot"), filepath.Join(dir, "modbotctl")
+}
+
+// descendants returns the pids of processes whose command line mentions
+// marker (the test's unique state directory).
+func processesMentioning(marker string) []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		st, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if strings.Contains(string(st), ") Z ") {
+			continue // a zombie already exited
+		}
+		if bytes.Contains(b, []byte(marker)) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestDevRunsTheWholeSystemAndLeavesNothingBehind is the README's first
+// command, followed literally: modbot dev starts everything, modbotctl
+// status answers with no flags but the address, messages sent through the
+// fake Discord show up on the dashboard through the proxy, a killed gateway
+// child is restarted and serves again, and SIGINT leaves no process behind.
+func TestDevRunsTheWholeSystemAndLeavesNothingBehind(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the whole system")
+	}
+	modbot, modbotctl := buildBinaries(t)
+	work := t.TempDir()
+	state := filepath.Join(work, "devstate")
+	const off = 21000 // ports 28000.., clear of a developer's own make run
+	cmd := exec.Command(modbot, "dev", "--dir", state, "--traffic", "0", "--guilds", "12", "--port-offset", strconv.Itoa(off))
+	cmd.Dir = work
+	stdout, _ := cmd.StdoutPipe()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		for _, pid := range processesMentioning(state) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	lines := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var out []string
+	var dashboard string
+	deadline := time.After(120 * time.Second)
+	for dashboard == "" {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("modbot dev exited early:\n%s\n%s", strings.Join(out, "\n"), stderr.String())
+			}
+			out = append(out, l)
+			if strings.Contains(l, "/dashboard") {
+				dashboard = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(l), "open"))
+			}
+		case <-deadline:
+			t.Fatalf("no dashboard URL printed after 120s:\n%s\n%s", strings.Join(out, "\n"), stderr.String())
+		}
+	}
+	t.Logf("modbot dev ready in %s", time.Since(start).Round(time.Millisecond))
+	go func() {
+		for range lines {
+		}
+	}()
+
+	// modbotctl status, with the dev token found in the state directory.
+	ctl := exec.Command(modbotctl, "status", "--config", fmt.Sprintf("http://127.0.0.1:%d", 8000+off))
+	ctl.Env = append(os.Environ(), "MODBOT_DEV_DIR="+state)
+	st, err := ctl.CombinedOutput()
+	if err != nil || !strings.Contains(string(st), "leader:") || !strings.Contains(string(st), "gateway-2") {
+		t.Fatalf("modbotctl status: %v\n%s", err, st)
+	}
+
+	// Messages through the fake's control API, read back through the proxy.
+	guild := regexp.MustCompile(`/guild/(\d+)/`).FindStringSubmatch(dashboard)[1]
+	fake := fmt.Sprintf("http://127.0.0.1:%d", 7900+off)
+	before := dashboardMessages(t, dashboard)
+	for i := 0; i < 5; i++ {
+		resp, err := http.Post(fake+"/_fake/guilds/"+guild+"/messages", "application/json", strings.NewReader(`{"content":"hello"}`))
+		if err != nil || resp.StatusCode/100 != 2 {
+			t.Fatalf("dispatch: %v %v", err, resp)
+		}
+		resp.Body.Close()
+	}
+	waitUntil(t, 20*time.Second, "the messages on the dashboard", func() bool { return dashboardMessages(t, dashboard) == before+5 })
+
+	// Kill a gateway child: it is restarted and serves again.
+	gw := fmt.Sprintf("http://127.0.0.1:%d", 9001+off)
+	var victim int
+	for _, pid := range processesMentioning(state) {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if strings.Contains(string(b), "gateway-1") {
+			victim = pid
+		}
+	}
+	if victim == 0 {
+		t.Fatal("no gateway-1 child found")
+	}
+	if err := syscall.Kill(victim, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 30*time.Second, "gateway-1 restarted and ready", func() bool {
+		resp, err := http.Get(gw + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	for _, pid := range processesMentioning(state) {
+		if pid == victim {
+			t.Fatal("the killed child is still there")
+		}
+	}
+	if !strings.Contains(stderr.String(), "child restarted") {
+		t.Fatalf("the restart was not logged:\n%s", stderr.String())
+	}
+
+	// SIGINT stops everything.
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("modbot dev did not stop within 60s of SIGINT")
+	}
+	waitUntil(t, 5*time.Second, "no process left", func() bool { return len(processesMentioning(state)) == 0 })
+}
+
+func dashboardMessages(t *testing.T, url string) int {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, url, nil)
+	req.Header.Set("Accept", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var d struct {
+		GuildID  string `json:"guild_id"`
+		Owner    string `json:"owner"`
+		Messages int    `json:"messages"`
+	}
+	if resp.StatusCode != 200 || json.Unmarshal(b, &d) != nil || d.Owner == "" {
+		return -1
+	}
+	return d.Messages
+}
