@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -82,7 +83,7 @@ func TestDevRunsTheWholeSystemAndLeavesNothingBehind(t *testing.T) {
 	cmd := exec.Command(modbot, "dev", "--dir", state, "--traffic", "0", "--guilds", "12", "--port-offset", strconv.Itoa(off))
 	cmd.Dir = work
 	stdout, _ := cmd.StdoutPipe()
-	var stderr bytes.Buffer
+	var stderr lockedBuffer
 	cmd.Stderr = &stderr
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
@@ -190,6 +191,24 @@ func TestDevRunsTheWholeSystemAndLeavesNothingBehind(t *testing.T) {
 		t.Fatal("modbot dev did not stop within 60s of SIGINT")
 	}
 	waitUntil(t, 5*time.Second, "no process left", func() bool { return len(processesMentioning(state)) == 0 })
+}
+
+// lockedBuffer is a bytes.Buffer safe to read while the child writes to it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func dashboardMessages(t *testing.T, url string) int {
