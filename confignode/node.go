@@ -64,6 +64,9 @@ type Config struct {
 	// MaxMoves and MaxMovesPerPod cap concurrent moves in a rebalance/drain.
 	MaxMoves       int
 	MaxMovesPerPod int
+	// AutoRebalance starts a rebalance when active pods change and guild
+	// counts differ by more than 20 % of the mean.
+	AutoRebalance bool
 	// NoSync disables fsync of the Raft log (tests only).
 	NoSync bool
 
@@ -350,6 +353,9 @@ func (n *Node) lead(ctx context.Context) {
 	}
 	n.identify.reset(time.Now())
 	n.mover.abortOrphans(ctx)
+	if n.cfg.AutoRebalance {
+		go n.mover.autoRebalance(ctx)
+	}
 	n.live.run(ctx)
 }
 

@@ -196,3 +196,59 @@ func (m *mover) moveAndWait(ctx context.Context, mv assignments.Move) error {
 	}
 	return ctx.Err()
 }
+
+// autoRebalance (with --auto-rebalance) starts a rebalance when the set of
+// active pods changes — a pod joined, left, drained or went down — and the
+// guild counts of the active pods then differ by more than 20 % of the mean.
+// A new leader looks once at start-up too.
+func (m *mover) autoRebalance(ctx context.Context) {
+	n := m.n
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	last := ""
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var key string
+		var lo, hi, total, k int
+		n.store.View(func(s *fsm.State) {
+			lo = -1
+			for _, p := range s.SortedPods() {
+				if p.State != fsm.PodActive {
+					continue
+				}
+				key += p.ID + ","
+				c := s.GuildCount(p.ID)
+				total += c
+				k++
+				if lo < 0 || c < lo {
+					lo = c
+				}
+				hi = max(hi, c)
+			}
+		})
+		// The first look after becoming leader counts as a change: the
+		// previous leader may have died before it could react.
+		if key == last {
+			continue
+		}
+		if k < 2 || total == 0 {
+			last = key
+			continue
+		}
+		mean := float64(total) / float64(k)
+		if float64(hi-lo) <= 0.2*mean {
+			last = key
+			continue
+		}
+		moves := n.plan("rebalance", "")
+		if _, err := m.runJob("rebalance", "", moves); err != nil {
+			continue // a job is running; look again next tick
+		}
+		last = key
+		n.log.Info("pods changed and guild counts are uneven; rebalancing", "pods", k, "min", lo, "max", hi, "moves", len(moves))
+	}
+}

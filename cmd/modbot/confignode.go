@@ -28,6 +28,8 @@ func runConfigNode(args []string) error {
 	fs.IntVar(&c.WatchHistory, "watch-history", 0, "change events kept for watch resumption (default 100000)")
 	fs.Uint64Var(&c.SnapshotThreshold, "snapshot-threshold", 0, "Raft log entries between snapshots (default 8192)")
 	fs.Uint64Var(&c.TrailingLogs, "trailing-logs", 0, "Raft log entries kept after a snapshot (default 10240)")
+	fs.BoolVar(&c.AutoRebalance, "auto-rebalance", false, "rebalance by itself when pods join or leave and guild counts differ by more than 20 %")
+	fs.DurationVar(&c.MoveTimeout, "move-timeout", 0, "abort a guild move whose copy takes longer (default 2m)")
 	fs.DurationVar(&c.IdentifyInterval, "identify-interval", 0, "Discord identify spacing per max_concurrency bucket (default 5s)")
 	fs.DurationVar(&c.SnapshotInterval, "snapshot-interval", 0, "how often to check whether to snapshot (default 30s)")
 	if err := cli.Parse(fs, args); err != nil {

@@ -1,0 +1,142 @@
+package confignode
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/modbot/modbot/assignments"
+	"github.com/modbot/modbot/fsm"
+)
+
+// stubPod answers the gateway side of a move (import/export/delete) the way
+// a gateway's internal API does, recording the calls; fail makes imports fail.
+type stubPod struct {
+	mu    sync.Mutex
+	calls []string
+	fail  bool
+	srv   *httptest.Server
+}
+
+func newStubPod(t *testing.T) *stubPod {
+	p := &stubPod{}
+	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.mu.Lock()
+		p.calls = append(p.calls, r.Method+" "+r.URL.Path)
+		fail := p.fail
+		p.mu.Unlock()
+		if r.Header.Get("Authorization") != "Bearer "+testToken {
+			http.Error(w, `{"error":"token"}`, 401)
+			return
+		}
+		if fail && r.Method == http.MethodPost {
+			http.Error(w, `{"error":"import failed: disk full"}`, 500)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"rows":{},"checksum":"sha256:x"}`))
+	}))
+	t.Cleanup(p.srv.Close)
+	return p
+}
+
+func (p *stubPod) addr() string { return strings.TrimPrefix(p.srv.URL, "http://") }
+
+func (p *stubPod) called(prefix string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.calls {
+		if strings.HasPrefix(c, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+func guildOn(t *testing.T, tc *testCluster, id uint64) fsm.Guild {
+	t.Helper()
+	var g fsm.Guild
+	tc.nodes[tc.leader()].store.View(func(s *fsm.State) { g = *s.Guilds[id] })
+	return g
+}
+
+// TestMoveAbortsWhenTheCopyFails: a failed import aborts the move, the guild
+// stays on its source at a newer epoch, and the target is told to drop its
+// copy.
+func TestMoveAbortsWhenTheCopyFails(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	a, b := newStubPod(t), newStubPod(t)
+	c := tc.client()
+	ctx := context.Background()
+	for i, p := range []*stubPod{a, b} {
+		if _, err := c.RegisterPod(ctx, assignments.RegisterPodRequest{ID: "gateway-" + itoa(i), Addr: p.addr()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := c.PlaceGuilds(ctx, guildIDs(0, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := res.Guilds[0]
+	target := map[string]*stubPod{"gateway-0": b, "gateway-1": a}[g.Owner]
+	other := map[string]string{"gateway-0": "gateway-1", "gateway-1": "gateway-0"}[g.Owner]
+	target.mu.Lock()
+	target.fail = true
+	target.mu.Unlock()
+	mv, err := c.Move(ctx, itoa64(g.ID), other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the move aborted", func() bool { return guildOn(t, tc, g.ID).Migration == nil })
+	after := guildOn(t, tc, g.ID)
+	if after.Owner != g.Owner || after.Epoch <= mv.Epoch {
+		t.Fatalf("after abort: owner %s epoch %d (move epoch %d), want owner %s and a newer epoch", after.Owner, after.Epoch, mv.Epoch, g.Owner)
+	}
+	waitFor(t, 5*time.Second, "the target told to drop its copy", func() bool { return target.called("DELETE /internal/guilds/") })
+	// Refusals.
+	if _, err := c.Move(ctx, itoa64(g.ID), g.Owner); !isStatus(err, 409) {
+		t.Fatalf("move to the owner: %v", err)
+	}
+	if _, err := c.Move(ctx, "42", other); !isStatus(err, 404) {
+		t.Fatalf("move of an unknown guild: %v", err)
+	}
+	if _, err := c.Move(ctx, itoa64(g.ID), "gateway-9"); !isStatus(err, 404) {
+		t.Fatalf("move to an unknown pod: %v", err)
+	}
+}
+
+// TestAutoRebalanceEvensOutWhenAPodJoins: with --auto-rebalance, a pod that
+// joins a skewed cluster gets its share without an operator.
+func TestAutoRebalanceEvensOutWhenAPodJoins(t *testing.T) {
+	tc := newTestCluster(t, 3, func(i int, c *Config) { c.AutoRebalance = true })
+	a, b := newStubPod(t), newStubPod(t)
+	c := tc.client()
+	ctx := context.Background()
+	if _, err := c.RegisterPod(ctx, assignments.RegisterPodRequest{ID: "gateway-0", Addr: a.addr()}); err != nil {
+		t.Fatal(err)
+	}
+	tc.place(c, 0, 100)
+	if _, err := c.RegisterPod(ctx, assignments.RegisterPodRequest{ID: "gateway-1", Addr: b.addr()}); err != nil {
+		t.Fatal(err)
+	}
+	var job assignments.RebalanceJob
+	waitFor(t, 30*time.Second, "the automatic rebalance to finish", func() bool {
+		var err error
+		job, err = c.RebalanceStatus(ctx)
+		return err == nil && !job.FinishedAt.IsZero()
+	})
+	if job.Kind != "rebalance" || job.Done != 50 || job.Failed != 0 {
+		t.Fatalf("rebalance job: %d done, %d failed of %d", job.Done, job.Failed, job.Total)
+	}
+	pods, err := c.Pods(ctx)
+	if err != nil || pods.Pods[0].Guilds != 50 || pods.Pods[1].Guilds != 50 {
+		t.Fatalf("after the automatic rebalance: %+v %v", pods.Pods, err)
+	}
+}
+
+func itoa64(v uint64) string { return strconv.FormatUint(v, 10) }
