@@ -1,11 +1,9 @@
 package confignode
 
 import (
-	"context"
 	"net"
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/gorilla/mux"
 	"github.com/hashicorp/raft"
@@ -13,6 +11,7 @@ import (
 
 	"github.com/modbot/modbot/assignments"
 	"github.com/modbot/modbot/fsm"
+	"github.com/modbot/modbot/internal/httpmetrics"
 )
 
 func (n *Node) routes() http.Handler {
@@ -24,7 +23,7 @@ func (n *Node) routes() http.Handler {
 		writeErr(w, http.StatusMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path)
 	})
 	r.NotFoundHandler, r.MethodNotAllowedHandler = notFound, notAllowed
-	r.Use(n.metrics.instrument)
+	r.Use(httpmetrics.Middleware(n.metrics.httpLatency, "config", "/v1/watch"))
 
 	r.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) }).Methods("GET")
 	r.HandleFunc("/readyz", n.handleReady).Methods("GET")
@@ -461,9 +460,4 @@ func (n *Node) snapshot() assignments.Snapshot {
 		}
 	})
 	return out
-}
-
-// withTimeout bounds an operation that has no natural deadline.
-func withTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, d)
 }

@@ -2,16 +2,14 @@ package confignode
 
 import (
 	"context"
-	"net/http"
-	"strconv"
 	"time"
 
-	"github.com/gorilla/mux"
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/modbot/modbot/fsm"
+	"github.com/modbot/modbot/internal/httpmetrics"
 )
 
 type metrics struct {
@@ -37,11 +35,8 @@ type metrics struct {
 func newMetrics(n *Node) *metrics {
 	reg := prometheus.NewRegistry()
 	m := &metrics{
-		reg: reg,
-		httpLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "modbot_http_request_duration_seconds", Help: "HTTP request latency by route, method and status.",
-			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
-		}, []string{"component", "route", "method", "code"}),
+		reg:         reg,
+		httpLatency: httpmetrics.NewHistogram(),
 		proposals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "modbot_config_proposals_total", Help: "Writes proposed to Raft by command type and result (ok, rejected, failed).",
 		}, []string{"type", "result"}),
@@ -102,34 +97,6 @@ func (m *metrics) raftLoop(ctx context.Context, r func() *raft.Raft) {
 		}
 	}
 }
-
-// instrument records request latency by route template.
-func (m *metrics) instrument(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		route := "other"
-		if cr := mux.CurrentRoute(r); cr != nil {
-			if t, err := cr.GetPathTemplate(); err == nil {
-				route = t
-			}
-		}
-		if route == "/v1/watch" {
-			next.ServeHTTP(w, r) // streams: latency is meaningless
-			return
-		}
-		sw := &statusWriter{ResponseWriter: w, code: 200}
-		start := time.Now()
-		next.ServeHTTP(sw, r)
-		m.httpLatency.WithLabelValues("config", route, r.Method, strconv.Itoa(sw.code)).Observe(time.Since(start).Seconds())
-	})
-}
-
-type statusWriter struct {
-	http.ResponseWriter
-	code int
-}
-
-func (s *statusWriter) WriteHeader(c int)           { s.code = c; s.ResponseWriter.WriteHeader(c) }
-func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // fsmCollector reads the map's gauges at scrape time.
 type fsmCollector struct{ n *Node }

@@ -37,6 +37,7 @@ type system struct {
 	gwCfgs   []gatewaynode.Config
 	gateways []*gatewaynode.Node
 	client   *assignments.Client
+	dbs      map[int]*sql.DB // read-only handles on the gateways' files
 }
 
 func quiet() *slog.Logger {
@@ -195,12 +196,19 @@ func (s *system) rows(i int, table string, guild uint64) int {
 
 func (s *system) db(i int) *sql.DB {
 	s.t.Helper()
+	if db, ok := s.dbs[i]; ok {
+		return db
+	}
 	path := filepath.Join(s.gwCfgs[i].DataDir, "modbot.db")
 	db, err := sql.Open("sqlite3", "file:"+path+"?mode=ro&_busy_timeout=5000")
 	if err != nil {
 		s.t.Fatal(err)
 	}
 	s.t.Cleanup(func() { db.Close() })
+	if s.dbs == nil {
+		s.dbs = map[int]*sql.DB{}
+	}
+	s.dbs[i] = db
 	return db
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/modbot/modbot/fsm"
 	"github.com/modbot/modbot/gatewaynode/bot"
+	"github.com/modbot/modbot/internal/httpmetrics"
 )
 
 const maxBody = 8 << 20
@@ -29,7 +30,7 @@ func (n *Node) routes(reg *prometheus.Registry) http.Handler {
 	r.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path)
 	})
-	r.Use(n.metrics.instrument)
+	r.Use(httpmetrics.Middleware(n.metrics.httpLatency, "gateway"))
 	r.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) }).Methods("GET")
 	r.HandleFunc("/readyz", n.handleReady).Methods("GET")
 	r.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{})).Methods("GET")

@@ -1,13 +1,10 @@
 package gatewaynode
 
 import (
-	"net/http"
-	"strconv"
-	"time"
-
-	"github.com/gorilla/mux"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/modbot/modbot/internal/httpmetrics"
 )
 
 type metrics struct {
@@ -32,22 +29,19 @@ type metrics struct {
 	migrationSteps  *prometheus.HistogramVec
 }
 
-var latencyBuckets = []float64{.0002, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
-
 func newMetrics(reg *prometheus.Registry, n *Node) *metrics {
 	m := &metrics{
-		httpLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "modbot_http_request_duration_seconds",
-			Help: "HTTP request latency by route, method and status.", Buckets: latencyBuckets}, []string{"component", "route", "method", "code"}),
+		httpLatency: httpmetrics.NewHistogram(),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "modbot_gateway_events_total",
 			Help: "Events handled by this pod as owner, by type and outcome."}, []string{"type", "outcome"}),
 		restErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "modbot_gateway_rest_errors_total",
 			Help: "Failed Discord REST calls by kind."}, []string{"kind"}),
 		processDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "modbot_gateway_event_processing_seconds",
-			Help: "Time to commit a batch of owned events (dispatch to committed).", Buckets: latencyBuckets}),
+			Help: "Time to commit a batch of owned events (dispatch to committed).", Buckets: httpmetrics.Buckets}),
 		batchDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "modbot_gateway_batch_routing_seconds",
-			Help: "Time to route one shard batch until acknowledged.", Buckets: latencyBuckets}),
+			Help: "Time to route one shard batch until acknowledged.", Buckets: httpmetrics.Buckets}),
 		forwardDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "modbot_gateway_forward_seconds",
-			Help: "Time to forward a batch to its owner pod.", Buckets: latencyBuckets}),
+			Help: "Time to forward a batch to its owner pod.", Buckets: httpmetrics.Buckets}),
 		dispatches:      prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_dispatches_total", Help: "Gateway dispatches received on this pod's shards."}),
 		forwarded:       prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_forwarded_events_total", Help: "Events forwarded to their owner pod."}),
 		forwardErrors:   prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_forward_errors_total", Help: "Forwarded batches that failed (their events went to the outbox)."}),
@@ -71,26 +65,3 @@ func newMetrics(reg *prometheus.Registry, n *Node) *metrics {
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
-
-func (m *metrics) instrument(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		route := "other"
-		if cr := mux.CurrentRoute(r); cr != nil {
-			if t, err := cr.GetPathTemplate(); err == nil {
-				route = t
-			}
-		}
-		sw := &statusWriter{ResponseWriter: w, code: 200}
-		start := time.Now()
-		next.ServeHTTP(sw, r)
-		m.httpLatency.WithLabelValues("gateway", route, r.Method, strconv.Itoa(sw.code)).Observe(time.Since(start).Seconds())
-	})
-}
-
-type statusWriter struct {
-	http.ResponseWriter
-	code int
-}
-
-func (s *statusWriter) WriteHeader(c int)           { s.code = c; s.ResponseWriter.WriteHeader(c) }
-func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }

@@ -176,8 +176,10 @@ func (n *Node) handleDropCopy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	deadline := time.Now().Add(5 * time.Second)
+	var settled fsm.Guild
 	for {
 		gi, ok := n.watch.Lookup(g)
+		settled = gi
 		if ok && gi.Owner != n.cfg.ID && gi.Epoch >= epoch && gi.Migration == nil {
 			break
 		}
@@ -197,7 +199,18 @@ func (n *Node) handleDropCopy(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusServiceUnavailable, "deliver held events of guild %d before deleting: %v", g, err)
 		return
 	}
-	if err := n.store.DeleteGuild(ctx, g); err != nil {
+	// Fence at the settled epoch first: an import of this move that is still
+	// in flight here (the target after an abort) then fails instead of
+	// landing after the delete.
+	if err := n.store.Fence(ctx, g, settled.Epoch); err != nil && !errors.Is(err, guildstore.ErrStaleEpoch) {
+		writeErr(w, http.StatusInternalServerError, "fence guild %d before deleting: %v", g, err)
+		return
+	}
+	if err := n.store.DeleteGuild(ctx, g, settled.Epoch); err != nil {
+		if errors.Is(err, guildstore.ErrStaleEpoch) {
+			writeErr(w, http.StatusConflict, "guild %d came back here at a newer epoch; kept its data: %v", g, err)
+			return
+		}
 		writeErr(w, http.StatusInternalServerError, "%v", err)
 		return
 	}

@@ -129,6 +129,7 @@ func Start(cfg Config) (*Node, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
+	n.removeCrashLeftovers()
 	var err error
 	n.store, err = guildstore.Open(n.ctx, filepath.Join(cfg.DataDir, "modbot.db"))
 	if err != nil {
@@ -184,6 +185,7 @@ func Start(cfg Config) (*Node, error) {
 	n.goRun("shards", n.shards.run)
 	n.goRun("checkpoints", n.shards.checkpointLoop)
 	n.goRun("outbox", n.outbox.run)
+	n.goRun("janitor", n.janitor)
 	n.log.Info("gateway pod started", "addr", n.addr, "config", strings.Join(cfg.ConfigURLs, ","), "discord", cfg.DiscordURL)
 	return n, nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/modbot/modbot/fsm"
 	"github.com/modbot/modbot/gatewaynode/bot"
+	"github.com/modbot/modbot/gatewaynode/guildstore"
 )
 
 // errNotOwner answers a forwarded event or request for a guild this pod does
@@ -161,6 +162,16 @@ func (n *Node) handleOwned(ctx context.Context, inputs []bot.Input) error {
 	}
 	for i, r := range results {
 		n.metrics.events.WithLabelValues(inputs[i].Event.Type, outcome(r)).Inc()
+		if errors.Is(r.Err, guildstore.ErrStaleEpoch) {
+			// The guild was fenced for a move after we routed the event: it
+			// must not be lost, so it waits in the durable buffer and goes to
+			// whoever owns the guild when the move settles.
+			g, _ := bot.GuildOf(inputs[i].Event)
+			if err := n.outbox.hold(ctx, g, inputs[i].Event); err != nil {
+				return err
+			}
+			continue
+		}
 		if r.Err != nil {
 			n.log.Warn("event failed", "type", inputs[i].Event.Type, "guild", r.GuildID, "err", r.Err)
 			continue

@@ -287,6 +287,8 @@ func (s *shardSet) open(ctx context.Context, shardID int) (*discordgw.Shard, err
 // resumePoint returns the checkpoint to resume from: ours (we restarted) or a
 // holder's that is no longer active (it died). A live previous holder keeps
 // its session until we are up, so we identify afresh instead of stealing it.
+// A draining holder is alive too: resuming its session would fight it for
+// the connection and be invalidated when it closes the session at handoff.
 func (s *shardSet) resumePoint(ctx context.Context, shardID int) *fsm.Checkpoint {
 	n := s.n
 	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
@@ -299,7 +301,7 @@ func (s *shardSet) resumePoint(ctx context.Context, shardID int) *fsm.Checkpoint
 	if cp.Holder == n.cfg.ID {
 		return cp
 	}
-	if p, ok := n.watch.Pod(cp.Holder); !ok || p.State != fsm.PodActive {
+	if p, ok := n.watch.Pod(cp.Holder); !ok || p.State == fsm.PodDown {
 		return cp
 	}
 	return nil

@@ -25,7 +25,7 @@ func main() {
 	ingestMsgs := fs.Int("ingest-messages", 50000, "MESSAGE_CREATE events for the unpaced ingest run")
 	ingestRate := fs.Float64("ingest-rate", 10000, "events/s for the paced (latency) ingest run")
 	modbotBin := fs.String("modbot", "bin/modbot", "modbot binary (the proxy runs as its own process, like nginx)")
-	only := fs.String("only", "", "run one group: controlplane, watch, ingest, proxy")
+	only := fs.String("only", "", "run one group: controlplane, watch, ingest, proxy, migration")
 	_ = cli.Parse(fs, os.Args[1:])
 	ctx, stop := cli.SignalContext()
 	defer stop()
@@ -67,6 +67,14 @@ func main() {
 			fail("ingest", err)
 		}
 		benchmarks.PrintIngest(os.Stdout, max, paced, *ingestRate)
+		fmt.Println()
+	}
+	if run("migration") {
+		r, err := benchmarks.Migration(ctx, benchmarks.MigrationOptions{})
+		if err != nil {
+			fail("migration", err)
+		}
+		benchmarks.PrintMigration(os.Stdout, r)
 		fmt.Println()
 	}
 	if run("proxy") {

@@ -160,20 +160,6 @@ func cmdShards(ctx context.Context, c *ctl, args []string) error {
 	return c.table("SHARD\tHOLDER", rows)
 }
 
-// resolvePod turns an ordinal ("1") into a pod id.
-func resolvePod(ctx context.Context, c *ctl, ref string) (string, error) {
-	pods, err := c.client.Pods(ctx)
-	if err != nil {
-		return "", err
-	}
-	for _, p := range pods.Pods {
-		if p.ID == ref || fmt.Sprint(p.Ordinal) == ref {
-			return p.ID, nil
-		}
-	}
-	return "", fmt.Errorf("no pod %q (modbotctl pods lists them)", ref)
-}
-
 func cmdConfigNode(ctx context.Context, c *ctl, args []string) error {
 	if len(args) == 0 {
 		return errors.New("usage: modbotctl config-node list | join --id ID --raft-addr ADDR [--http-addr ADDR] | remove ID | transfer-leadership [--to ID]")

@@ -473,7 +473,7 @@ func TestMigrationCarriesHeldEventsInOrder(t *testing.T) {
 	if err := dstStore.DropHeld(ctx, guild, hs[len(hs)-1].Seq); err != nil {
 		t.Fatal(err)
 	}
-	if err := srcStore.DeleteGuild(ctx, guild); err != nil {
+	if err := srcStore.DeleteGuild(ctx, guild, 1<<62); err != nil {
 		t.Fatal(err)
 	}
 	d, _ := dstStore.Dashboard(ctx, guild)

@@ -601,11 +601,19 @@ const deleteChunk = 5000
 
 // DeleteGuild removes all of the guild's rows, in chunked transactions so
 // other guilds' writes interleave. The guild's fencing epoch is kept as a
-// tombstone so a stale writer stays fenced. Idempotent; safe to resume.
-func (s *Store) DeleteGuild(ctx context.Context, guildID uint64) error {
+// tombstone so a stale writer stays fenced. Idempotent; safe to resume. It
+// stops with ErrStaleEpoch if the guild's stored epoch rises above atEpoch
+// while it runs (the guild was moved back here and imported again).
+//
+// The held-event buffer (held_events, held_cursor) is kept: on a pod that no
+// longer owns the guild it is that pod's outbox, still being appended to by
+// events routed with a stale map, and the outbox delivers and drops it.
+// Deleting it here lost events held between the outbox's last delivery and
+// the delete (e2e TestMoveUnderTrafficLosesNothing).
+func (s *Store) DeleteGuild(ctx context.Context, guildID, atEpoch uint64) error {
 	keys := map[string]string{"messages": "message_id", "held_events": "seq"}
 	for _, tb := range exportTables {
-		if tb.name == "guild_epochs" {
+		if tb.name == "guild_epochs" || tb.name == "held_events" || tb.name == "held_cursor" {
 			continue
 		}
 		key, ok := keys[tb.name]
@@ -616,6 +624,12 @@ func (s *Store) DeleteGuild(ctx context.Context, guildID uint64) error {
 		for {
 			var n int64
 			err := s.w.job(ctx, func(ctx context.Context, t *wtx) error {
+				// Stop if the guild came back at a newer epoch meanwhile (moved
+				// here again): those rows belong to the new owner.
+				var stored int64
+				if err := t.queryRow(ctx, `SELECT epoch FROM guild_epochs WHERE guild_id = ?`, int64(guildID)).Scan(&stored); err == nil && uint64(stored) > atEpoch {
+					return fmt.Errorf("guild is at epoch %d, newer than %d: %w", stored, atEpoch, ErrStaleEpoch)
+				}
 				res, err := t.exec(ctx, q, int64(guildID), int64(guildID), deleteChunk)
 				if err != nil {
 					return err

@@ -196,6 +196,9 @@ func (o MarkReportPosted) apply(ctx context.Context, t *wtx) (Outcome, error) {
 		ms(o.PostedAt), int64(o.GuildID), int64(o.ReportID)))
 }
 
+// overlapWindow bounds how far apart two sessions deliver the same event.
+const overlapWindow = 30 * time.Second
+
 func (o AddModAction) apply(ctx context.Context, t *wtx) (Outcome, error) {
 	a := o.Action
 	switch a.Kind {
@@ -204,6 +207,32 @@ func (o AddModAction) apply(ctx context.Context, t *wtx) (Outcome, error) {
 		return Outcome{}, fmt.Errorf("unknown mod action kind %q", a.Kind)
 	}
 	key := a.DedupeKey
+	if key != "" {
+		// A delivery key catches replays of one session. Two sessions on the
+		// same shard (a planned handoff overlaps them) deliver the same ban
+		// under different keys, so also drop what cannot be a new action: a
+		// ban of a user whose last ban-family action is a ban (or unban after
+		// unban), or a leave/kick repeated within overlapWindow.
+		q := `SELECT kind, created_at FROM mod_actions WHERE guild_id = ? AND user_id = ? AND kind IN ('ban', 'unban') ORDER BY id DESC LIMIT 1`
+		if a.Kind == ActionKick || a.Kind == ActionLeave {
+			q = `SELECT kind, created_at FROM mod_actions WHERE guild_id = ? AND user_id = ? AND kind IN ('leave', 'kick') ORDER BY id DESC LIMIT 1`
+		}
+		if a.Kind != ActionTimeout {
+			var last string
+			var at int64
+			err := t.queryRow(ctx, q, int64(a.GuildID), int64(a.UserID)).Scan(&last, &at)
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return Outcome{}, err
+			}
+			switch {
+			case err != nil:
+			case (a.Kind == ActionBan || a.Kind == ActionUnban) && last == a.Kind:
+				return Outcome{}, nil
+			case (a.Kind == ActionKick || a.Kind == ActionLeave) && ms(a.CreatedAt)-at < overlapWindow.Milliseconds():
+				return Outcome{}, nil
+			}
+		}
+	}
 	if key == "" {
 		var q string
 		switch a.Kind {

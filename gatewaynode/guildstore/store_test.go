@@ -288,7 +288,7 @@ func TestGuildIDsAndDeleteGuildKeepsFence(t *testing.T) {
 		t.Fatalf("guild ids = %v, %v", ids, err)
 	}
 	other := mustChecksum(t, s, 20)
-	if err := s.DeleteGuild(ctx, 10); err != nil {
+	if err := s.DeleteGuild(ctx, 10, 1<<62); err != nil {
 		t.Fatal(err)
 	}
 	counts, _ := s.Counts(ctx, 10)
@@ -320,5 +320,36 @@ func TestApplyAfterCloseFails(t *testing.T) {
 	s.Close()
 	if _, err := s.Apply(context.Background(), Write{Op: MessageCreate{GuildID: 1, MessageID: 1}}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestOverlappingSessionsDoNotDoubleCountModActions: during a planned shard
+// handoff two sessions deliver the same ban under different delivery keys;
+// it is recorded once, while real ban → unban → ban sequences and a user
+// leaving again later are all recorded.
+func TestOverlappingSessionsDoNotDoubleCountModActions(t *testing.T) {
+	s := openTest(t, "overlap.db")
+	const g = 42
+	t0 := time.UnixMilli(1_700_000_000_000)
+	act := func(kind string, at time.Duration, key string) Write {
+		return Write{Epoch: 1, Op: AddModAction{ModAction{GuildID: g, Kind: kind, UserID: 9, CreatedAt: t0.Add(at), DedupeKey: key}}}
+	}
+	mustApply(t, s,
+		act(ActionBan, 0, "ban:9:old:5"), act(ActionBan, 10*time.Millisecond, "ban:9:new:2"), // same ban, two sessions
+		act(ActionUnban, time.Second, "unban:9:new:3"), act(ActionUnban, time.Second, "unban:9:old:6"),
+		act(ActionBan, 2*time.Second, "ban:9:new:4"), // a real second ban
+		act(ActionLeave, 3*time.Second, "leave:9:new:5"), act(ActionLeave, 3*time.Second+5*time.Millisecond, "leave:9:old:8"),
+		act(ActionLeave, 5*time.Minute, "leave:9:new:40"), // left again, much later
+	)
+	got := map[string]int64{}
+	d, err := s.Dashboard(context.Background(), g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range d.ModActionsByKind {
+		got[k] = v
+	}
+	if got[ActionBan] != 2 || got[ActionUnban] != 1 || got[ActionLeave] != 2 {
+		t.Fatalf("mod actions by kind %v, want ban 2, unban 1, leave 2", got)
 	}
 }

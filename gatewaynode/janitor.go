@@ -1,0 +1,64 @@
+package gatewaynode
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// removeCrashLeftovers deletes spool files of exports and imports that a
+// crash interrupted (the move they belonged to was aborted).
+func (n *Node) removeCrashLeftovers() {
+	for _, pattern := range []string{"export-*.tmp", ".import-*.ndjson"} {
+		files, _ := filepath.Glob(filepath.Join(n.cfg.DataDir, pattern))
+		for _, f := range files {
+			if err := os.Remove(f); err == nil {
+				n.log.Info("removed a spool file left by a crash", "file", f)
+			}
+		}
+	}
+}
+
+// janitor deletes copies of guilds this pod holds rows for but does not own
+// and is not moving — left when a move's clean-up request never reached the
+// pod (it was down, or the leader died between commit and clean-up). Copies
+// are fenced by their epoch either way; this only reclaims the space. It
+// runs at start and then every few minutes.
+func (n *Node) janitor() {
+	if err := n.watch.WaitSynced(n.ctx); err != nil {
+		return
+	}
+	for {
+		n.sweepStrayCopies()
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-time.After(5 * time.Minute):
+		}
+	}
+}
+
+func (n *Node) sweepStrayCopies() {
+	ctx, cancel := context.WithTimeout(n.ctx, time.Minute)
+	defer cancel()
+	ids, err := n.store.GuildIDs(ctx)
+	if err != nil {
+		return
+	}
+	for _, g := range ids {
+		gi, ok := n.watch.Lookup(g)
+		if !ok || gi.Owner == n.cfg.ID || n.outbox.pending(g) {
+			continue
+		}
+		if m := gi.Migration; m != nil && (m.To == n.cfg.ID || m.From == n.cfg.ID) {
+			continue
+		}
+		if err := n.store.Fence(ctx, g, gi.Epoch); err != nil {
+			continue // it came back here at a newer epoch
+		}
+		if err := n.store.DeleteGuild(ctx, g, gi.Epoch); err == nil {
+			n.log.Info("deleted a stray copy of a guild owned elsewhere", "guild", g, "owner", gi.Owner)
+		}
+	}
+}
