@@ -122,6 +122,11 @@ func (c *Config) defaults() {
 
 // Server is a fake Discord. Create it with New.
 type Server struct {
+	// seeded counts guilds made by Seed; pendingChannels are the channel
+	// ids the guild being seeded gets (both under mu).
+	seeded          int
+	pendingChannels []Channel
+
 	cfg     Config
 	log     *slog.Logger
 	appID   uint64

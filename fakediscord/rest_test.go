@@ -153,3 +153,30 @@ func TestControlAPI(t *testing.T) {
 	resp.Body.Close()
 	postJSON(t, h.base+"/_fake/sessions/nope/drop", ``, 404, nil)
 }
+
+// TestSeededGuildsAreTheSameAfterARestart: a fake that restarts serves the
+// same seeded guilds (and channels), so modbot dev resumes its state.
+func TestSeededGuildsAreTheSameAfterARestart(t *testing.T) {
+	a, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ga, gb := a.Seed(5), b.Seed(5)
+	shards := map[int]bool{}
+	for i := range ga {
+		if ga[i].ID != gb[i].ID || ga[i].Channels[0].ID != gb[i].Channels[0].ID {
+			t.Fatalf("seeded guild %d differs: %d vs %d", i, ga[i].ID, gb[i].ID)
+		}
+		shards[ShardFor(ga[i].ID, 4)] = true
+	}
+	if len(shards) != 4 {
+		t.Fatalf("5 seeded guilds cover %d of 4 shards", len(shards))
+	}
+	if more := a.Seed(1); more[0].ID == ga[4].ID {
+		t.Fatal("a second Seed reused an id")
+	}
+}

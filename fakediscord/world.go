@@ -79,19 +79,37 @@ func (s *Server) createGuildLocked(id uint64, name string) Guild {
 		name = fmt.Sprintf("guild-%d", len(s.guildOrder)+1)
 	}
 	g := &guild{id: id, name: name, ownerID: s.ids.next(), created: time.Now(), bans: map[uint64]string{}}
-	g.channels = []Channel{{ID: s.ids.next(), Name: "general"}, {ID: s.ids.next(), Name: "mod-log"}}
+	g.channels = s.pendingChannels
+	if g.channels == nil {
+		g.channels = []Channel{{ID: s.ids.next(), Name: "general"}, {ID: s.ids.next(), Name: "mod-log"}}
+	}
 	s.guilds[id] = g
 	s.guildOrder = append(s.guildOrder, id)
 	s.dispatchLocked(id, "GUILD_CREATE", s.guildCreatePayload(g), 0)
 	return s.guildView(g)
 }
 
+// seedBaseMS is the snowflake timestamp (ms since the Discord epoch,
+// 2023-01-01) of the first seeded guild.
+const seedBaseMS = 252_460_800_000
+
 // Seed creates n guilds with consecutive snowflake timestamps, so they spread
-// evenly over any shard count; each has a couple of channels.
+// evenly over any shard count; each has a couple of channels. Seeded ids are
+// deterministic — the k-th seeded guild always has the same id and channel
+// ids — so a fake that restarts (modbot dev restarts a dead child, or is run
+// again on the same state) serves the same guilds.
 func (s *Server) Seed(n int) []Guild {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	out := make([]Guild, 0, n)
 	for i := 0; i < n; i++ {
-		out = append(out, s.CreateGuild(0, ""))
+		id := uint64(seedBaseMS+s.seeded)<<22 | 1<<17 | 1<<12
+		s.seeded++
+		if _, ok := s.guilds[id]; !ok {
+			s.pendingChannels = []Channel{{ID: id + 1, Name: "general"}, {ID: id + 2, Name: "mod-log"}}
+		}
+		out = append(out, s.createGuildLocked(id, fmt.Sprintf("guild-%d", s.seeded)))
+		s.pendingChannels = nil
 	}
 	return out
 }

@@ -131,7 +131,7 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n.removeCrashLeftovers()
 	var err error
-	n.store, err = guildstore.Open(n.ctx, filepath.Join(cfg.DataDir, "modbot.db"))
+	n.store, err = guildstore.OpenWithOptions(n.ctx, filepath.Join(cfg.DataDir, "modbot.db"), guildstore.Options{Logger: n.log})
 	if err != nil {
 		return nil, err
 	}
