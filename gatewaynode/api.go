@@ -130,7 +130,7 @@ func (n *Node) handleEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	evs := make([]bot.Event, 0, len(req.Events))
 	for _, e := range req.Events {
-		ev := bot.Event{Type: e.Type, Data: e.Data, DeliveryID: e.DeliveryID}
+		ev := bot.WithGuild(bot.Event{Type: e.Type, Data: e.Data, DeliveryID: e.DeliveryID})
 		if _, ok := bot.GuildOf(ev); !ok {
 			writeErr(w, http.StatusBadRequest, "event %s has no guild", e.Type)
 			return

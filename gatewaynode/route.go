@@ -210,7 +210,7 @@ func decodeEvent(b []byte) (bot.Event, error) {
 	if err := json.Unmarshal(b, &w); err != nil {
 		return bot.Event{}, err
 	}
-	return bot.Event{Type: w.Type, Data: w.Data, DeliveryID: w.DeliveryID}, nil
+	return bot.WithGuild(bot.Event{Type: w.Type, Data: w.Data, DeliveryID: w.DeliveryID}), nil
 }
 
 // forwardRequest is POST /internal/events.

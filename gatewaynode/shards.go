@@ -337,7 +337,7 @@ func (s *shardSet) pump(ctx context.Context, r *shardRunner, sh *discordgw.Shard
 		}
 		evs := make([]bot.Event, 0, len(batch))
 		for _, d := range batch {
-			evs = append(evs, bot.Event{Type: d.Type, Data: d.Data, DeliveryID: d.SessionID + ":" + strconv.FormatInt(d.Seq, 10)})
+			evs = append(evs, bot.WithGuild(bot.Event{Type: d.Type, Data: d.Data, DeliveryID: d.SessionID + ":" + strconv.FormatInt(d.Seq, 10)}))
 		}
 		start := time.Now()
 		for {

@@ -16,6 +16,18 @@ type Event struct {
 	// used as the idempotency key of events that carry no id of their own
 	// (GUILD_BAN_ADD/REMOVE, GUILD_MEMBER_REMOVE). Empty is allowed.
 	DeliveryID string `json:"delivery_id,omitempty"`
+	// Guild caches GuildOf's answer (0: not computed). Routing computes it
+	// once per event; decoding a large payload several times is what a busy
+	// pod would otherwise spend its CPU on.
+	Guild uint64 `json:"-"`
+}
+
+// WithGuild returns ev with its guild cached (left 0 for events without one).
+func WithGuild(ev Event) Event {
+	if ev.Guild == 0 {
+		ev.Guild, _ = GuildOf(ev)
+	}
+	return ev
 }
 
 // Dispatch event names handled by the bot.
@@ -35,6 +47,9 @@ const (
 // lifecycle events (GUILD_CREATE/UPDATE/DELETE) carry it as d.id, the others
 // as d.guild_id. ok is false for events without a guild (DMs, READY, ...).
 func GuildOf(ev Event) (guildID uint64, ok bool) {
+	if ev.Guild != 0 {
+		return ev.Guild, true
+	}
 	var d struct {
 		GuildID string `json:"guild_id"`
 		ID      string `json:"id"`
