@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -240,7 +241,10 @@ func (n *Node) startRaft() error {
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.SnapshotInterval = cfg.SnapshotInterval
 	rc.TrailingLogs = cfg.TrailingLogs
-	rc.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr})
+	// hashicorp/raft logs through hclog; send its warnings and errors to the
+	// node's slog logger so they carry the node id and follow its format.
+	rc.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{n.log.With("lib", "raft")},
+		DisableTime: true})
 
 	var err error
 	n.logs, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db"), NoSync: cfg.NoSync})
@@ -455,3 +459,19 @@ func (n *Node) voters() int {
 }
 
 var _ io.Closer = (*Node)(nil)
+
+// slogWriter turns hclog's lines into slog records.
+type slogWriter struct{ log *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	switch {
+	case strings.HasPrefix(line, "[ERROR]"):
+		w.log.Error(strings.TrimSpace(strings.TrimPrefix(line, "[ERROR]")))
+	case strings.HasPrefix(line, "[WARN]"):
+		w.log.Warn(strings.TrimSpace(strings.TrimPrefix(line, "[WARN]")))
+	default:
+		w.log.Info(line)
+	}
+	return len(p), nil
+}
