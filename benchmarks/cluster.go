@@ -18,6 +18,7 @@ import (
 
 	"github.com/modbot/modbot/assignments"
 	"github.com/modbot/modbot/confignode"
+	"github.com/modbot/modbot/fsm"
 )
 
 const benchToken = "bench-token"
@@ -139,6 +140,11 @@ func (c *Cluster) WaitVoters(ctx context.Context, n int, d time.Duration) error 
 		}
 		l := c.Leader()
 		if l < 0 {
+			return false
+		}
+		initialised := false
+		c.Nodes[l].Store().View(func(s *fsm.State) { initialised = s.ShardCount > 0 })
+		if !initialised {
 			return false
 		}
 		want := c.Nodes[l].Store().Revision()

@@ -72,11 +72,18 @@ func (n *Node) handleReady(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case n.watch.Revision() == 0:
 		writeErr(w, http.StatusServiceUnavailable, "no map yet")
+	case !n.registered():
+		writeErr(w, http.StatusServiceUnavailable, "not registered as an active pod yet")
 	case !n.shards.ready():
 		writeErr(w, http.StatusServiceUnavailable, "shard sessions are not all up")
 	default:
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "shards": n.shards.held(), "revision": n.watch.Revision()})
 	}
+}
+
+func (n *Node) registered() bool {
+	p, ok := n.watch.Pod(n.cfg.ID)
+	return ok && p.State == fsm.PodActive
 }
 
 // notOwner answers 421 so the caller (a proxy or a peer) re-reads its map.
