@@ -64,19 +64,33 @@ func guildAndEpoch(r *http.Request) (uint64, uint64, error) {
 	return g, e, nil
 }
 
-func (n *Node) handleExport(w http.ResponseWriter, r *http.Request) {
+// moveStep reads the guild and epoch of a move request and checks that the
+// map shows this pod in the given role (source or target) of that move.
+func (n *Node) moveStep(w http.ResponseWriter, r *http.Request, asSource bool) (uint64, uint64, fsm.Guild, bool) {
 	g, epoch, err := guildAndEpoch(r)
 	if err != nil {
 		writeErr(w, http.StatusBadRequest, "%v", err)
-		return
+		return 0, 0, fsm.Guild{}, false
 	}
 	gi, err := n.migrationFor(r.Context(), g, epoch)
 	if err != nil {
 		writeErr(w, http.StatusConflict, "%v", err)
-		return
+		return 0, 0, gi, false
 	}
-	if gi.Migration.From != n.cfg.ID {
-		writeErr(w, http.StatusConflict, "guild %d moves from %s, not from %s", g, gi.Migration.From, n.cfg.ID)
+	role, pod := "to", gi.Migration.To
+	if asSource {
+		role, pod = "from", gi.Migration.From
+	}
+	if pod != n.cfg.ID {
+		writeErr(w, http.StatusConflict, "guild %d moves %s %s, not %s %s", g, role, pod, role, n.cfg.ID)
+		return 0, 0, gi, false
+	}
+	return g, epoch, gi, true
+}
+
+func (n *Node) handleExport(w http.ResponseWriter, r *http.Request) {
+	g, epoch, _, ok := n.moveStep(w, r, true)
+	if !ok {
 		return
 	}
 	start := time.Now()
@@ -111,18 +125,8 @@ func (n *Node) handleExport(w http.ResponseWriter, r *http.Request) {
 }
 
 func (n *Node) handleImport(w http.ResponseWriter, r *http.Request) {
-	g, epoch, err := guildAndEpoch(r)
-	if err != nil {
-		writeErr(w, http.StatusBadRequest, "%v", err)
-		return
-	}
-	gi, err := n.migrationFor(r.Context(), g, epoch)
-	if err != nil {
-		writeErr(w, http.StatusConflict, "%v", err)
-		return
-	}
-	if gi.Migration.To != n.cfg.ID {
-		writeErr(w, http.StatusConflict, "guild %d moves to %s, not to %s", g, gi.Migration.To, n.cfg.ID)
+	g, epoch, gi, ok := n.moveStep(w, r, false)
+	if !ok {
 		return
 	}
 	src, ok := n.watch.Pod(gi.Migration.From)
