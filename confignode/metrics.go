@@ -109,10 +109,11 @@ var (
 	descShardsPod = prometheus.NewDesc("modbot_shards_per_pod", "Shards held by each pod.", []string{"pod"}, nil)
 	descPods      = prometheus.NewDesc("modbot_pods", "Pods by state.", []string{"state"}, nil)
 	descHistory   = prometheus.NewDesc("modbot_watch_oldest_revision", "Oldest revision a watch can start from on this node.", nil, nil)
+	descJob       = prometheus.NewDesc("modbot_rebalance_moves", "Moves of the current or last rebalance/drain on this leader, by state (planned, done, failed, running).", []string{"kind", "state"}, nil)
 )
 
 func (c *fsmCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRevision, descGuilds, descMigrating, descPerPod, descShardsPod, descPods, descHistory} {
+	for _, d := range []*prometheus.Desc{descRevision, descGuilds, descMigrating, descPerPod, descShardsPod, descPods, descHistory, descJob} {
 		ch <- d
 	}
 }
@@ -139,4 +140,9 @@ func (c *fsmCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	})
 	ch <- prometheus.MustNewConstMetric(descHistory, prometheus.GaugeValue, float64(c.n.store.hist.oldest()))
+	if job := c.n.mover.jobStatus(); job != nil {
+		for state, v := range map[string]int{"planned": job.Total, "done": job.Done, "failed": job.Failed, "running": job.Running} {
+			ch <- prometheus.MustNewConstMetric(descJob, prometheus.GaugeValue, float64(v), job.Kind, state)
+		}
+	}
 }
