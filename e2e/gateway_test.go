@@ -235,15 +235,27 @@ func TestKilledGatewayLosesNoMessage(t *testing.T) {
 	wg.Wait()
 	t.Logf("%d messages sent", sent.Load())
 
-	waitFor(t, 60*time.Second, "every message stored exactly once in its owner", func() bool {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var short []string
 		for i, g := range guilds {
 			owner := s.podIndex(s.owner(g.ID).Owner)
-			if s.rows(owner, "messages", g.ID) != int(perGuild[i].Load()) {
-				return false
+			if got, want := s.rows(owner, "messages", g.ID), int(perGuild[i].Load()); got != want {
+				held := 0
+				for j := range s.gwCfgs {
+					held += s.rows(j, "held_events", g.ID)
+				}
+				short = append(short, fmt.Sprintf("guild %d (shard %d) on gateway-%d: %d of %d, %d held", g.ID, fakediscord.ShardFor(g.ID, 6), owner, got, want, held))
 			}
 		}
-		return true
-	})
+		if len(short) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not every message stored exactly once in its owner after 60s:\n%s", strings.Join(short, "\n"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	for i, g := range guilds {
 		owner := s.podIndex(s.owner(g.ID).Owner)
 		for other := range s.gwCfgs {

@@ -40,7 +40,7 @@ type Config struct {
 
 	HeartbeatInterval  time.Duration // to the config leader (default 1s)
 	CheckpointInterval time.Duration // shard resume points to the FSM (default 1s)
-	HandoffTimeout     time.Duration // how long an old holder waits for the new one (default 30s)
+	HandoffTimeout     time.Duration // an old holder still waiting for the new one warns this often (default 30s)
 	ForwardTimeout     time.Duration // per forwarded batch (default 5s)
 	Logger             *slog.Logger
 	// OnCommit, if set, is called after owned events are committed (used by

@@ -30,6 +30,9 @@ type shardRunner struct {
 	id     int
 	cancel context.CancelFunc
 	done   chan struct{}
+	// reclaim is closed when a shard being handed off comes back to this
+	// pod before the handoff finished: the session just keeps running.
+	reclaim chan struct{}
 
 	mu    sync.Mutex
 	shard *discordgw.Shard // nil until open
@@ -106,51 +109,80 @@ func (s *shardSet) reconcile() {
 	for id, r := range s.running {
 		if !want[id] {
 			delete(s.running, id)
+			r.reclaim = make(chan struct{})
 			s.leaving[id] = r
-			go s.handoff(r, n.watch.ShardHolder(id))
+			go s.handoff(r, r.reclaim, n.watch.ShardHolder(id))
 		}
 	}
 	for id := range want {
 		if _, ok := s.running[id]; ok {
 			continue
 		}
+		if r, ok := s.leaving[id]; ok {
+			delete(s.leaving, id)
+			s.running[id] = r
+			close(r.reclaim)
+			continue
+		}
 		ctx, cancel := context.WithCancel(n.ctx)
-		r := &shardRunner{id: id, cancel: cancel, done: make(chan struct{})}
+		r := &shardRunner{id: id, cancel: cancel, done: make(chan struct{}), reclaim: make(chan struct{})}
 		s.running[id] = r
 		go s.runShard(ctx, r)
 	}
 	n.metrics.shardsHeld.Set(float64(len(s.running)))
 }
 
-// handoff keeps the old session until the new holder has saved a checkpoint
-// (its session is READY and committing), then closes it. A shard that nobody
-// holds any more (no active pod) is detached at once so it stays resumable.
-func (s *shardSet) handoff(r *shardRunner, newHolder string) {
+// handoff keeps the old session until the shard's current holder has saved
+// a checkpoint of its own (its session is READY and committing), then closes
+// it. There is no deadline: while no other pod has taken the shard over, the
+// old session is the only one receiving its events, and closing it would
+// lose them (events seen by both sessions meanwhile are deduplicated). A
+// shard that nobody holds any more (no active pod) is detached at once so it
+// stays resumable.
+func (s *shardSet) handoff(r *shardRunner, reclaimed <-chan struct{}, newHolder string) {
 	n := s.n
-	defer func() {
-		s.mu.Lock()
-		if s.leaving[r.id] == r {
-			delete(s.leaving, r.id)
-		}
-		s.mu.Unlock()
-	}()
 	lost := time.Now()
-	deadline := lost.Add(n.cfg.HandoffTimeout)
-	for newHolder != "" && time.Now().Before(deadline) && n.ctx.Err() == nil {
+	warned := lost
+	for newHolder != "" && n.ctx.Err() == nil {
 		ctx, cancel := context.WithTimeout(n.ctx, 2*time.Second)
 		sl, err := n.client.Shards(ctx)
 		cancel()
 		if err == nil && r.id < len(sl.Shards) {
-			cp := sl.Shards[r.id].Checkpoint
-			if cp != nil && cp.Holder == newHolder && time.UnixMilli(cp.At).After(lost.Add(-time.Second)) {
+			sh := sl.Shards[r.id]
+			if sh.Holder == "" {
+				newHolder = ""
+				break
+			}
+			if cp := sh.Checkpoint; cp != nil && cp.Holder == sh.Holder && cp.Holder != n.cfg.ID &&
+				time.UnixMilli(cp.At).After(lost.Add(-time.Second)) {
+				newHolder = sh.Holder
 				break
 			}
 		}
+		if time.Since(warned) > n.cfg.HandoffTimeout {
+			warned = time.Now()
+			n.log.Warn("still serving a shard that moved away: its new holder has not taken it over yet", "shard", r.id, "to", newHolder, "for", time.Since(lost).Round(time.Second))
+		}
 		select {
 		case <-n.ctx.Done():
+		case <-reclaimed:
+			n.log.Info("shard came back before its handoff finished; keeping the session", "shard", r.id)
+			return
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
+	if newHolder != "" {
+		s.drain(r, reclaimed)
+	}
+	// Leave the handoff set under the lock, so a reclaim either happened
+	// before (and we keep the session) or starts a new runner after.
+	s.mu.Lock()
+	if s.leaving[r.id] != r {
+		s.mu.Unlock()
+		return
+	}
+	delete(s.leaving, r.id)
+	s.mu.Unlock()
 	n.log.Info("handing shard over", "shard", r.id, "to", newHolder, "after", time.Since(lost).Round(time.Millisecond))
 	r.stop(newHolder == "")
 }
@@ -158,6 +190,38 @@ func (s *shardSet) handoff(r *shardRunner, newHolder string) {
 // stop ends the runner. Cancelling first makes the pump stop routing (an
 // unacknowledged batch is replayed to whoever resumes or overlaps), then the
 // session is closed — or detached, to stay resumable by the next holder.
+// drain waits until the old session has committed every dispatch it had
+// received when the new holder took over. The new session only carries
+// events from its READY on; whatever the old one still had queued — e.g. the
+// backlog a resume replayed — exists nowhere else once it closes.
+func (s *shardSet) drain(r *shardRunner, reclaimed <-chan struct{}) {
+	n := s.n
+	r.mu.Lock()
+	sh := r.shard
+	r.mu.Unlock()
+	if sh == nil {
+		return
+	}
+	sid, target := sh.Received()
+	start := time.Now()
+	for n.ctx.Err() == nil {
+		cp := sh.Checkpoint()
+		if cp.SessionID != sid || cp.Seq >= target {
+			return
+		}
+		if time.Since(start) > 2*time.Minute {
+			n.log.Error("handing a shard over before its backlog was committed", "shard", r.id, "acked", cp.Seq, "received", target)
+			return
+		}
+		select {
+		case <-n.ctx.Done():
+		case <-reclaimed:
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 func (r *shardRunner) stop(detach bool) {
 	r.cancel()
 	<-r.done

@@ -291,6 +291,16 @@ func (s *Shard) Checkpoint() Checkpoint {
 	return Checkpoint{SessionID: s.sessionID, Seq: s.acked, ResumeURL: s.resumeURL}
 }
 
+// Received returns the current session and the seq of the last dispatch
+// received in it (queued to Events, acknowledged or not). A holder handing
+// its shard over waits until its acknowledged seq reaches this, so nothing
+// it received is dropped with the session.
+func (s *Shard) Received() (sessionID string, seq int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessionID, s.lastSeq
+}
+
 // Resumed reports whether Open resumed Config.Resume's session.
 func (s *Shard) Resumed() bool {
 	s.mu.Lock()
