@@ -22,6 +22,8 @@
 //     guild's events are held in the owner's durable buffer until the move ends.
 //   - Planned handoff without a gap. When a shard moves between live pods the
 //     new holder identifies a new session and the old holder keeps its own
-//     until the new one has saved a checkpoint (READY and committing); events
-//     seen by both sessions meanwhile are deduplicated by the handlers.
+//     — with no deadline — until the new one has saved a checkpoint (READY and
+//     committing), then commits everything its session had received by then
+//     (a resumed backlog exists nowhere else) before closing it; events seen
+//     by both sessions meanwhile are deduplicated by the handlers.
 package gatewaynode
