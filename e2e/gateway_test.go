@@ -21,21 +21,21 @@ import (
 // database only, and a forwarded guild's events keep their order.
 func TestEveryMessageLandsOnceInItsOwner(t *testing.T) {
 	s := newSystem(t, 4)
-	s.discord.Seed(50)
+	s.Discord.Seed(50)
 	s.addGateway()
 	s.waitSettled(30 * time.Second)
 	s.addGateway()
 	s.addGateway()
 	s.waitSettled(30 * time.Second)
 
-	guilds := s.discord.Guilds()
+	guilds := s.Discord.Guilds()
 	forwarded := 0
 	for _, g := range guilds {
 		gi := s.owner(g.ID)
 		if gi.Owner != "gateway-0" {
 			t.Fatalf("guild %d owned by %s, want gateway-0 (placed before the others joined)", g.ID, gi.Owner)
 		}
-		st, _ := s.client.Shards(context.Background())
+		st, _ := s.Client.Shards(context.Background())
 		if st.Shards[fakediscord.ShardFor(g.ID, 4)].Holder != "gateway-0" {
 			forwarded++
 		}
@@ -48,7 +48,7 @@ func TestEveryMessageLandsOnceInItsOwner(t *testing.T) {
 	const perGuild = 10
 	for round := 0; round < perGuild; round++ {
 		for _, g := range guilds {
-			if _, err := s.discord.SendMessage(g.ID, 0, uint64(1000+round), fmt.Sprintf("message %d", round)); err != nil {
+			if _, err := s.Discord.SendMessage(g.ID, 0, uint64(1000+round), fmt.Sprintf("message %d", round)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -74,7 +74,7 @@ func TestEveryMessageLandsOnceInItsOwner(t *testing.T) {
 	// Order: bans of users 1..30 in one forwarded guild reach the owner in
 	// dispatch order (mod_actions ids are assigned at commit).
 	var target uint64
-	sl, _ := s.client.Shards(context.Background())
+	sl, _ := s.Client.Shards(context.Background())
 	for _, g := range guilds {
 		if sl.Shards[fakediscord.ShardFor(g.ID, 4)].Holder != "gateway-0" {
 			target = g.ID
@@ -82,7 +82,7 @@ func TestEveryMessageLandsOnceInItsOwner(t *testing.T) {
 		}
 	}
 	for u := 1; u <= 30; u++ {
-		if err := s.discord.Ban(target, uint64(u), "order test"); err != nil {
+		if err := s.Discord.Ban(target, uint64(u), "order test"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -112,24 +112,24 @@ func TestEveryMessageLandsOnceInItsOwner(t *testing.T) {
 // Discord REST, and /modreport lists the history — in the guild's owner.
 func TestSlashCommandsAndReports(t *testing.T) {
 	s := newSystem(t, 2)
-	s.discord.Seed(4)
+	s.Discord.Seed(4)
 	s.addGateway()
 	s.addGateway()
 	s.waitSettled(30 * time.Second)
-	g := s.discord.Guilds()[0]
+	g := s.Discord.Guilds()[0]
 	owner := s.podIndex(s.owner(g.ID).Owner)
 	modlog := g.Channels[len(g.Channels)-1].ID
 	ctx := context.Background()
 
 	deliver := func(spec fakediscord.InteractionSpec) fakediscord.InteractionRecord {
 		t.Helper()
-		rec, err := s.discord.DeliverInteraction(ctx, spec)
+		rec, err := s.Discord.DeliverInteraction(ctx, spec)
 		if err != nil {
 			t.Fatal(err)
 		}
 		var got fakediscord.InteractionRecord
 		waitFor(t, 10*time.Second, "the interaction answered", func() bool {
-			r, ok := s.discord.Interaction(parseID(rec.ID))
+			r, ok := s.Discord.Interaction(parseID(rec.ID))
 			got = r
 			return ok && r.Acknowledged
 		})
@@ -146,7 +146,7 @@ func TestSlashCommandsAndReports(t *testing.T) {
 	if n := s.rows(owner, "guild_settings", g.ID); n != 1 {
 		t.Fatalf("/setup stored %d settings rows", n)
 	}
-	before := len(s.discord.Sent())
+	before := len(s.Discord.Sent())
 	rec := deliver(fakediscord.InteractionSpec{GuildID: g.ID, Name: "report", UserID: 8,
 		Options: json.RawMessage(`{"user":"4242","reason":"spamming invites"}`)})
 	if rec.ResponseType != 4 {
@@ -156,7 +156,7 @@ func TestSlashCommandsAndReports(t *testing.T) {
 		t.Fatalf("%d reports stored", n)
 	}
 	waitFor(t, 10*time.Second, "the report posted to the mod-log channel", func() bool {
-		for _, r := range s.discord.Sent()[before:] {
+		for _, r := range s.Discord.Sent()[before:] {
 			if r.Method == "POST" && r.Path == fmt.Sprintf("/api/v9/channels/%d/messages", modlog) && strings.Contains(string(r.Body), "spamming invites") {
 				return true
 			}
@@ -166,7 +166,7 @@ func TestSlashCommandsAndReports(t *testing.T) {
 	rec = deliver(fakediscord.InteractionSpec{GuildID: g.ID, Name: "modreport", UserID: 9, Permissions: "32",
 		Options: json.RawMessage(`{"user":"4242"}`)})
 	found := false
-	for _, r := range s.discord.Sent() {
+	for _, r := range s.Discord.Sent() {
 		if strings.Contains(r.Path, "/interactions/"+rec.ID+"/") && strings.Contains(string(r.Body), "spamming invites") {
 			found = true
 		}
@@ -183,12 +183,12 @@ func TestSlashCommandsAndReports(t *testing.T) {
 // meanwhile is stored exactly once.
 func TestKilledGatewayLosesNoMessage(t *testing.T) {
 	s := newSystem(t, 6)
-	s.discord.Seed(30)
+	s.Discord.Seed(30)
 	for i := 0; i < 3; i++ {
 		s.addGateway()
 	}
 	s.waitSettled(30 * time.Second)
-	guilds := s.discord.Guilds()
+	guilds := s.Discord.Guilds()
 
 	var sent atomic.Int64
 	perGuild := make([]atomic.Int64, len(guilds))
@@ -204,7 +204,7 @@ func TestKilledGatewayLosesNoMessage(t *testing.T) {
 			default:
 			}
 			for i, g := range guilds {
-				if _, err := s.discord.SendMessage(g.ID, 0, uint64(2000+round), "chatter"); err == nil {
+				if _, err := s.Discord.SendMessage(g.ID, 0, uint64(2000+round), "chatter"); err == nil {
 					perGuild[i].Add(1)
 					sent.Add(1)
 				}
@@ -216,7 +216,7 @@ func TestKilledGatewayLosesNoMessage(t *testing.T) {
 	s.killGateway(1)
 	t.Log("killed gateway-1 at", sent.Load(), "messages")
 	waitFor(t, 20*time.Second, "gateway-1's shards taken over", func() bool {
-		sl, err := s.client.Shards(context.Background())
+		sl, err := s.Client.Shards(context.Background())
 		if err != nil {
 			return false
 		}
@@ -242,7 +242,7 @@ func TestKilledGatewayLosesNoMessage(t *testing.T) {
 			owner := s.podIndex(s.owner(g.ID).Owner)
 			if got, want := s.rows(owner, "messages", g.ID), int(perGuild[i].Load()); got != want {
 				held := 0
-				for j := range s.gwCfgs {
+				for j := range s.Cfgs {
 					held += s.rows(j, "held_events", g.ID)
 				}
 				short = append(short, fmt.Sprintf("guild %d (shard %d) on gateway-%d: %d of %d, %d held", g.ID, fakediscord.ShardFor(g.ID, 6), owner, got, want, held))
@@ -258,7 +258,7 @@ func TestKilledGatewayLosesNoMessage(t *testing.T) {
 	}
 	for i, g := range guilds {
 		owner := s.podIndex(s.owner(g.ID).Owner)
-		for other := range s.gwCfgs {
+		for other := range s.Cfgs {
 			if other != owner && s.rows(other, "messages", g.ID) != 0 {
 				t.Fatalf("guild %d has rows in gateway-%d which does not own it", g.ID, other)
 			}

@@ -25,42 +25,13 @@ import (
 
 // ---- helpers shared by the migration and rebalance tests ----
 
-// dbs reads the gateways' SQLite files directly, one cached read-only handle
-// per gateway (s.rows opens a new handle per call, which runs out of file
-// descriptors when polled).
-type dbs struct {
-	s   *system
-	mu  sync.Mutex
-	dbs map[int]*sql.DB
-}
+// dbs reads the gateways' SQLite files directly through the system's cached
+// read-only handles.
+type dbs struct{ s *system }
 
-func newDBs(s *system) *dbs {
-	d := &dbs{s: s, dbs: map[int]*sql.DB{}}
-	s.t.Cleanup(func() {
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		for _, db := range d.dbs {
-			db.Close()
-		}
-	})
-	return d
-}
+func newDBs(s *system) *dbs { return &dbs{s: s} }
 
-func (d *dbs) db(i int) *sql.DB {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if db, ok := d.dbs[i]; ok {
-		return db
-	}
-	path := filepath.Join(d.s.gwCfgs[i].DataDir, "modbot.db")
-	db, err := sql.Open("sqlite3", "file:"+path+"?mode=ro&_busy_timeout=5000")
-	if err != nil {
-		d.s.t.Fatal(err)
-	}
-	db.SetMaxOpenConns(2)
-	d.dbs[i] = db
-	return db
-}
+func (d *dbs) db(i int) *sql.DB { return d.s.db(i) }
 
 // count is a guild's rows of a table in gateway i (-1 if unreadable, e.g.
 // while the database is being created).
@@ -132,7 +103,7 @@ func startSender(t *testing.T, s *system, guilds []uint64, max int, pace time.Du
 			default:
 			}
 			g := guilds[i%len(guilds)]
-			if id, err := s.discord.SendMessage(g, 0, uint64(3000+i%50), "traffic "+strconv.Itoa(i)); err == nil {
+			if id, err := s.Discord.SendMessage(g, 0, uint64(3000+i%50), "traffic "+strconv.Itoa(i)); err == nil {
 				sd.mu.Lock()
 				sd.ids[g] = append(sd.ids[g], id)
 				sd.n++
@@ -187,7 +158,7 @@ func (sd *sender) waitForSent(t *testing.T, n int) {
 // ok is false while they disagree.
 func (s *system) guildEverywhere(g uint64) (fsm.Guild, bool) {
 	var views []fsm.Guild
-	for _, n := range s.cluster.Nodes {
+	for _, n := range s.Cluster.Nodes {
 		if n == nil {
 			continue
 		}
@@ -230,7 +201,7 @@ func (s *system) waitPhase(g uint64, epoch uint64, phase string, d time.Duration
 	s.t.Helper()
 	reached := false
 	waitFor(s.t, d, "move phase "+phase, func() bool {
-		v, err := s.client.Guild(context.Background(), strconv.FormatUint(g, 10))
+		v, err := s.Client.Guild(context.Background(), strconv.FormatUint(g, 10))
 		if err != nil {
 			return false
 		}
@@ -293,7 +264,7 @@ func guildEvents(t *testing.T, w *assignments.Watcher, g uint64) func() []fsm.Ev
 func (s *system) fill(owner int, g uint64, n int) {
 	s.t.Helper()
 	ctx := context.Background()
-	if err := benchmarks.InsertMessages(ctx, s.gateways[owner].Store(), g, s.owner(g).Epoch, 1<<40, n, 5000); err != nil {
+	if err := benchmarks.InsertMessages(ctx, s.Gateways[owner].Store(), g, s.owner(g).Epoch, 1<<40, n, 5000); err != nil {
 		s.t.Fatal(err)
 	}
 }
@@ -312,9 +283,9 @@ func assertExactlyOnce(t *testing.T, s *system, d *dbs, g uint64, synthetic int,
 		owner = s.podIndex(v.Owner)
 		state = fmt.Sprintf("owner %s (agreed %v, migrating %v)", v.Owner, agreed, v.Migration != nil)
 		ok = agreed && v.Migration == nil
-		for i := range s.gwCfgs {
+		for i := range s.Cfgs {
 			m, h := d.count(i, "messages", g), d.count(i, "held_events", g)
-			state += fmt.Sprintf("; %s: %d messages, %d held", s.gwCfgs[i].ID, m, h)
+			state += fmt.Sprintf("; %s: %d messages, %d held", s.Cfgs[i].ID, m, h)
 			if i == owner && m != synthetic+len(want) || i != owner && m != 0 || h != 0 {
 				ok = false
 			}
@@ -337,7 +308,7 @@ func assertExactlyOnce(t *testing.T, s *system, d *dbs, g uint64, synthetic int,
 	}
 	for _, id := range want {
 		if !have[id] {
-			t.Fatalf("message %d (sent to guild %d) is missing from its owner %s", id, g, s.gwCfgs[owner].ID)
+			t.Fatalf("message %d (sent to guild %d) is missing from its owner %s", id, g, s.Cfgs[owner].ID)
 		}
 	}
 }
@@ -347,7 +318,7 @@ func assertExactlyOnce(t *testing.T, s *system, d *dbs, g uint64, synthetic int,
 func exportedRows(t *testing.T, s *system, i int, g uint64) []string {
 	t.Helper()
 	var buf bytes.Buffer
-	if _, err := s.gateways[i].Store().Export(context.Background(), g, &buf); err != nil {
+	if _, err := s.Gateways[i].Store().Export(context.Background(), g, &buf); err != nil {
 		t.Fatal(err)
 	}
 	var out []string
@@ -391,19 +362,19 @@ type dashboardHit struct {
 // earlier answer.
 func TestMoveUnderTrafficLosesNothing(t *testing.T) {
 	s := newSystem(t, 2)
-	s.discord.Seed(3)
+	s.Discord.Seed(3)
 	s.addGateway()
 	s.addGateway()
 	s.waitSettled(30 * time.Second)
 	d := newDBs(s)
 	ctx := context.Background()
-	g := s.discord.Guilds()[0].ID
+	g := s.Discord.Guilds()[0].ID
 	a := s.podIndex(s.owner(g).Owner)
 	b := 1 - a
-	idA, idB := s.gwCfgs[a].ID, s.gwCfgs[b].ID
+	idA, idB := s.Cfgs[a].ID, s.Cfgs[b].ID
 
 	// A proxy on its own watcher, polled sequentially for the guild's dashboard.
-	w := assignments.NewWatcher(s.client, assignments.WatcherOptions{Logger: quiet(), Name: "e2e-proxy"})
+	w := assignments.NewWatcher(s.Client, assignments.WatcherOptions{Logger: quiet(), Name: "e2e-proxy"})
 	wctx, stopWatcher := context.WithCancel(ctx)
 	wdone := make(chan struct{})
 	go func() { defer close(wdone); _ = w.Run(wctx) }()
@@ -465,13 +436,13 @@ func TestMoveUnderTrafficLosesNothing(t *testing.T) {
 	const total = 2000
 	sd := startSender(t, s, []uint64{g}, total, 2*time.Millisecond)
 	sd.waitForSent(t, 300)
-	if _, err := s.client.Move(ctx, strconv.FormatUint(g, 10), idB); err != nil {
+	if _, err := s.Client.Move(ctx, strconv.FormatUint(g, 10), idB); err != nil {
 		t.Fatal(err)
 	}
 	s.waitActiveOn(g, idB, 30*time.Second)
 	t.Logf("moved to %s at %d messages sent", idB, sd.sent())
 	sd.waitForSent(t, 1200)
-	if _, err := s.client.Move(ctx, strconv.FormatUint(g, 10), idA); err != nil {
+	if _, err := s.Client.Move(ctx, strconv.FormatUint(g, 10), idA); err != nil {
 		t.Fatal(err)
 	}
 	s.waitActiveOn(g, idA, 30*time.Second)
@@ -518,7 +489,7 @@ func TestMoveUnderTrafficLosesNothing(t *testing.T) {
 	if n := countPrefix(before, `["messages"`); n != total {
 		t.Fatalf("%d message rows exported before the quiet move, want %d", n, total)
 	}
-	mv, err := s.client.Move(ctx, strconv.FormatUint(g, 10), idB)
+	mv, err := s.Client.Move(ctx, strconv.FormatUint(g, 10), idB)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -530,7 +501,7 @@ func TestMoveUnderTrafficLosesNothing(t *testing.T) {
 	if !slices.Equal(before, after) {
 		t.Fatalf("the target's rows differ from the source's: %d rows before, %d after", len(before), len(after))
 	}
-	ep, err := s.gateways[b].Store().Epoch(ctx, g)
+	ep, err := s.Gateways[b].Store().Epoch(ctx, g)
 	if err != nil || ep != mv.Epoch {
 		t.Fatalf("the target's fencing epoch is %d (%v), want %d", ep, err, mv.Epoch)
 	}
@@ -553,18 +524,18 @@ const faultRows = 120_000
 
 func startFaultyMove(t *testing.T) *faultSetup {
 	s := newSystem(t, 2)
-	s.discord.Seed(2)
+	s.Discord.Seed(2)
 	s.addGateway()
 	s.addGateway()
 	s.waitSettled(30 * time.Second)
-	f := &faultSetup{s: s, d: newDBs(s), g: s.discord.Guilds()[0].ID, rows: faultRows}
+	f := &faultSetup{s: s, d: newDBs(s), g: s.Discord.Guilds()[0].ID, rows: faultRows}
 	f.src = s.podIndex(s.owner(f.g).Owner)
 	f.dst = 1 - f.src
 	s.fill(f.src, f.g, f.rows)
 	f.sd = startSender(t, s, []uint64{f.g}, 600, 10*time.Millisecond)
 	f.sd.waitForSent(t, 50)
 	var err error
-	f.mv, err = s.client.Move(context.Background(), strconv.FormatUint(f.g, 10), s.gwCfgs[f.dst].ID)
+	f.mv, err = s.Client.Move(context.Background(), strconv.FormatUint(f.g, 10), s.Cfgs[f.dst].ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -573,7 +544,7 @@ func startFaultyMove(t *testing.T) *faultSetup {
 
 // moveEnded reports whether the move has left the map (completed or aborted).
 func (f *faultSetup) moveEnded() bool {
-	v, err := f.s.client.Guild(context.Background(), strconv.FormatUint(f.g, 10))
+	v, err := f.s.Client.Guild(context.Background(), strconv.FormatUint(f.g, 10))
 	return err == nil && (v.Migration == nil || v.Migration.Epoch != f.mv.Epoch)
 }
 
@@ -583,7 +554,7 @@ func (f *faultSetup) moveEnded() bool {
 func (f *faultSetup) finish(t *testing.T, events func() []fsm.Event, reason string) {
 	t.Helper()
 	f.sd.wait(t, 90*time.Second)
-	v := f.s.waitActiveOn(f.g, f.s.gwCfgs[f.src].ID, 30*time.Second)
+	v := f.s.waitActiveOn(f.g, f.s.Cfgs[f.src].ID, 30*time.Second)
 	if v.Epoch <= f.mv.Epoch {
 		t.Fatalf("guild at epoch %d after the abort, want above the move's %d (so the target's copy is fenced off)", v.Epoch, f.mv.Epoch)
 	}
@@ -603,7 +574,7 @@ func (f *faultSetup) finish(t *testing.T, events func() []fsm.Event, reason stri
 	if !strings.Contains(aborted.Reason, reason) {
 		t.Fatalf("abort reason %q, want it to mention %q", aborted.Reason, reason)
 	}
-	t.Logf("aborted: %s; %d rows + %d messages on %s", aborted.Reason, f.rows, f.sd.sent(), f.s.gwCfgs[f.src].ID)
+	t.Logf("aborted: %s; %d rows + %d messages on %s", aborted.Reason, f.rows, f.sd.sent(), f.s.Cfgs[f.src].ID)
 }
 
 // TestSourceKilledMidExportAbortsAndLosesNothing: the source dies while it
@@ -614,16 +585,16 @@ func (f *faultSetup) finish(t *testing.T, events func() []fsm.Event, reason stri
 func TestSourceKilledMidExportAbortsAndLosesNothing(t *testing.T) {
 	f := startFaultyMove(t)
 	s := f.s
-	events := guildEvents(t, s.gateways[f.dst].Watcher(), f.g)
-	if !waitFile(t, s.gwCfgs[f.src].DataDir, fmt.Sprintf("export-%d-*.tmp", f.g), 30*time.Second, f.moveEnded) {
+	events := guildEvents(t, s.Gateways[f.dst].Watcher(), f.g)
+	if !waitFile(t, s.Cfgs[f.src].DataDir, fmt.Sprintf("export-%d-*.tmp", f.g), 30*time.Second, f.moveEnded) {
 		t.Fatal("the move ended before the source started exporting: give the guild more rows")
 	}
 	s.killGateway(f.src)
-	t.Logf("killed the source %s mid-export at %d messages sent", s.gwCfgs[f.src].ID, f.sd.sent())
+	t.Logf("killed the source %s mid-export at %d messages sent", s.Cfgs[f.src].ID, f.sd.sent())
 	waitFor(t, 30*time.Second, "the move aborted", f.moveEnded)
 	f.sd.waitForSent(t, f.sd.sent()+100) // traffic while the owner is down
 	s.startGateway(f.src)
-	f.finish(t, events, "copy to "+s.gwCfgs[f.dst].ID)
+	f.finish(t, events, "copy to "+s.Cfgs[f.dst].ID)
 }
 
 // TestTargetKilledMidImportAbortsAndLosesNothing: the target dies while it
@@ -632,16 +603,16 @@ func TestSourceKilledMidExportAbortsAndLosesNothing(t *testing.T) {
 func TestTargetKilledMidImportAbortsAndLosesNothing(t *testing.T) {
 	f := startFaultyMove(t)
 	s := f.s
-	events := guildEvents(t, s.gateways[f.src].Watcher(), f.g)
-	if !waitFile(t, s.gwCfgs[f.dst].DataDir, ".import-*.ndjson", 30*time.Second, f.moveEnded) {
+	events := guildEvents(t, s.Gateways[f.src].Watcher(), f.g)
+	if !waitFile(t, s.Cfgs[f.dst].DataDir, ".import-*.ndjson", 30*time.Second, f.moveEnded) {
 		t.Fatal("the move ended before the target started importing: give the guild more rows")
 	}
 	s.killGateway(f.dst)
-	t.Logf("killed the target %s mid-import at %d messages sent", s.gwCfgs[f.dst].ID, f.sd.sent())
+	t.Logf("killed the target %s mid-import at %d messages sent", s.Cfgs[f.dst].ID, f.sd.sent())
 	waitFor(t, 30*time.Second, "the move aborted", f.moveEnded)
 	f.sd.waitForSent(t, f.sd.sent()+100)
 	s.startGateway(f.dst)
-	f.finish(t, events, "copy to "+s.gwCfgs[f.dst].ID)
+	f.finish(t, events, "copy to "+s.Cfgs[f.dst].ID)
 }
 
 // TestLeaderKilledMidMoveAbortsAndLosesNothing: the config leader dies
@@ -651,19 +622,19 @@ func TestTargetKilledMidImportAbortsAndLosesNothing(t *testing.T) {
 func TestLeaderKilledMidMoveAbortsAndLosesNothing(t *testing.T) {
 	f := startFaultyMove(t)
 	s := f.s
-	events := guildEvents(t, s.gateways[f.src].Watcher(), f.g)
-	if !waitFile(t, s.gwCfgs[f.src].DataDir, fmt.Sprintf("export-%d-*.tmp", f.g), 30*time.Second, f.moveEnded) {
+	events := guildEvents(t, s.Gateways[f.src].Watcher(), f.g)
+	if !waitFile(t, s.Cfgs[f.src].DataDir, fmt.Sprintf("export-%d-*.tmp", f.g), 30*time.Second, f.moveEnded) {
 		t.Fatal("the move ended before the copy started: give the guild more rows")
 	}
-	li := s.cluster.Leader()
+	li := s.Cluster.Leader()
 	if li < 0 {
 		t.Fatal("no leader")
 	}
-	s.cluster.Kill(li)
+	s.Cluster.Kill(li)
 	t.Logf("killed the leader config-%d mid-copy at %d messages sent", li, f.sd.sent())
-	waitFor(t, 30*time.Second, "a new leader", func() bool { return s.cluster.Leader() >= 0 })
+	waitFor(t, 30*time.Second, "a new leader", func() bool { return s.Cluster.Leader() >= 0 })
 	waitFor(t, 30*time.Second, "the move aborted", f.moveEnded)
-	if err := s.cluster.Start(li); err != nil {
+	if err := s.Cluster.Start(li); err != nil {
 		t.Fatal(err)
 	}
 	f.finish(t, events, "the leader changed mid-move")
@@ -673,28 +644,28 @@ func TestLeaderKilledMidMoveAbortsAndLosesNothing(t *testing.T) {
 // safely, with the status that says why.
 func TestMoveRejectsInvalidRequests(t *testing.T) {
 	s := newSystem(t, 2)
-	s.discord.Seed(2)
+	s.Discord.Seed(2)
 	for i := 0; i < 3; i++ {
 		s.addGateway()
 	}
 	s.waitSettled(30 * time.Second)
 	ctx := context.Background()
-	guilds := s.discord.Guilds()
+	guilds := s.Discord.Guilds()
 	// Make one pod down, keeping the guilds on live pods.
 	var down int
-	for i := range s.gwCfgs {
-		if len(s.gateways[i].Watcher().GuildsOwnedBy(s.gwCfgs[i].ID)) == 0 {
+	for i := range s.Cfgs {
+		if len(s.Gateways[i].Watcher().GuildsOwnedBy(s.Cfgs[i].ID)) == 0 {
 			down = i
 		}
 	}
 	s.killGateway(down)
 	waitFor(t, 20*time.Second, "the killed pod marked down", func() bool {
-		pl, err := s.client.Pods(ctx)
+		pl, err := s.Client.Pods(ctx)
 		if err != nil {
 			return false
 		}
 		for _, p := range pl.Pods {
-			if p.ID == s.gwCfgs[down].ID {
+			if p.ID == s.Cfgs[down].ID {
 				return p.State == fsm.PodDown
 			}
 		}
@@ -703,7 +674,7 @@ func TestMoveRejectsInvalidRequests(t *testing.T) {
 	g := guilds[0].ID
 	owner := s.owner(g).Owner
 	other := ""
-	for i, c := range s.gwCfgs {
+	for i, c := range s.Cfgs {
 		if i != down && c.ID != owner {
 			other = c.ID
 		}
@@ -714,24 +685,24 @@ func TestMoveRejectsInvalidRequests(t *testing.T) {
 		status          int
 	}{
 		{"to its current owner", id, owner, http.StatusConflict},
-		{"to a down pod", id, s.gwCfgs[down].ID, http.StatusBadRequest},
+		{"to a down pod", id, s.Cfgs[down].ID, http.StatusBadRequest},
 		{"an unknown guild", "1575743137912066048", other, http.StatusNotFound},
 		{"to an unknown pod", id, "gateway-99", http.StatusNotFound},
 		{"a malformed guild id", "not-a-guild", other, http.StatusBadRequest},
 	}
 	for _, c := range cases {
-		_, err := s.client.Move(ctx, c.guild, c.to)
+		_, err := s.Client.Move(ctx, c.guild, c.to)
 		if !assignments.IsStatus(err, c.status) {
 			t.Errorf("moving %s: %v, want %d", c.name, err, c.status)
 		}
 	}
 	// A guild already migrating: a big guild's move takes a while.
 	s.fill(s.podIndex(owner), g, 60_000)
-	mv, err := s.client.Move(ctx, id, other)
+	mv, err := s.Client.Move(ctx, id, other)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = s.client.Move(ctx, id, other)
+	_, err = s.Client.Move(ctx, id, other)
 	if !assignments.IsStatus(err, http.StatusConflict) {
 		v := s.owner(g)
 		t.Fatalf("moving a migrating guild: %v, want 409 (guild now %+v, move epoch %d)", err, v, mv.Epoch)

@@ -14,7 +14,7 @@ import (
 // message is in its guild's final owner exactly once and nowhere else.
 func TestRebalanceToAFourthPodWhileTrafficFlows(t *testing.T) {
 	s := newSystem(t, 4)
-	s.discord.Seed(300)
+	s.Discord.Seed(300)
 	for i := 0; i < 3; i++ {
 		s.addGateway()
 	}
@@ -22,12 +22,12 @@ func TestRebalanceToAFourthPodWhileTrafficFlows(t *testing.T) {
 	d := newDBs(s)
 	ctx := context.Background()
 	var guilds []uint64
-	for _, g := range s.discord.Guilds() {
+	for _, g := range s.Discord.Guilds() {
 		guilds = append(guilds, g.ID)
 	}
-	fourth := s.gwCfgs[s.addGateway()].ID
+	fourth := s.Cfgs[s.addGateway()].ID
 	waitFor(t, 30*time.Second, "the 4th pod active with shards", func() bool {
-		pl, err := s.client.Pods(ctx)
+		pl, err := s.Client.Pods(ctx)
 		if err != nil {
 			return false
 		}
@@ -42,7 +42,7 @@ func TestRebalanceToAFourthPodWhileTrafficFlows(t *testing.T) {
 
 	sd := startSender(t, s, guilds, 3000, 2*time.Millisecond)
 	sd.waitForSent(t, 300)
-	job, err := s.client.Rebalance(ctx, false)
+	job, err := s.Client.Rebalance(ctx, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +50,7 @@ func TestRebalanceToAFourthPodWhileTrafficFlows(t *testing.T) {
 		t.Fatalf("the plan moves %d guilds, want about 75 onto the new pod", job.Total)
 	}
 	waitFor(t, 90*time.Second, "the rebalance finished", func() bool {
-		j, err := s.client.RebalanceStatus(ctx)
+		j, err := s.Client.RebalanceStatus(ctx)
 		if err != nil || j.FinishedAt.IsZero() {
 			return false
 		}
@@ -61,7 +61,7 @@ func TestRebalanceToAFourthPodWhileTrafficFlows(t *testing.T) {
 		t.Fatalf("rebalance: %d of %d moves done, %d failed: %v", job.Done, job.Total, job.Failed, job.Errors)
 	}
 	t.Logf("rebalance of %d moves took %s (%d messages sent so far)", job.Total, job.FinishedAt.Sub(job.StartedAt).Round(time.Millisecond), sd.sent())
-	pl, err := s.client.Pods(ctx)
+	pl, err := s.Client.Pods(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,8 +76,8 @@ func TestRebalanceToAFourthPodWhileTrafficFlows(t *testing.T) {
 
 	// Every message in its final owner exactly once, none elsewhere.
 	waitFor(t, 60*time.Second, "every message in its guild's owner only", func() bool {
-		counts := make([]map[uint64]int, len(s.gwCfgs))
-		for i := range s.gwCfgs {
+		counts := make([]map[uint64]int, len(s.Cfgs))
+		for i := range s.Cfgs {
 			if counts[i], err = d.perGuild(i); err != nil {
 				return false
 			}
@@ -89,7 +89,7 @@ func TestRebalanceToAFourthPodWhileTrafficFlows(t *testing.T) {
 			}
 			owner := s.podIndex(v.Owner)
 			want := len(sd.sentTo(g))
-			for i := range s.gwCfgs {
+			for i := range s.Cfgs {
 				if i == owner && counts[i][g] != want || i != owner && counts[i][g] != 0 {
 					return false
 				}
@@ -107,7 +107,7 @@ func TestRebalanceToAFourthPodWhileTrafficFlows(t *testing.T) {
 // every message is in its guild's owner exactly once.
 func TestDrainEmptiesAPodWithoutLosingMessages(t *testing.T) {
 	s := newSystem(t, 3)
-	s.discord.Seed(60)
+	s.Discord.Seed(60)
 	for i := 0; i < 3; i++ {
 		s.addGateway()
 	}
@@ -115,17 +115,17 @@ func TestDrainEmptiesAPodWithoutLosingMessages(t *testing.T) {
 	d := newDBs(s)
 	ctx := context.Background()
 	var guilds []uint64
-	for _, g := range s.discord.Guilds() {
+	for _, g := range s.Discord.Guilds() {
 		guilds = append(guilds, g.ID)
 	}
 	drained := "gateway-0"
-	owned := len(s.gateways[0].Watcher().GuildsOwnedBy(drained))
+	owned := len(s.Gateways[0].Watcher().GuildsOwnedBy(drained))
 	if owned == 0 {
 		t.Fatal("gateway-0 owns no guild to drain")
 	}
 	sd := startSender(t, s, guilds, 1200, 2*time.Millisecond)
 	sd.waitForSent(t, 200)
-	job, err := s.client.Drain(ctx, drained)
+	job, err := s.Client.Drain(ctx, drained)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +133,7 @@ func TestDrainEmptiesAPodWithoutLosingMessages(t *testing.T) {
 		t.Fatalf("the drain plans %d moves, want %d (every guild gateway-0 owns)", job.Total, owned)
 	}
 	waitFor(t, 60*time.Second, "the drain finished", func() bool {
-		j, err := s.client.RebalanceStatus(ctx)
+		j, err := s.Client.RebalanceStatus(ctx)
 		if err != nil || j.FinishedAt.IsZero() {
 			return false
 		}
@@ -143,7 +143,7 @@ func TestDrainEmptiesAPodWithoutLosingMessages(t *testing.T) {
 	if job.Failed != 0 {
 		t.Fatalf("drain: %d moves failed: %v", job.Failed, job.Errors)
 	}
-	pl, err := s.client.Pods(ctx)
+	pl, err := s.Client.Pods(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
