@@ -11,21 +11,24 @@ import (
 
 	"github.com/modbot/modbot/assignments"
 	"github.com/modbot/modbot/fsm"
+	"github.com/modbot/modbot/internal/httpapi"
 	"github.com/modbot/modbot/internal/httpmetrics"
 )
 
 func (n *Node) routes() http.Handler {
 	r := mux.NewRouter()
 	notFound := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeErr(w, http.StatusNotFound, "no route %s %s (see docs/operations.md for the API)", r.Method, r.URL.Path)
+		httpapi.WriteError(w, http.StatusNotFound, "no route %s %s (see docs/operations.md for the API)", r.Method, r.URL.Path)
 	})
 	notAllowed := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeErr(w, http.StatusMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path)
+		httpapi.WriteError(w, http.StatusMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path)
 	})
 	r.NotFoundHandler, r.MethodNotAllowedHandler = notFound, notAllowed
 	r.Use(httpmetrics.Middleware(n.metrics.httpLatency, "config", "/v1/watch"))
 
-	r.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) }).Methods("GET")
+	r.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		httpapi.WriteJSON(w, 200, map[string]string{"status": "ok"})
+	}).Methods("GET")
 	r.HandleFunc("/readyz", n.handleReady).Methods("GET")
 	r.Handle("/metrics", promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{})).Methods("GET")
 
@@ -89,11 +92,11 @@ func (n *Node) handleReady(w http.ResponseWriter, r *http.Request) {
 	leader := n.leaderID()
 	switch {
 	case leader == "":
-		writeErr(w, http.StatusServiceUnavailable, "no leader known")
+		httpapi.WriteError(w, http.StatusServiceUnavailable, "no leader known")
 	case n.raft.AppliedIndex()+readyLag < n.raft.CommitIndex():
-		writeErr(w, http.StatusServiceUnavailable, "catching up: applied %d of %d", n.raft.AppliedIndex(), n.raft.CommitIndex())
+		httpapi.WriteError(w, http.StatusServiceUnavailable, "catching up: applied %d of %d", n.raft.AppliedIndex(), n.raft.CommitIndex())
 	default:
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "leader": leader})
+		httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready", "leader": leader})
 	}
 }
 
@@ -130,7 +133,7 @@ func (n *Node) handleStatus(w http.ResponseWriter, r *http.Request) {
 		st.Revision, st.ShardCount, st.Guilds, st.Migrating = s.Revision, s.ShardCount, len(s.Guilds), s.Migrating()
 		st.Pods = n.podSummaries(s)
 	})
-	writeJSON(w, http.StatusOK, st)
+	httpapi.WriteJSON(w, http.StatusOK, st)
 }
 
 func (n *Node) podSummaries(s *fsm.State) []assignments.PodSummary {
@@ -147,7 +150,7 @@ func (n *Node) handleServers(w http.ResponseWriter, r *http.Request) {
 		n.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, srv)
+	httpapi.WriteJSON(w, http.StatusOK, srv)
 }
 
 func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
@@ -169,7 +172,7 @@ func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
 		n.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, res)
+	httpapi.WriteJSON(w, http.StatusOK, res)
 }
 
 func (n *Node) handleRemoveServer(w http.ResponseWriter, r *http.Request) {
@@ -179,7 +182,7 @@ func (n *Node) handleRemoveServer(w http.ResponseWriter, r *http.Request) {
 		n.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, res)
+	httpapi.WriteJSON(w, http.StatusOK, res)
 }
 
 func (n *Node) handleTransfer(w http.ResponseWriter, r *http.Request) {
@@ -195,13 +198,13 @@ func (n *Node) handleTransfer(w http.ResponseWriter, r *http.Request) {
 		n.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, res)
+	httpapi.WriteJSON(w, http.StatusOK, res)
 }
 
 func (n *Node) handlePods(w http.ResponseWriter, r *http.Request) {
 	var out assignments.PodList
 	n.store.View(func(s *fsm.State) { out.Revision, out.Pods = s.Revision, n.podSummaries(s) })
-	writeJSON(w, http.StatusOK, out)
+	httpapi.WriteJSON(w, http.StatusOK, out)
 }
 
 func (n *Node) handleRegisterPod(w http.ResponseWriter, r *http.Request) {
@@ -237,7 +240,7 @@ func (n *Node) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 		}
 	})
 	if pod == nil {
-		writeErr(w, http.StatusNotFound, "unknown pod %q: register it first (POST /v1/pods)", id)
+		httpapi.WriteError(w, http.StatusNotFound, "unknown pod %q: register it first (POST /v1/pods)", id)
 		return
 	}
 	n.live.heard(id)
@@ -249,11 +252,11 @@ func (n *Node) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 		}
 		pod.State = fsm.PodActive
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"pod": pod.ID, "state": pod.State})
+	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"pod": pod.ID, "state": pod.State})
 }
 
 func (n *Node) writeResult(w http.ResponseWriter, res proposeResult, msg string) {
-	writeJSON(w, http.StatusOK, assignments.WriteResult{Revision: n.store.Revision(), Index: res.Index, Message: msg})
+	httpapi.WriteJSON(w, http.StatusOK, assignments.WriteResult{Revision: n.store.Revision(), Index: res.Index, Message: msg})
 }
 
 func (n *Node) handleShards(w http.ResponseWriter, r *http.Request) {
@@ -262,7 +265,7 @@ func (n *Node) handleShards(w http.ResponseWriter, r *http.Request) {
 		out.Revision, out.ShardCount = s.Revision, s.ShardCount
 		out.Shards = shardAssignments(s)
 	})
-	writeJSON(w, http.StatusOK, out)
+	httpapi.WriteJSON(w, http.StatusOK, out)
 }
 
 func (n *Node) handleGuilds(w http.ResponseWriter, r *http.Request) {
@@ -313,10 +316,10 @@ func (n *Node) handleGuilds(w http.ResponseWriter, r *http.Request) {
 		}
 	})
 	if unknownPod {
-		writeErr(w, http.StatusNotFound, "unknown pod %q", pod)
+		httpapi.WriteError(w, http.StatusNotFound, "unknown pod %q", pod)
 		return
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpapi.WriteJSON(w, http.StatusOK, out)
 }
 
 func shardAssignments(s *fsm.State) []fsm.ShardAssignment {
@@ -390,10 +393,10 @@ func (n *Node) handleGuild(w http.ResponseWriter, r *http.Request) {
 		out = &v
 	})
 	if out == nil {
-		writeErr(w, http.StatusNotFound, "unknown guild %d: it was never placed (POST /v1/guilds places it)", id)
+		httpapi.WriteError(w, http.StatusNotFound, "unknown guild %d: it was never placed (POST /v1/guilds places it)", id)
 		return
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpapi.WriteJSON(w, http.StatusOK, out)
 }
 
 func (n *Node) handlePlace(w http.ResponseWriter, r *http.Request) {
@@ -428,11 +431,11 @@ func (n *Node) handlePlace(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	})
-	writeJSON(w, http.StatusOK, out)
+	httpapi.WriteJSON(w, http.StatusOK, out)
 }
 
 func (n *Node) handleSnapshot(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, n.snapshot())
+	httpapi.WriteJSON(w, http.StatusOK, n.snapshot())
 }
 
 // snapshot copies the whole map at one revision.

@@ -1,7 +1,6 @@
 package confignode
 
 import (
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,23 +10,13 @@ import (
 
 	"github.com/modbot/modbot/assignments"
 	"github.com/modbot/modbot/fsm"
+	"github.com/modbot/modbot/internal/httpapi"
 )
 
 const (
 	hdrForwarded = "X-Modbot-Forwarded-By"
 	hdrRevision  = "X-Modbot-Revision"
 )
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	_ = enc.Encode(v)
-}
-
-func writeErr(w http.ResponseWriter, status int, format string, args ...any) {
-	writeJSON(w, status, assignments.ErrorBody{Error: fmt.Sprintf(format, args...)})
-}
 
 // statusOf maps an error to its HTTP status.
 func statusOf(err error) int {
@@ -65,7 +54,7 @@ func (n *Node) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if status >= 500 {
 		n.log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
 	}
-	writeJSON(w, status, body)
+	httpapi.WriteJSON(w, status, body)
 }
 
 // decodeBody reads a JSON body with the size limit, refusing unknown fields
@@ -90,24 +79,11 @@ func (n *Node) decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
 	return nil
 }
 
-// requireToken guards every API route with the bearer token, compared in
-// constant time.
+// requireToken guards every API route with the bearer token unless the node
+// was started with --insecure-no-auth.
 func (n *Node) requireToken(next http.Handler) http.Handler {
 	if n.cfg.NoAuth {
 		return next
 	}
-	want := []byte("Bearer " + n.cfg.Token)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="modbot"`)
-			if len(got) == 0 {
-				writeErr(w, http.StatusUnauthorized, "missing bearer token: send 'Authorization: Bearer <token>' (modbotctl reads --token, MODBOT_TOKEN or .modbot-dev/token)")
-				return
-			}
-			writeErr(w, http.StatusUnauthorized, "wrong bearer token")
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
+	return httpapi.RequireBearer(n.cfg.Token, next)
 }

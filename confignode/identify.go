@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/modbot/modbot/assignments"
+	"github.com/modbot/modbot/internal/httpapi"
 )
 
 // identifyQueue hands out Discord identify slots: at most one IDENTIFY per
@@ -68,5 +69,5 @@ func (n *Node) handleIdentify(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
 	at := n.identify.reserve(bucket, now)
 	n.metrics.identifySlots.Inc()
-	writeJSON(w, http.StatusOK, assignments.IdentifySlot{Bucket: bucket, WaitMs: at.Sub(now).Milliseconds(), At: at.UnixMilli()})
+	httpapi.WriteJSON(w, http.StatusOK, assignments.IdentifySlot{Bucket: bucket, WaitMs: at.Sub(now).Milliseconds(), At: at.UnixMilli()})
 }

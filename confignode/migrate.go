@@ -14,6 +14,7 @@ import (
 
 	"github.com/modbot/modbot/assignments"
 	"github.com/modbot/modbot/fsm"
+	"github.com/modbot/modbot/internal/httpapi"
 )
 
 // The leader drives guild moves (DESIGN §7). The protocol's state lives in
@@ -61,7 +62,7 @@ func (n *Node) handleMove(w http.ResponseWriter, r *http.Request) {
 		n.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusAccepted, res)
+	httpapi.WriteJSON(w, http.StatusAccepted, res)
 }
 
 // start validates and records the move, then runs it in the background.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/modbot/modbot/assignments"
 	"github.com/modbot/modbot/fsm"
+	"github.com/modbot/modbot/internal/httpapi"
 )
 
 // rebalanceJob is a plan of moves being executed with a cap on concurrent
@@ -47,7 +48,7 @@ func (n *Node) handleRebalance(w http.ResponseWriter, r *http.Request) {
 	}
 	moves := n.plan("rebalance", "")
 	if req.DryRun {
-		writeJSON(w, http.StatusOK, rebalanceJob{Kind: "rebalance", Total: len(moves), Moves: moves})
+		httpapi.WriteJSON(w, http.StatusOK, rebalanceJob{Kind: "rebalance", Total: len(moves), Moves: moves})
 		return
 	}
 	job, err := n.mover.runJob("rebalance", "", moves)
@@ -55,16 +56,16 @@ func (n *Node) handleRebalance(w http.ResponseWriter, r *http.Request) {
 		n.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusAccepted, job)
+	httpapi.WriteJSON(w, http.StatusAccepted, job)
 }
 
 func (n *Node) handleRebalanceStatus(w http.ResponseWriter, r *http.Request) {
 	job := n.mover.jobStatus()
 	if job == nil {
-		writeErr(w, http.StatusNotFound, "no rebalance or drain has run since this node became leader")
+		httpapi.WriteError(w, http.StatusNotFound, "no rebalance or drain has run since this node became leader")
 		return
 	}
-	writeJSON(w, http.StatusOK, job)
+	httpapi.WriteJSON(w, http.StatusOK, job)
 }
 
 func (n *Node) handleDrain(w http.ResponseWriter, r *http.Request) {
@@ -76,7 +77,7 @@ func (n *Node) handleDrain(w http.ResponseWriter, r *http.Request) {
 		}
 	})
 	if pod == "" {
-		writeErr(w, http.StatusNotFound, "unknown pod %q", id)
+		httpapi.WriteError(w, http.StatusNotFound, "unknown pod %q", id)
 		return
 	}
 	if _, err := n.propose(r.Context(), fsm.Command{Type: fsm.CmdDrainPod, PodID: pod}); err != nil {
@@ -89,7 +90,7 @@ func (n *Node) handleDrain(w http.ResponseWriter, r *http.Request) {
 		n.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusAccepted, job)
+	httpapi.WriteJSON(w, http.StatusAccepted, job)
 }
 
 func (m *mover) jobStatus() *rebalanceJob {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/modbot/modbot/assignments"
+	"github.com/modbot/modbot/internal/httpapi"
 )
 
 // handleWatch streams the change stream as Server-Sent Events.
@@ -37,7 +38,7 @@ func (n *Node) handleWatch(w http.ResponseWriter, r *http.Request) {
 	}
 	_, _, oldest, ok := n.store.hist.since(from, 1)
 	if !ok {
-		writeJSON(w, http.StatusGone, assignments.ErrorBody{
+		httpapi.WriteJSON(w, http.StatusGone, assignments.ErrorBody{
 			Error:          fmt.Sprintf("revision %d is older than this node's retained history (oldest %d): list /v1/snapshot and watch from its revision", from, oldest),
 			OldestRevision: oldest,
 		})

@@ -2,7 +2,6 @@ package gatewaynode
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/modbot/modbot/fsm"
 	"github.com/modbot/modbot/gatewaynode/bot"
+	"github.com/modbot/modbot/internal/httpapi"
 	"github.com/modbot/modbot/internal/httpmetrics"
 )
 
@@ -25,17 +25,19 @@ const maxBody = 8 << 20
 func (n *Node) routes(reg *prometheus.Registry) http.Handler {
 	r := mux.NewRouter()
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeErr(w, http.StatusNotFound, "no route %s %s", r.Method, r.URL.Path)
+		httpapi.WriteError(w, http.StatusNotFound, "no route %s %s", r.Method, r.URL.Path)
 	})
 	r.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeErr(w, http.StatusMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path)
+		httpapi.WriteError(w, http.StatusMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path)
 	})
 	r.Use(httpmetrics.Middleware(n.metrics.httpLatency, "gateway"))
-	r.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) }).Methods("GET")
+	r.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		httpapi.WriteJSON(w, 200, map[string]string{"status": "ok"})
+	}).Methods("GET")
 	r.HandleFunc("/readyz", n.handleReady).Methods("GET")
 	r.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{})).Methods("GET")
 	auth := func(path string, h http.HandlerFunc, method string) {
-		r.Handle(path, n.requireToken(h)).Methods(method)
+		r.Handle(path, httpapi.RequireBearer(n.cfg.Token, h)).Methods(method)
 	}
 	auth("/guild/{id}/dashboard", n.handleDashboard, "GET")
 	auth("/internal/events", n.handleEvents, "POST")
@@ -47,37 +49,16 @@ func (n *Node) routes(reg *prometheus.Registry) http.Handler {
 	return r
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
-}
-
-func writeErr(w http.ResponseWriter, status int, format string, args ...any) {
-	writeJSON(w, status, map[string]string{"error": fmt.Sprintf(format, args...)})
-}
-
-func (n *Node) requireToken(next http.Handler) http.Handler {
-	want := []byte("Bearer " + n.cfg.Token)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
-			writeErr(w, http.StatusUnauthorized, "missing or wrong bearer token")
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
 func (n *Node) handleReady(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case n.watch.Revision() == 0:
-		writeErr(w, http.StatusServiceUnavailable, "no map yet")
+		httpapi.WriteError(w, http.StatusServiceUnavailable, "no map yet")
 	case !n.registered():
-		writeErr(w, http.StatusServiceUnavailable, "not registered as an active pod yet")
+		httpapi.WriteError(w, http.StatusServiceUnavailable, "not registered as an active pod yet")
 	case !n.shards.ready():
-		writeErr(w, http.StatusServiceUnavailable, "shard sessions are not all up")
+		httpapi.WriteError(w, http.StatusServiceUnavailable, "shard sessions are not all up")
 	default:
-		writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "shards": n.shards.held(), "revision": n.watch.Revision()})
+		httpapi.WriteJSON(w, http.StatusOK, map[string]any{"status": "ready", "shards": n.shards.held(), "revision": n.watch.Revision()})
 	}
 }
 
@@ -92,7 +73,7 @@ func (n *Node) notOwner(w http.ResponseWriter, g fsm.Guild, known bool) {
 	if known {
 		owner = g.Owner
 	}
-	writeJSON(w, http.StatusMisdirectedRequest, map[string]any{
+	httpapi.WriteJSON(w, http.StatusMisdirectedRequest, map[string]any{
 		"error": fmt.Sprintf("%s does not own guild %d", n.cfg.ID, g.ID), "owner": owner, "revision": n.watch.Revision(),
 	})
 }
@@ -100,7 +81,7 @@ func (n *Node) notOwner(w http.ResponseWriter, g fsm.Guild, known bool) {
 func (n *Node) handleDashboard(w http.ResponseWriter, r *http.Request) {
 	id, err := fsm.ParseGuildID(mux.Vars(r)["id"])
 	if err != nil {
-		writeErr(w, http.StatusBadRequest, "%v", err)
+		httpapi.WriteError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
 	g, ok := n.watch.Lookup(id)
@@ -111,12 +92,12 @@ func (n *Node) handleDashboard(w http.ResponseWriter, r *http.Request) {
 	}
 	d, err := n.store.Dashboard(r.Context(), id)
 	if err != nil {
-		writeErr(w, http.StatusInternalServerError, "dashboard of guild %d: %v", id, err)
+		httpapi.WriteError(w, http.StatusInternalServerError, "dashboard of guild %d: %v", id, err)
 		return
 	}
 	view := dashboardView{Dashboard: d, Owner: n.cfg.ID, State: string(g.State), Revision: n.watch.Revision()}
 	if strings.Contains(r.Header.Get("Accept"), "application/json") {
-		writeJSON(w, http.StatusOK, view)
+		httpapi.WriteJSON(w, http.StatusOK, view)
 		return
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
@@ -132,23 +113,23 @@ func (n *Node) handleEvents(w http.ResponseWriter, r *http.Request) {
 	var req forwardRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	if err := dec.Decode(&req); err != nil {
-		writeErr(w, http.StatusBadRequest, "malformed events: %v", err)
+		httpapi.WriteError(w, http.StatusBadRequest, "malformed events: %v", err)
 		return
 	}
 	evs := make([]bot.Event, 0, len(req.Events))
 	for _, e := range req.Events {
 		ev := bot.WithGuild(bot.Event{Type: e.Type, Data: e.Data, DeliveryID: e.DeliveryID})
 		if _, ok := bot.GuildOf(ev); !ok {
-			writeErr(w, http.StatusBadRequest, "event %s has no guild", e.Type)
+			httpapi.WriteError(w, http.StatusBadRequest, "event %s has no guild", e.Type)
 			return
 		}
 		evs = append(evs, ev)
 	}
 	if err := n.processLocal(r.Context(), evs); err != nil {
-		writeErr(w, http.StatusServiceUnavailable, "commit forwarded events: %v", err)
+		httpapi.WriteError(w, http.StatusServiceUnavailable, "commit forwarded events: %v", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]int{"accepted": len(evs)})
+	httpapi.WriteJSON(w, http.StatusOK, map[string]int{"accepted": len(evs)})
 }
 
 // handleInteraction answers an interaction the proxy received over the
@@ -157,18 +138,18 @@ func (n *Node) handleEvents(w http.ResponseWriter, r *http.Request) {
 func (n *Node) handleInteraction(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
 	if err != nil {
-		writeErr(w, http.StatusRequestEntityTooLarge, "interaction body: %v", err)
+		httpapi.WriteError(w, http.StatusRequestEntityTooLarge, "interaction body: %v", err)
 		return
 	}
 	var it discordgo.Interaction
 	if err := json.Unmarshal(body, &it); err != nil {
-		writeErr(w, http.StatusBadRequest, "malformed interaction: %v", err)
+		httpapi.WriteError(w, http.StatusBadRequest, "malformed interaction: %v", err)
 		return
 	}
 	ev := bot.Event{Type: bot.EventInteractionCreate, Data: body}
 	gid, ok := bot.GuildOf(ev)
 	if !ok {
-		writeJSON(w, http.StatusOK, &discordgo.InteractionResponse{Type: discordgo.InteractionResponseChannelMessageWithSource,
+		httpapi.WriteJSON(w, http.StatusOK, &discordgo.InteractionResponse{Type: discordgo.InteractionResponseChannelMessageWithSource,
 			Data: &discordgo.InteractionResponseData{Content: "modbot works inside servers; use its commands there.", Flags: discordgo.MessageFlagsEphemeral}})
 		return
 	}
@@ -179,7 +160,7 @@ func (n *Node) handleInteraction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if g.State == fsm.GuildMigrating {
-		writeJSON(w, http.StatusOK, &discordgo.InteractionResponse{Type: discordgo.InteractionResponseChannelMessageWithSource,
+		httpapi.WriteJSON(w, http.StatusOK, &discordgo.InteractionResponse{Type: discordgo.InteractionResponseChannelMessageWithSource,
 			Data: &discordgo.InteractionResponseData{Content: "This server's data is being moved; try again in a few seconds.", Flags: discordgo.MessageFlagsEphemeral}})
 		return
 	}
@@ -189,13 +170,13 @@ func (n *Node) handleInteraction(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	res, err := n.bot.Handle(ctx, ev, g.Epoch)
 	if err != nil {
-		writeErr(w, http.StatusInternalServerError, "handle interaction: %v", err)
+		httpapi.WriteError(w, http.StatusInternalServerError, "handle interaction: %v", err)
 		return
 	}
 	n.metrics.events.WithLabelValues(ev.Type, outcome(res)).Inc()
 	n.post(ctx, res, g.Epoch)
 	if res.Response == nil {
-		writeErr(w, http.StatusInternalServerError, "no response for interaction %s", it.ID)
+		httpapi.WriteError(w, http.StatusInternalServerError, "no response for interaction %s", it.ID)
 		return
 	}
 	if r.Context().Err() != nil {
@@ -210,11 +191,11 @@ func (n *Node) handleInteraction(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	writeJSON(w, http.StatusOK, res.Response)
+	httpapi.WriteJSON(w, http.StatusOK, res.Response)
 }
 
 func (n *Node) handleStatus(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{
+	httpapi.WriteJSON(w, http.StatusOK, map[string]any{
 		"pod": n.cfg.ID, "addr": n.addr, "revision": n.watch.Revision(), "staleness_ms": n.watch.Staleness().Milliseconds(),
 		"shards": n.shards.held(), "ready": n.shards.ready(), "outbox_guilds": n.outbox.size(),
 		"guilds_owned": len(n.watch.GuildsOwnedBy(n.cfg.ID)),

@@ -14,6 +14,7 @@ import (
 
 	"github.com/modbot/modbot/fsm"
 	"github.com/modbot/modbot/gatewaynode/guildstore"
+	"github.com/modbot/modbot/internal/httpapi"
 )
 
 // The gateway side of a guild move (DESIGN §7; the leader drives it, see
@@ -69,12 +70,12 @@ func guildAndEpoch(r *http.Request) (uint64, uint64, error) {
 func (n *Node) moveStep(w http.ResponseWriter, r *http.Request, asSource bool) (uint64, uint64, fsm.Guild, bool) {
 	g, epoch, err := guildAndEpoch(r)
 	if err != nil {
-		writeErr(w, http.StatusBadRequest, "%v", err)
+		httpapi.WriteError(w, http.StatusBadRequest, "%v", err)
 		return 0, 0, fsm.Guild{}, false
 	}
 	gi, err := n.migrationFor(r.Context(), g, epoch)
 	if err != nil {
-		writeErr(w, http.StatusConflict, "%v", err)
+		httpapi.WriteError(w, http.StatusConflict, "%v", err)
 		return 0, 0, gi, false
 	}
 	role, pod := "to", gi.Migration.To
@@ -82,7 +83,7 @@ func (n *Node) moveStep(w http.ResponseWriter, r *http.Request, asSource bool) (
 		role, pod = "from", gi.Migration.From
 	}
 	if pod != n.cfg.ID {
-		writeErr(w, http.StatusConflict, "guild %d moves %s %s, not %s %s", g, role, pod, role, n.cfg.ID)
+		httpapi.WriteError(w, http.StatusConflict, "guild %d moves %s %s, not %s %s", g, role, pod, role, n.cfg.ID)
 		return 0, 0, gi, false
 	}
 	return g, epoch, gi, true
@@ -95,25 +96,25 @@ func (n *Node) handleExport(w http.ResponseWriter, r *http.Request) {
 	}
 	start := time.Now()
 	if err := n.store.Fence(r.Context(), g, epoch); err != nil {
-		writeErr(w, http.StatusConflict, "fence guild %d at epoch %d: %v", g, epoch, err)
+		httpapi.WriteError(w, http.StatusConflict, "fence guild %d at epoch %d: %v", g, epoch, err)
 		return
 	}
 	// Export to a file first: the checksum goes in a header, before the body.
 	tmp, err := os.CreateTemp(n.cfg.DataDir, fmt.Sprintf("export-%d-*.tmp", g))
 	if err != nil {
-		writeErr(w, http.StatusInternalServerError, "export guild %d: %v", g, err)
+		httpapi.WriteError(w, http.StatusInternalServerError, "export guild %d: %v", g, err)
 		return
 	}
 	defer os.Remove(tmp.Name())
 	defer tmp.Close()
 	info, err := n.store.Export(r.Context(), g, tmp)
 	if err != nil {
-		writeErr(w, http.StatusInternalServerError, "%v", err)
+		httpapi.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	size, _ := tmp.Seek(0, io.SeekCurrent)
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-		writeErr(w, http.StatusInternalServerError, "export guild %d: %v", g, err)
+		httpapi.WriteError(w, http.StatusInternalServerError, "export guild %d: %v", g, err)
 		return
 	}
 	n.metrics.migrationSteps.WithLabelValues("export").Observe(time.Since(start).Seconds())
@@ -131,26 +132,26 @@ func (n *Node) handleImport(w http.ResponseWriter, r *http.Request) {
 	}
 	src, ok := n.watch.Pod(gi.Migration.From)
 	if !ok {
-		writeErr(w, http.StatusConflict, "source pod %s is not in the map", gi.Migration.From)
+		httpapi.WriteError(w, http.StatusConflict, "source pod %s is not in the map", gi.Migration.From)
 		return
 	}
 	start := time.Now()
 	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet,
 		fmt.Sprintf("http://%s/internal/guilds/%d/export?epoch=%d", src.Addr, g, epoch), nil)
 	if err != nil {
-		writeErr(w, http.StatusInternalServerError, "%v", err)
+		httpapi.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	req.Header.Set("Authorization", "Bearer "+n.cfg.Token)
 	resp, err := n.peers.Do(req)
 	if err != nil {
-		writeErr(w, http.StatusBadGateway, "pull export of guild %d from %s: %v", g, src.ID, err)
+		httpapi.WriteError(w, http.StatusBadGateway, "pull export of guild %d from %s: %v", g, src.ID, err)
 		return
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		writeErr(w, http.StatusBadGateway, "source %s refused the export: %d %s", src.ID, resp.StatusCode, b)
+		httpapi.WriteError(w, http.StatusBadGateway, "source %s refused the export: %d %s", src.ID, resp.StatusCode, b)
 		return
 	}
 	want := resp.Header.Get(hdrChecksum)
@@ -160,13 +161,13 @@ func (n *Node) handleImport(w http.ResponseWriter, r *http.Request) {
 		if errors.Is(err, guildstore.ErrChecksumMismatch) || errors.Is(err, guildstore.ErrBadExport) {
 			status = http.StatusUnprocessableEntity
 		}
-		writeErr(w, status, "import guild %d: %v", g, err)
+		httpapi.WriteError(w, status, "import guild %d: %v", g, err)
 		return
 	}
 	// Imported held events must be processed before any live event.
 	n.outbox.markPending(g)
 	n.metrics.migrationSteps.WithLabelValues("import").Observe(time.Since(start).Seconds())
-	writeJSON(w, http.StatusOK, map[string]any{"guild_id": strconv.FormatUint(g, 10), "rows": info.Rows, "checksum": info.Checksum,
+	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"guild_id": strconv.FormatUint(g, 10), "rows": info.Rows, "checksum": info.Checksum,
 		"took_ms": time.Since(start).Milliseconds()})
 }
 
@@ -176,7 +177,7 @@ func (n *Node) handleImport(w http.ResponseWriter, r *http.Request) {
 func (n *Node) handleDropCopy(w http.ResponseWriter, r *http.Request) {
 	g, epoch, err := guildAndEpoch(r)
 	if err != nil {
-		writeErr(w, http.StatusBadRequest, "%v", err)
+		httpapi.WriteError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
 	deadline := time.Now().Add(5 * time.Second)
@@ -188,11 +189,11 @@ func (n *Node) handleDropCopy(w http.ResponseWriter, r *http.Request) {
 			break
 		}
 		if ok && gi.Owner == n.cfg.ID && gi.Migration == nil {
-			writeErr(w, http.StatusConflict, "%s owns guild %d; refusing to delete its data", n.cfg.ID, g)
+			httpapi.WriteError(w, http.StatusConflict, "%s owns guild %d; refusing to delete its data", n.cfg.ID, g)
 			return
 		}
 		if time.Now().After(deadline) {
-			writeErr(w, http.StatusConflict, "guild %d is not settled on another owner at epoch >= %d here", g, epoch)
+			httpapi.WriteError(w, http.StatusConflict, "guild %d is not settled on another owner at epoch >= %d here", g, epoch)
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -200,24 +201,24 @@ func (n *Node) handleDropCopy(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
 	if err := n.outbox.deliver(ctx, g); err != nil {
-		writeErr(w, http.StatusServiceUnavailable, "deliver held events of guild %d before deleting: %v", g, err)
+		httpapi.WriteError(w, http.StatusServiceUnavailable, "deliver held events of guild %d before deleting: %v", g, err)
 		return
 	}
 	// Fence at the settled epoch first: an import of this move that is still
 	// in flight here (the target after an abort) then fails instead of
 	// landing after the delete.
 	if err := n.store.Fence(ctx, g, settled.Epoch); err != nil && !errors.Is(err, guildstore.ErrStaleEpoch) {
-		writeErr(w, http.StatusInternalServerError, "fence guild %d before deleting: %v", g, err)
+		httpapi.WriteError(w, http.StatusInternalServerError, "fence guild %d before deleting: %v", g, err)
 		return
 	}
 	if err := n.store.DeleteGuild(ctx, g, settled.Epoch); err != nil {
 		if errors.Is(err, guildstore.ErrStaleEpoch) {
-			writeErr(w, http.StatusConflict, "guild %d came back here at a newer epoch; kept its data: %v", g, err)
+			httpapi.WriteError(w, http.StatusConflict, "guild %d came back here at a newer epoch; kept its data: %v", g, err)
 			return
 		}
-		writeErr(w, http.StatusInternalServerError, "%v", err)
+		httpapi.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
 	n.log.Info("deleted the copy of a guild owned elsewhere", "guild", g, "epoch", epoch)
-	writeJSON(w, http.StatusOK, map[string]string{"deleted": strconv.FormatUint(g, 10)})
+	httpapi.WriteJSON(w, http.StatusOK, map[string]string{"deleted": strconv.FormatUint(g, 10)})
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/gorilla/mux"
 
 	"github.com/modbot/modbot/fsm"
+	"github.com/modbot/modbot/internal/httpapi"
 )
 
 // hopHeaders are the hop-by-hop headers (RFC 9110 §7.6.1) that a proxy must
@@ -128,14 +129,14 @@ func (p *Proxy) fail(w http.ResponseWriter, e *resolveError) {
 	if e.retryAfter {
 		w.Header().Set("Retry-After", strconv.Itoa(max(1, int((p.cfg.RetryAfter+time.Second-1)/time.Second))))
 	}
-	writeJSON(w, e.status, errorBody{Error: e.msg, Owner: e.owner})
+	httpapi.WriteJSON(w, e.status, errorBody{Error: e.msg, Owner: e.owner})
 }
 
 // readBody reads a request body up to the limit; it answers 413 itself.
 func (p *Proxy) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	limit := p.cfg.MaxBodyBytes
 	if r.ContentLength > limit {
-		writeError(w, http.StatusRequestEntityTooLarge, "request body of %d bytes exceeds the %d byte limit", r.ContentLength, limit)
+		httpapi.WriteError(w, http.StatusRequestEntityTooLarge, "request body of %d bytes exceeds the %d byte limit", r.ContentLength, limit)
 		return nil, false
 	}
 	if r.Body == nil || r.Body == http.NoBody {
@@ -149,10 +150,10 @@ func (p *Proxy) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) 
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			writeError(w, http.StatusRequestEntityTooLarge, "request body exceeds the %d byte limit", limit)
+			httpapi.WriteError(w, http.StatusRequestEntityTooLarge, "request body exceeds the %d byte limit", limit)
 			return nil, false
 		}
-		writeError(w, http.StatusBadRequest, "read request body: %v", err)
+		httpapi.WriteError(w, http.StatusBadRequest, "read request body: %v", err)
 		return nil, false
 	}
 	return buf.Bytes(), true
@@ -226,7 +227,7 @@ func (p *Proxy) outbound(ctx context.Context, method, url string, src http.Heade
 func (p *Proxy) handleGuild(w http.ResponseWriter, r *http.Request) {
 	id, err := fsm.ParseGuildID(mux.Vars(r)["id"])
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "%v", err)
+		httpapi.WriteError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
 	note(w, id, "")
@@ -246,7 +247,7 @@ func (p *Proxy) handleGuild(w http.ResponseWriter, r *http.Request) {
 		hdr := r.Header
 		out, err := p.outbound(ctx, r.Method, podURL(pod.Addr)+r.URL.RequestURI(), hdr, body, g)
 		if err != nil {
-			writeError(w, http.StatusBadGateway, "build request to %s: %v", pod.ID, err)
+			httpapi.WriteError(w, http.StatusBadGateway, "build request to %s: %v", pod.ID, err)
 			return
 		}
 		setForwarded(out.Header, r)
@@ -258,7 +259,7 @@ func (p *Proxy) handleGuild(w http.ResponseWriter, r *http.Request) {
 			status, reason := classify(err)
 			p.m.forwardErrs.WithLabelValues(reason).Inc()
 			p.log.Warn("forward failed", "guild", id, "pod", pod.ID, "addr", pod.Addr, "err", err)
-			writeJSON(w, status, errorBody{Error: "owner pod " + pod.ID + " did not answer: " + err.Error(), Owner: pod.ID})
+			httpapi.WriteJSON(w, status, errorBody{Error: "owner pod " + pod.ID + " did not answer: " + err.Error(), Owner: pod.ID})
 			return
 		}
 		if resp.StatusCode == http.StatusMisdirectedRequest {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/modbot/modbot/fsm"
+	"github.com/modbot/modbot/internal/httpapi"
 )
 
 // Discord interaction and response types the proxy needs.
@@ -56,7 +57,7 @@ func verify(key ed25519.PublicKey, sigHex, ts string, body []byte) string {
 
 func (p *Proxy) unauthorized(w http.ResponseWriter, reason string) {
 	p.m.sigFailures.WithLabelValues(reason).Inc()
-	writeError(w, http.StatusUnauthorized, "invalid request signature (%s)", reason)
+	httpapi.WriteError(w, http.StatusUnauthorized, "invalid request signature (%s)", reason)
 }
 
 // handleInteraction is POST /webhooks/discord: verify, answer PING, route
@@ -83,7 +84,7 @@ func (p *Proxy) handleInteraction(w http.ResponseWriter, r *http.Request) {
 		GuildID string `json:"guild_id"`
 	}
 	if err := json.Unmarshal(body, &in); err != nil {
-		writeError(w, http.StatusBadRequest, "interaction is not JSON: %v", err)
+		httpapi.WriteError(w, http.StatusBadRequest, "interaction is not JSON: %v", err)
 		return
 	}
 	if in.Type == interactionPing {
@@ -96,7 +97,7 @@ func (p *Proxy) handleInteraction(w http.ResponseWriter, r *http.Request) {
 	if in.GuildID != "" {
 		id, err := fsm.ParseGuildID(in.GuildID)
 		if err != nil {
-			writeError(w, http.StatusBadRequest, "%v", err)
+			httpapi.WriteError(w, http.StatusBadRequest, "%v", err)
 			return
 		}
 		guild = id
@@ -125,7 +126,7 @@ func (p *Proxy) handleInteraction(w http.ResponseWriter, r *http.Request) {
 				p.m.forwardErrs.WithLabelValues(reason).Inc()
 				p.m.interactions.WithLabelValues("failed").Inc()
 				p.log.Warn("interaction forward failed", "guild", guild, "pod", pod.ID, "addr", pod.Addr, "err", err)
-				writeJSON(w, status, errorBody{Error: "owner pod " + pod.ID + " did not take the interaction: " + err.Error(), Owner: pod.ID})
+				httpapi.WriteJSON(w, status, errorBody{Error: "owner pod " + pod.ID + " did not take the interaction: " + err.Error(), Owner: pod.ID})
 			}
 			return
 		}

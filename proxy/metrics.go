@@ -1,14 +1,13 @@
 package proxy
 
 import (
-	"encoding/json"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
 	"sync"
 	"time"
 
+	"github.com/modbot/modbot/internal/httpmetrics"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -31,12 +30,8 @@ func newMetrics(reg *prometheus.Registry, m Map) *metrics {
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	x := &metrics{
-		reg: reg,
-		httpLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "modbot_http_request_duration_seconds", Help: "HTTP request latency by route, method and status.",
-			ConstLabels: prometheus.Labels{"component": "proxy"},
-			Buckets:     []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
-		}, []string{"route", "method", "code"}),
+		reg:         reg,
+		httpLatency: httpmetrics.NewHistogram(),
 		forwardErrs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "modbot_proxy_forward_errors_total",
 			Help: "Requests the owner pod did not answer: refused (connection failed), timeout, pod_down (marked down in the map), no_pod, misdirected (421 after the retry).",
@@ -122,7 +117,7 @@ func (p *Proxy) instrument(route string, h http.Handler) http.Handler {
 			if r.Context().Err() != nil && !rec.wrote {
 				code = 499 // the client went away first
 			}
-			p.m.httpLatency.WithLabelValues(route, r.Method, strconv.Itoa(code)).Observe(d.Seconds())
+			p.m.httpLatency.WithLabelValues("proxy", route, r.Method, strconv.Itoa(code)).Observe(d.Seconds())
 			if p.log.Enabled(r.Context(), slog.LevelInfo) {
 				attrs := []slog.Attr{
 					slog.String("method", r.Method), slog.String("route", route), slog.String("path", r.URL.Path),
@@ -143,24 +138,9 @@ func (p *Proxy) instrument(route string, h http.Handler) http.Handler {
 	})
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		status, b = http.StatusInternalServerError, []byte(`{"error":"encode response"}`)
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(b)+1))
-	w.WriteHeader(status)
-	_, _ = w.Write(append(b, '\n'))
-}
-
 // errorBody is every error the proxy answers itself.
 type errorBody struct {
 	Error string `json:"error"`
 	Guild string `json:"guild,omitempty"`
 	Owner string `json:"owner,omitempty"`
-}
-
-func writeError(w http.ResponseWriter, status int, format string, args ...any) {
-	writeJSON(w, status, errorBody{Error: fmt.Sprintf(format, args...)})
 }

@@ -27,6 +27,7 @@ import (
 
 	"github.com/modbot/modbot/assignments"
 	"github.com/modbot/modbot/fsm"
+	"github.com/modbot/modbot/internal/httpapi"
 )
 
 // Header names of the internal API between the proxy and the gateway pods.
@@ -282,13 +283,13 @@ func (p *Proxy) Close() error {
 func (p *Proxy) routes() http.Handler {
 	r := mux.NewRouter()
 	r.NotFoundHandler = p.instrument("other", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "no route %s %s", r.Method, r.URL.Path)
+		httpapi.WriteError(w, http.StatusNotFound, "no route %s %s", r.Method, r.URL.Path)
 	}))
 	r.MethodNotAllowedHandler = p.instrument("other", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path)
+		httpapi.WriteError(w, http.StatusMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path)
 	}))
 	r.Handle("/healthz", p.instrument("/healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	}))).Methods(http.MethodGet, http.MethodHead)
 	r.Handle("/readyz", p.instrument("/readyz", http.HandlerFunc(p.handleReady))).Methods(http.MethodGet, http.MethodHead)
 	r.Handle("/metrics", promhttp.HandlerFor(p.m.reg, promhttp.HandlerOpts{})).Methods(http.MethodGet)
@@ -301,10 +302,10 @@ func (p *Proxy) routes() http.Handler {
 
 func (p *Proxy) handleReady(w http.ResponseWriter, _ *http.Request) {
 	if !p.ready.Load() {
-		writeError(w, http.StatusServiceUnavailable, "no assignment map yet (waiting for the first list from the config nodes)")
+		httpapi.WriteError(w, http.StatusServiceUnavailable, "no assignment map yet (waiting for the first list from the config nodes)")
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "revision": p.cfg.Map.Revision()})
+	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"status": "ready", "revision": p.cfg.Map.Revision()})
 }
 
 // defaultPod is where interactions without a guild (DMs) go: the active pod
