@@ -1,6 +1,3 @@
-// Package assignments is the client side of the guild → pod map: the JSON
-// shapes of the config node API, an HTTP client that fails over across config
-// nodes, and (in watcher.go) the watching client that keeps the map in memory.
 package assignments
 
 import (

@@ -16,9 +16,19 @@ import (
 )
 
 // Client talks to the config nodes' admin API. It sends each request to the
-// node that answered last and fails over to the others when a node cannot be
-// reached; API errors (4xx, 5xx with a body) are returned as *APIError without
-// failover, because another node would answer the same.
+// node that last answered and fails over to the others, in order, when a node
+// cannot be reached or answers 502, 503 or 504: a node that is not the leader
+// and cannot reach one (a follower cut off from the majority, an election),
+// a node catching up, or a proxy in front of a dead node. Any other answer is
+// final and returned as is (an *APIError for non-2xx): a 4xx would be the
+// same from every node, and a 500 is a bug to report, not to hide.
+//
+// Retrying a write elsewhere is safe: confignode answers 503 to a write it
+// did not append to the Raft log (no leader, not the leader, leadership
+// moving), and also when a write it did append was not committed in time,
+// which may still be applied; every write of the API converges when sent
+// twice (registering, heartbeats, placing, checkpoints are idempotent; a
+// second move of a guild is refused with 409 while the first runs).
 type Client struct {
 	urls  []string
 	token string
@@ -71,21 +81,45 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 			return fmt.Errorf("encode %s %s: %w", method, path, err)
 		}
 	}
-	var lastErr error
+	var errs []error
 	start := int(c.last.Load())
 	for i := range c.urls {
 		idx := (start + i) % len(c.urls)
 		err := c.doOne(ctx, c.urls[idx], method, path, body, out)
-		var apiErr *APIError
-		if err == nil || errors.As(err, &apiErr) || ctx.Err() != nil {
-			if err == nil {
-				c.last.Store(int32(idx))
-			}
+		if err == nil {
+			c.last.Store(int32(idx))
+			return nil
+		}
+		if ctx.Err() != nil {
 			return err
 		}
-		lastErr = err
+		var apiErr *APIError
+		if errors.As(err, &apiErr) && !unavailable(apiErr.Status) {
+			// A final answer: this node serves requests, so keep using it.
+			c.last.Store(int32(idx))
+			return err
+		}
+		errs = append(errs, err)
 	}
-	return fmt.Errorf("no config node answered %s %s: %w", method, path, lastErr)
+	// Every node failed: the errors, joined, keep IsStatus working.
+	return fmt.Errorf("no config node answered %s %s: %w", method, path, errors.Join(errs...))
+}
+
+// unavailable reports whether a status means "try another node".
+func unavailable(status int) bool {
+	switch status {
+	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return true
+	}
+	return false
+}
+
+// IsUnavailable reports whether err is an answer that another config node
+// might not give (502, 503, 504), so that a caller should try another node
+// or retry later, rather than give up.
+func IsUnavailable(err error) bool {
+	var e *APIError
+	return errors.As(err, &e) && unavailable(e.Status)
 }
 
 func (c *Client) doOne(ctx context.Context, base, method, path string, body []byte, out any) error {

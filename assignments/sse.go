@@ -19,10 +19,12 @@ type SSEReader struct {
 	sc *bufio.Scanner
 }
 
-// NewSSEReader reads messages from r.
+// NewSSEReader reads messages from r. A line longer than MaxFrameBytes is
+// an error (bufio.ErrTooLong): the config nodes never write one.
 func NewSSEReader(r io.Reader) *SSEReader {
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	// The scanner needs room for the line and its "\r\n".
+	sc.Buffer(make([]byte, 64<<10), MaxFrameBytes+2)
 	return &SSEReader{sc: sc}
 }
 

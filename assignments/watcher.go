@@ -1,43 +1,15 @@
 package assignments
 
-// Watcher is the list+watch client of the config nodes' change stream (like a
-// client-go informer): it lists GET /v1/snapshot, watches GET /v1/watch from
-// the list's revision, and keeps the whole guild → pod map in memory so that
-// Lookup never does I/O.
-//
-// Invariants (each has a test named after it, in watcher_test.go or
-// confignode/watch_test.go):
-//
-//   - The revision never goes backwards. A change whose revision is <= the
-//     current one (a duplicate, or out of order) is ignored and counted in
-//     modbot_watcher_ignored_total; a list whose revision is below the current
-//     one (a lagging follower) is refused and another node is asked.
-//   - Changes apply atomically: all events of one revision become visible
-//     together; a reader never sees half a revision.
-//   - The map is never cleared. With every config node down the watcher keeps
-//     answering from the last map it saw and retries with backoff and jitter;
-//     only a newer list replaces the map, wholesale.
-//   - No gaps: after a disconnect the watcher resumes with from=<its revision>
-//     on the same or another node; when a node cannot serve that (410 Gone, or
-//     `event: gone` after a snapshot install) it relists, and subscribers are
-//     told so with a Relisted change.
-//   - Subscribers see, per subscription, changes in strictly increasing
-//     revision order, each at most once; whenever they might have missed one
-//     (a relist, or their buffer was full) they get a Change with
-//     Relisted=true at the current revision and must re-read what they need.
-//     A slow subscriber never blocks the watcher.
-
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -58,9 +30,11 @@ type WatcherOptions struct {
 	// RetryMin and RetryMax bound the reconnect backoff (defaults 50 ms, 2 s);
 	// each wait is jittered to between half and all of the current step.
 	RetryMin, RetryMax time.Duration
-	// StaleAfter: a stream that delivers no message (change or progress) for
-	// this long is dropped and another node is tried. Default 10 s, five
-	// times the config nodes' progress interval (2 s).
+	// StaleAfter: a stream that brings no proof that the map is current (a
+	// progress message passing Progress.CheckCurrent) for this long is
+	// dropped and another node is tried. It is also the longest leader
+	// contact a node may report and still count as current. Default 10 s,
+	// five times the config nodes' progress interval (2 s).
 	StaleAfter time.Duration
 	// ListTimeout bounds one GET /v1/snapshot (default 30 s).
 	ListTimeout time.Duration
@@ -99,13 +73,13 @@ type Change struct {
 	Relisted bool
 }
 
-// localMap is the watcher's copy of the FSM. Guild and Pod values are never
-// modified in place once stored (events bring whole new values), so a
-// Lookup's copy may share the Migration pointer safely.
+// localMap is the watcher's copy of the FSM. Stored values are never
+// modified in place (events bring whole new values), so a Guild handed out
+// may share its Migration pointer; a shard's Checkpoint is copied out.
 type localMap struct {
 	rev         uint64
 	shardCount  int
-	shards      []string
+	shards      []fsm.ShardAssignment // index = shard id
 	pods        map[string]fsm.Pod
 	guilds      map[uint64]*fsm.Guild
 	configNodes map[string]fsm.ConfigNode
@@ -119,14 +93,14 @@ func mapFromSnapshot(s *Snapshot) *localMap {
 	m := &localMap{
 		rev:         s.Revision,
 		shardCount:  s.ShardCount,
-		shards:      make([]string, s.ShardCount),
 		pods:        make(map[string]fsm.Pod, len(s.Pods)),
 		guilds:      make(map[uint64]*fsm.Guild, len(s.Guilds)),
 		configNodes: make(map[string]fsm.ConfigNode, len(s.ConfigNodes)),
 	}
+	m.resizeShards(s.ShardCount)
 	for _, sh := range s.Shards {
 		if sh.Shard >= 0 && sh.Shard < len(m.shards) {
-			m.shards[sh.Shard] = sh.Holder
+			m.shards[sh.Shard] = sh
 		}
 	}
 	for _, p := range s.Pods {
@@ -141,6 +115,19 @@ func mapFromSnapshot(s *Snapshot) *localMap {
 	return m
 }
 
+// resizeShards grows the shard table to n entries, keeping what it holds.
+func (m *localMap) resizeShards(n int) {
+	if n <= len(m.shards) {
+		return
+	}
+	sh := make([]fsm.ShardAssignment, n)
+	copy(sh, m.shards)
+	for i := len(m.shards); i < n; i++ {
+		sh[i].Shard = i
+	}
+	m.shards = sh
+}
+
 // apply upserts (or deletes) every event of one revision. Events carry whole
 // values, so applying is idempotent.
 func (m *localMap) apply(rev uint64, events []fsm.Event) {
@@ -150,9 +137,7 @@ func (m *localMap) apply(rev uint64, events []fsm.Event) {
 		case fsm.EventInit:
 			if e.ShardCount > 0 {
 				m.shardCount = e.ShardCount
-				sh := make([]string, e.ShardCount)
-				copy(sh, m.shards)
-				m.shards = sh
+				m.resizeShards(e.ShardCount)
 			}
 		case fsm.EventPod:
 			if e.Pod != nil {
@@ -164,12 +149,15 @@ func (m *localMap) apply(rev uint64, events []fsm.Event) {
 			}
 		case fsm.EventShard:
 			if e.Shard != nil && e.Shard.Shard >= 0 {
-				if e.Shard.Shard >= len(m.shards) {
-					sh := make([]string, e.Shard.Shard+1)
-					copy(sh, m.shards)
-					m.shards = sh
+				m.resizeShards(e.Shard.Shard + 1)
+				sa := *e.Shard // the whole assignment: holder, epoch, …
+				if sa.Checkpoint == nil {
+					// Saving a checkpoint emits no event and a change of
+					// holder leaves the FSM's checkpoint in place: keep the
+					// one the list brought.
+					sa.Checkpoint = m.shards[sa.Shard].Checkpoint
 				}
-				m.shards[e.Shard.Shard] = e.Shard.Holder
+				m.shards[sa.Shard] = sa
 			}
 		case fsm.EventGuild:
 			if e.Guild != nil {
@@ -215,10 +203,23 @@ type Watcher struct {
 	subsMu sync.Mutex // guards subs; taken after mu when both are held
 	subs   map[*subscription]struct{}
 
-	lastMsg   atomic.Int64 // unix nanos of the last message from a config node
-	created   time.Time
-	preferred int // index into endpoints() of the node to try first (Run only)
+	provenAt atomic.Pointer[time.Time] // when the map was last proven current (nil: never)
+	created  time.Time
+
+	// Run's goroutine only.
+	preferred int     // index into endpoints() of the node to try first
+	learned   Learned // the newest revision and term any node showed
+	proofs    []proof // progress that proves currency once the map reaches its revision
 }
+
+// proof says: the map is current as of at once it reaches rev.
+type proof struct {
+	rev uint64
+	at  time.Time
+}
+
+// maxProofs bounds the pending proofs.
+const maxProofs = 64
 
 type subscription struct {
 	ch chan Change
@@ -242,26 +243,59 @@ func NewWatcher(c *Client, o WatcherOptions) *Watcher {
 	return w
 }
 
+// View is the map at one revision, as a WaitFor condition sees it. It is
+// valid only during the call that received it.
+type View struct{ m *localMap }
+
+// Revision is the view's revision.
+func (v View) Revision() uint64 { return v.m.rev }
+
+// Lookup returns a guild's placement.
+func (v View) Lookup(guild uint64) (fsm.Guild, bool) {
+	g, ok := v.m.guilds[guild]
+	if !ok {
+		return fsm.Guild{}, false
+	}
+	return *g, true
+}
+
+// Pod returns one pod.
+func (v View) Pod(id string) (fsm.Pod, bool) {
+	p, ok := v.m.pods[id]
+	return p, ok
+}
+
+// ShardCount is the cluster's shard count.
+func (v View) ShardCount() int { return v.m.shardCount }
+
+// Shard returns a shard's whole assignment (holder, holder epoch, last
+// checkpoint known to the map); false when out of range.
+func (v View) Shard(i int) (fsm.ShardAssignment, bool) {
+	if i < 0 || i >= len(v.m.shards) {
+		return fsm.ShardAssignment{}, false
+	}
+	sa := v.m.shards[i]
+	if sa.Checkpoint != nil {
+		cp := *sa.Checkpoint
+		sa.Checkpoint = &cp
+	}
+	return sa, true
+}
+
 // ---- reads (no I/O) ----
 
 // Lookup returns a guild's placement from the local map.
 func (w *Watcher) Lookup(guild uint64) (fsm.Guild, bool) {
 	w.mu.RLock()
-	g, ok := w.state.guilds[guild]
-	var out fsm.Guild
-	if ok {
-		out = *g
-	}
-	w.mu.RUnlock()
-	return out, ok
+	defer w.mu.RUnlock()
+	return View{w.state}.Lookup(guild)
 }
 
 // Pod returns one pod.
 func (w *Watcher) Pod(id string) (fsm.Pod, bool) {
 	w.mu.RLock()
 	defer w.mu.RUnlock()
-	p, ok := w.state.pods[id]
-	return p, ok
+	return View{w.state}.Pod(id)
 }
 
 // Pods returns every pod, ordered by ordinal then id.
@@ -298,12 +332,17 @@ func (w *Watcher) ShardCount() int {
 // ShardHolder returns the pod holding a shard's Discord session ("" if none
 // or out of range).
 func (w *Watcher) ShardHolder(shard int) string {
+	sa, _ := w.Shard(shard)
+	return sa.Holder
+}
+
+// Shard returns a shard's whole assignment as the map has it: holder, holder
+// epoch and the last checkpoint the map knows (from the list, or from shard
+// events that carry one); false when out of range or before the first list.
+func (w *Watcher) Shard(shard int) (fsm.ShardAssignment, bool) {
 	w.mu.RLock()
 	defer w.mu.RUnlock()
-	if shard < 0 || shard >= len(w.state.shards) {
-		return ""
-	}
-	return w.state.shards[shard]
+	return View{w.state}.Shard(shard)
 }
 
 // GuildsOwnedBy returns the guilds a pod owns, ascending. It scans the map:
@@ -328,14 +367,15 @@ func (w *Watcher) Revision() uint64 {
 	return w.state.rev
 }
 
-// Staleness returns the time since the last message (change or progress)
-// from a config node; before the first one, the time since NewWatcher.
+// Staleness returns the time since the watcher last had proof that its map
+// was the cluster's current one (see the package doc); before the first
+// proof, the time since NewWatcher. It keeps growing while the watcher is
+// connected to a node that cannot give that proof.
 func (w *Watcher) Staleness() time.Duration {
-	last := w.lastMsg.Load()
-	if last == 0 {
-		return time.Since(w.created)
+	if at := w.provenAt.Load(); at != nil {
+		return max(time.Since(*at), 0)
 	}
-	return time.Duration(time.Now().UnixNano() - last)
+	return time.Since(w.created)
 }
 
 // Snapshot copies the whole local map in the shape of GET /v1/snapshot
@@ -354,8 +394,8 @@ func (w *Watcher) Snapshot() Snapshot {
 	for _, p := range m.pods {
 		s.Pods = append(s.Pods, p)
 	}
-	for i, h := range m.shards {
-		s.Shards[i] = fsm.ShardAssignment{Shard: i, Holder: h}
+	for i := range m.shards {
+		s.Shards[i], _ = View{m}.Shard(i)
 	}
 	for _, g := range m.guilds {
 		s.Guilds = append(s.Guilds, *g)
@@ -405,6 +445,31 @@ func (w *Watcher) WaitRevision(ctx context.Context, rev uint64) error {
 	}
 }
 
+// WaitFor blocks until cond holds on the map, or ctx ends. cond is first
+// evaluated once the first list has loaded, then once after every change of
+// revision (a change or a relist) — it is woken by changes, never by a
+// clock. It runs under the map's read lock, on a View of one revision: it
+// must be quick, must not keep the View, and must not call the Watcher's
+// methods (they take the lock it holds; read through the View instead).
+func (w *Watcher) WaitFor(ctx context.Context, cond func(View) bool) error {
+	if err := w.WaitSynced(ctx); err != nil {
+		return err
+	}
+	for {
+		w.mu.RLock()
+		ok, rev, ch := cond(View{w.state}), w.state.rev, w.changed
+		w.mu.RUnlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for a condition on the map (at revision %d): %w", rev, ctx.Err())
+		}
+	}
+}
+
 // ---- subscriptions ----
 
 // Subscribe returns a channel of changes and a function that ends the
@@ -446,7 +511,7 @@ func (w *Watcher) Subscribe(buffer int) (<-chan Change, func()) {
 }
 
 // deliver sends c to every subscriber without blocking. Called with subsMu
-// held, by Run's goroutine only (so the channel has no other sender).
+// held, so that nothing else sends on the channels meanwhile.
 func (w *Watcher) deliver(c Change) {
 	for s := range w.subs {
 		select {
@@ -522,11 +587,11 @@ loop:
 			needList = true
 			failures = 0
 		default:
-			if err != nil && !errors.Is(err, errStreamOK) {
-				w.log.Warn("watch stream ended; reconnecting", "err", err, "revision", w.Revision())
-			}
 			if errors.Is(err, errStreamOK) {
 				failures = 0
+				w.log.Info("watch stream ended; reconnecting", "err", err, "revision", w.Revision())
+			} else if err != nil {
+				w.log.Warn("watch stream ended; reconnecting", "err", err, "revision", w.Revision())
 			}
 			w.m.reconnects.Inc()
 			w.preferred++
@@ -587,6 +652,7 @@ func (w *Watcher) list(ctx context.Context) error {
 			errs = append(errs, err)
 			continue
 		}
+		w.learned.Note(snap.Revision, 0)
 		if cur := w.Revision(); snap.Revision < cur {
 			errs = append(errs, fmt.Errorf("%s is behind: its snapshot is at revision %d, we have %d", eps[idx], snap.Revision, cur))
 			continue
@@ -594,6 +660,7 @@ func (w *Watcher) list(ctx context.Context) error {
 		w.preferred = idx
 		w.m.relists.Inc()
 		w.replace(mapFromSnapshot(&snap))
+		w.settleProofs()
 		w.log.Debug("listed", "node", eps[idx], "revision", snap.Revision, "guilds", len(snap.Guilds))
 		return nil
 	}
@@ -615,119 +682,155 @@ func (w *Watcher) listOne(ctx context.Context, base string) (Snapshot, error) {
 	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
 		return s, fmt.Errorf("decode snapshot from %s: %w", base, err)
 	}
-	w.touch()
 	return s, nil
 }
 
-// errStreamOK marks a stream that delivered at least one change before it
-// ended: the next attempt need not back off. (A stream that only ever sends
-// progress and then closes counts as a failure, so a broken node cannot make
-// the watcher spin.)
+// errStreamOK marks a stream that delivered a change, or proved the map
+// current for at least StaleAfter, before it ended: the next attempt need not
+// back off. (Any other stream counts as a failure, so a broken or cut-off
+// node cannot make the watcher spin.)
 var errStreamOK = errors.New("stream ended after delivering")
 
-// watch streams from the preferred node until the stream ends. It returns
+// watch streams from the preferred node until the stream ends or breaks,
+// the node sends nothing at all for StaleAfter, or it has sent no proof that
+// the map is current for StaleAfter (checked at each progress message, so a
+// large revision that takes long to arrive is not cut off). It returns
 // errRelist (wrapped) when the node cannot serve our revision.
 func (w *Watcher) watch(ctx context.Context) error {
 	eps := w.endpoints()
 	base := eps[w.preferred%len(eps)]
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stale := time.AfterFunc(w.o.StaleAfter, cancel)
-	defer stale.Stop()
-
+	// A silent node (no answer, or no byte for StaleAfter) ends the stream.
 	from := w.Revision()
-	resp, err := w.request(ctx, base, "/v1/watch?from="+strconv.FormatUint(from, 10))
+	s, err := w.c.OpenStream(ctx, base, StreamOptions{From: from, IdleTimeout: w.o.StaleAfter})
+	if IsStatus(err, http.StatusGone) {
+		return fmt.Errorf("%w: %v", errRelist, err)
+	}
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
-	switch {
-	case resp.StatusCode == http.StatusGone:
-		err := DecodeError(resp)
-		return fmt.Errorf("%w: %v", errRelist, err)
-	case resp.StatusCode != http.StatusOK:
-		return DecodeError(resp)
-	}
+	defer s.Close()
 	w.m.connected.Set(1)
 	defer w.m.connected.Set(0)
-	delivered := false
-	rd := NewSSEReader(resp.Body)
-	for {
-		msg, err := rd.Next()
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
-			}
-			if ctx.Err() != nil && !stale.Stop() {
-				err = fmt.Errorf("no message for %s", w.o.StaleAfter)
-			}
-			err = fmt.Errorf("watch %s from %d: %w", base, w.Revision(), err)
-			if delivered {
-				return errors.Join(errStreamOK, err)
-			}
-			return err
+	opened := time.Now()
+	delivered, proved := false, false
+	lastProof := opened // on this stream (or when it opened)
+	warned := false     // logged that this node cannot prove currency
+	end := func(err error) error {
+		err = fmt.Errorf("watch %s from %d: %w", base, w.Revision(), err)
+		// A stream that brought changes, or proof for a while, was worth
+		// it: the next attempt need not back off. One that proves
+		// currency and drops at once, again and again, must not spin.
+		if delivered || (proved && time.Since(opened) >= w.o.StaleAfter) {
+			return errors.Join(errStreamOK, err)
 		}
-		stale.Reset(w.o.StaleAfter)
-		w.touch()
-		switch msg.Event {
-		case "change":
-			var ch struct {
-				Revision uint64      `json:"revision"`
-				Events   []fsm.Event `json:"events"`
-			}
-			if err := json.Unmarshal([]byte(msg.Data), &ch); err != nil {
-				return fmt.Errorf("decode change from %s (id %s): %w", base, msg.ID, err)
-			}
-			w.applyChange(ch.Revision, ch.Events)
+		return err
+	}
+	for {
+		msg, err := s.Next()
+		if IsStatus(err, http.StatusGone) {
+			return fmt.Errorf("%w: %v", errRelist, err)
+		}
+		if err != nil {
+			return end(err)
+		}
+		switch {
+		case msg.Change != nil:
+			w.learned.Note(msg.Change.Revision, 0)
+			w.applyChange(msg.Change.Revision, msg.Change.Events)
+			w.settleProofs()
 			delivered = true
-		case "gone":
-			return fmt.Errorf("%w: %s: %s", errRelist, base, msg.Data)
-		case "progress":
-		default:
-			w.log.Debug("unknown watch message", "event", msg.Event, "node", base)
+		case msg.Progress != nil:
+			p := *msg.Progress
+			received := time.Now()
+			cerr := p.CheckCurrent(w.learned, w.o.StaleAfter)
+			w.learned.Note(p.StateRevision(), p.Term)
+			if cerr != nil {
+				if !warned {
+					warned = true
+					w.log.Warn("config node cannot prove the map is current; failing over unless it does", "node", base, "reason", cerr, "revision", w.Revision(), "stale_after", w.o.StaleAfter)
+				}
+				if time.Since(lastProof) >= w.o.StaleAfter {
+					return end(fmt.Errorf("no proof for %s that the map is current (%w): failing over", w.o.StaleAfter, cerr))
+				}
+				continue
+			}
+			if warned {
+				warned = false
+				w.log.Info("config node proves the map current again", "node", base, "revision", w.Revision())
+			}
+			lastProof, proved = received, true
+			w.addProof(proof{rev: max(p.StateRevision(), p.Revision), at: p.ProvenAt(received)})
 		}
 	}
 }
 
-func (w *Watcher) touch() { w.lastMsg.Store(time.Now().UnixNano()) }
+// addProof records that the map is current as of p.at once it reaches
+// p.rev. Proofs are kept by ascending revision; one that a newer proof of a
+// lower or equal revision makes useless is dropped.
+func (w *Watcher) addProof(p proof) {
+	w.proofs = slices.DeleteFunc(w.proofs, func(q proof) bool { return q.rev >= p.rev && !q.at.After(p.at) })
+	i, _ := slices.BinarySearchFunc(w.proofs, p.rev, func(q proof, rev uint64) int { return cmp.Compare(q.rev, rev) })
+	w.proofs = slices.Insert(w.proofs, i, p)
+	if len(w.proofs) > maxProofs {
+		// Dropping the furthest proof can only make Staleness read higher.
+		w.proofs = w.proofs[:maxProofs]
+	}
+	w.settleProofs()
+}
+
+// settleProofs moves Staleness to the newest proof the map has reached.
+func (w *Watcher) settleProofs() {
+	rev := w.Revision()
+	n := 0
+	for n < len(w.proofs) && w.proofs[n].rev <= rev {
+		if at := w.proofs[n].at; w.provenAt.Load() == nil || at.After(*w.provenAt.Load()) {
+			w.provenAt.Store(&at)
+		}
+		n++
+	}
+	w.proofs = append(w.proofs[:0], w.proofs[n:]...)
+}
 
 // applyChange applies one revision atomically and tells subscribers. A
 // revision not newer than ours is ignored (and counted).
+//
+// Subscribers are told before the new revision becomes visible to readers
+// and waiters: whoever sees revision r (Revision, WaitRevision, WaitFor)
+// finds r's change already in every subscription's channel.
 func (w *Watcher) applyChange(rev uint64, events []fsm.Event) bool {
 	w.mu.Lock()
+	defer w.mu.Unlock()
 	if rev <= w.state.rev {
-		cur := w.state.rev
-		w.mu.Unlock()
 		w.m.ignored.Inc()
-		w.log.Warn("ignoring a change not newer than the local map", "change", rev, "revision", cur)
+		w.log.Warn("ignoring a change not newer than the local map", "change", rev, "revision", w.state.rev)
 		return false
 	}
 	w.state.apply(rev, events)
-	close(w.changed)
-	w.changed = make(chan struct{})
-	w.subsMu.Lock()
-	w.mu.Unlock()
-	w.m.revision.Set(float64(rev))
+	w.publish(Change{Revision: rev, Events: events})
 	w.m.events.Add(float64(len(events)))
-	w.deliver(Change{Revision: rev, Events: events})
-	w.subsMu.Unlock()
 	return true
 }
 
 // replace installs a freshly listed map and tells subscribers.
 func (w *Watcher) replace(m *localMap) {
 	w.mu.Lock()
+	defer w.mu.Unlock()
 	w.state = m
-	close(w.changed)
-	w.changed = make(chan struct{})
+	w.publish(Change{Revision: m.rev, Relisted: true})
 	select {
 	case <-w.synced:
 	default:
 		close(w.synced)
 	}
+}
+
+// publish tells subscribers, then waiters, of a new map. Called with mu
+// held for writing; delivery never blocks.
+func (w *Watcher) publish(c Change) {
 	w.subsMu.Lock()
-	w.mu.Unlock()
-	w.m.revision.Set(float64(m.rev))
-	w.deliver(Change{Revision: m.rev, Relisted: true})
+	w.deliver(c)
 	w.subsMu.Unlock()
+	close(w.changed)
+	w.changed = make(chan struct{})
+	w.m.revision.Set(float64(c.Revision))
 }

@@ -54,7 +54,7 @@ func newWatcherMetrics(w *Watcher, name string, reg prometheus.Registerer, log *
 	}
 	m.staleness = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "modbot_watcher_staleness_seconds", ConstLabels: labels,
-		Help: "Seconds since the last message (change or progress) from a config node, computed at scrape.",
+		Help: "Seconds since the watcher last had proof that its map was the cluster's current one (progress from a node that knows a leader and is not behind), computed at scrape.",
 	}, func() float64 { return w.Staleness().Seconds() })
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.revision, m.connected, m.reconnects, m.relists, m.events, m.ignored, m.overflows, m.staleness} {

@@ -3,11 +3,13 @@ package assignments
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -52,7 +54,7 @@ func TestLocalMapAppliesEveryEventTypeByUpsert(t *testing.T) {
 		{"pod upsert", fsm.Event{Type: fsm.EventPod, Pod: &fsm.Pod{ID: "gateway-1", Ordinal: 1, State: fsm.PodActive}},
 			func(m *localMap) bool { return m.pods["gateway-1"].Ordinal == 1 }},
 		{"shard holder", fsm.Event{Type: fsm.EventShard, Shard: &fsm.ShardAssignment{Shard: 1, Holder: "gateway-1"}},
-			func(m *localMap) bool { return m.shards[1] == "gateway-1" }},
+			func(m *localMap) bool { return m.shards[1].Holder == "gateway-1" }},
 		{"guild place", guildEv(0, 2, "gateway-1"),
 			func(m *localMap) bool { return m.guilds[2].Owner == "gateway-1" }},
 		{"guild move", guildEv(0, 1, "gateway-1"),
@@ -66,7 +68,9 @@ func TestLocalMapAppliesEveryEventTypeByUpsert(t *testing.T) {
 		{"config node remove", fsm.Event{Type: fsm.EventConfigNodeRemove, ConfigNode: &fsm.ConfigNode{ID: "config-0"}},
 			func(m *localMap) bool { _, ok := m.configNodes["config-0"]; return !ok }},
 		{"init keeps holders", fsm.Event{Type: fsm.EventInit, ShardCount: 4},
-			func(m *localMap) bool { return m.shardCount == 4 && len(m.shards) == 4 && m.shards[1] == "gateway-1" }},
+			func(m *localMap) bool {
+				return m.shardCount == 4 && len(m.shards) == 4 && m.shards[1].Holder == "gateway-1"
+			}},
 	}
 	rev := uint64(10)
 	for _, s := range steps {
@@ -338,4 +342,129 @@ func metricValue(t *testing.T, c prometheus.Collector) float64 {
 	}
 	t.Fatalf("%s: neither counter nor gauge", fams[0].GetName())
 	return 0
+}
+
+// WaitFor evaluates its condition once when the map is first listed and
+// once per change after that: a waiting gateway is woken by the change it
+// waits for, never by a clock.
+func TestWaitForIsWokenByChangesNotByPolling(t *testing.T) {
+	w := newTestWatcher(t)
+	var evals atomic.Int32
+	done := make(chan error, 1)
+	go func() {
+		done <- w.WaitFor(context.Background(), func(v View) bool {
+			evals.Add(1)
+			sa, _ := v.Shard(1)
+			return sa.Holder == "gateway-2"
+		})
+	}()
+	// Before the first list nothing is evaluated.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := w.WaitFor(ctx, func(View) bool { return true }); err == nil {
+		t.Fatal("WaitFor returned before the first list")
+	}
+	w.replace(mapFromSnapshot(&Snapshot{Revision: 5, ShardCount: 2, Shards: []fsm.ShardAssignment{{Shard: 0, Holder: "gateway-0"}, {Shard: 1, Holder: "gateway-1"}}}))
+	waitEvals := func(n int32) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for evals.Load() < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d evaluations, want %d", evals.Load(), n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitEvals(1)
+	for rev := uint64(6); rev < 10; rev++ {
+		w.applyChange(rev, []fsm.Event{guildEv(rev, rev, "gateway-0")})
+		waitEvals(int32(rev - 4))
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("WaitFor returned %v before its condition held", err)
+	default:
+	}
+	w.applyChange(10, []fsm.Event{{Revision: 10, Type: fsm.EventShard, Shard: &fsm.ShardAssignment{Shard: 1, Holder: "gateway-2", Epoch: 10}}})
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// One evaluation per map: the list and revisions 6 to 10.
+	if got := evals.Load(); got != 6 {
+		t.Fatalf("the condition was evaluated %d times over 6 maps", got)
+	}
+	// And it ends with its context.
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	cancel2()
+	if err := w.WaitFor(ctx2, func(View) bool { return false }); !errors.Is(err, context.Canceled) {
+		t.Fatalf("WaitFor with a cancelled context: %v", err)
+	}
+}
+
+// Shard returns the whole assignment as the map holds it (holder, epoch,
+// checkpoint) — the values whole as events and lists bring them.
+func TestShardReturnsTheWholeAssignmentOfTheLatestRevision(t *testing.T) {
+	w := newTestWatcher(t)
+	if _, ok := w.Shard(0); ok {
+		t.Fatal("a shard before the first list")
+	}
+	cp := &fsm.Checkpoint{SessionID: "s1", Seq: 42, ResumeURL: "wss://r", Holder: "gateway-1", At: 1}
+	w.replace(mapFromSnapshot(&Snapshot{Revision: 5, ShardCount: 2, Shards: []fsm.ShardAssignment{
+		{Shard: 0, Holder: "gateway-0"}, {Shard: 1, Holder: "gateway-1", Checkpoint: cp}}}))
+	want := fsm.ShardAssignment{Shard: 1, Holder: "gateway-1", Checkpoint: cp}
+	if got, ok := w.Shard(1); !ok || !reflect.DeepEqual(got, want) {
+		t.Fatalf("shard 1 from the list: %+v, want %+v", got, want)
+	}
+	// The caller's copy does not alias the map.
+	got, _ := w.Shard(1)
+	got.Checkpoint.Seq = 0
+	if again, _ := w.Shard(1); again.Checkpoint.Seq != 42 {
+		t.Fatal("modifying a returned checkpoint changed the map")
+	}
+	// A change of holder brings the whole assignment; the checkpoint (saved
+	// without an event) stays what the map knew.
+	moved := fsm.ShardAssignment{Shard: 1, Holder: "gateway-2", Epoch: 6}
+	w.applyChange(6, []fsm.Event{{Revision: 6, Type: fsm.EventShard, Shard: &moved}})
+	want = moved
+	want.Checkpoint = cp
+	if got, _ := w.Shard(1); !reflect.DeepEqual(got, want) || w.ShardHolder(1) != "gateway-2" {
+		t.Fatalf("shard 1 after its holder changed: %+v, want %+v", got, want)
+	}
+	// An event that carries a checkpoint replaces it.
+	cp2 := &fsm.Checkpoint{SessionID: "s2", Seq: 7, Holder: "gateway-2", At: 2}
+	w.applyChange(7, []fsm.Event{{Revision: 7, Type: fsm.EventShard, Shard: &fsm.ShardAssignment{Shard: 1, Holder: "gateway-2", Checkpoint: cp2}}})
+	if got, _ := w.Shard(1); got.Checkpoint == nil || *got.Checkpoint != *cp2 {
+		t.Fatalf("shard 1 after an event with a checkpoint: %+v", got)
+	}
+	if snap := w.Snapshot(); len(snap.Shards) != 2 || snap.Shards[1].Holder != "gateway-2" || snap.Shards[1].Checkpoint == nil || *snap.Shards[1].Checkpoint != *cp2 {
+		t.Fatalf("snapshot shards %+v", snap.Shards)
+	}
+	if _, ok := w.Shard(2); ok {
+		t.Fatal("shard 2 of 2")
+	}
+	if _, ok := w.Shard(-1); ok {
+		t.Fatal("shard -1")
+	}
+}
+
+func TestSubscribersAreToldBeforeWaitersWake(t *testing.T) {
+	w := newTestWatcher(t)
+	ch, cancel := w.Subscribe(64)
+	t.Cleanup(cancel)
+	w.replace(mapFromSnapshot(&Snapshot{Revision: 1}))
+	<-ch // the list
+	for rev := uint64(2); rev <= 20; rev++ {
+		woke := make(chan int, 1)
+		go func() {
+			_ = w.WaitRevision(context.Background(), rev)
+			woke <- len(ch)
+		}()
+		w.applyChange(rev, []fsm.Event{guildEv(rev, rev, "p")})
+		if n := <-woke; n != 1 {
+			t.Fatalf("a waiter on revision %d woke with %d changes in the subscription, want 1", rev, n)
+		}
+		if c := <-ch; c.Revision != rev {
+			t.Fatalf("change %+v, want revision %d", c, rev)
+		}
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/modbot/modbot/assignments"
+	"github.com/modbot/modbot/systest"
 )
 
 // ControlPlaneOptions sizes the control-plane benchmark.
@@ -45,12 +46,12 @@ func guildID(n int) string {
 // with fsync on.
 func ControlPlane(ctx context.Context, o ControlPlaneOptions) (ControlPlaneResult, error) {
 	var res ControlPlaneResult
-	dir, cleanup, err := TempDir("controlplane")
+	dir, cleanup, err := systest.TempDir("controlplane")
 	if err != nil {
 		return res, err
 	}
 	defer cleanup()
-	c, err := StartCluster(ctx, dir, 3, nil)
+	c, err := systest.StartCluster(ctx, dir, 3, nil)
 	if err != nil {
 		return res, err
 	}
@@ -62,7 +63,7 @@ func ControlPlane(ctx context.Context, o ControlPlaneOptions) (ControlPlaneResul
 		}
 	}
 	// Single writes straight to the leader, one guild each.
-	leader, err := assignments.NewClient([]string{"http://" + c.Cfgs[c.Leader()].HTTPAddr}, benchToken)
+	leader, err := assignments.NewClient([]string{"http://" + c.Cfgs[c.Leader()].HTTPAddr}, systest.Token)
 	if err != nil {
 		return res, err
 	}

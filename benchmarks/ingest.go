@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"github.com/modbot/modbot/fakediscord"
 	"github.com/modbot/modbot/gatewaynode"
 	"github.com/modbot/modbot/gatewaynode/bot"
+	"github.com/modbot/modbot/systest"
 )
 
 // IngestOptions sizes the gateway ingest benchmark.
@@ -48,13 +48,13 @@ func (r IngestResult) EventsPerSecond() float64 { return float64(r.Messages) / r
 // to the moment the pod has committed it to its SQLite (synchronous=FULL).
 func Ingest(ctx context.Context, o IngestOptions) (IngestResult, error) {
 	var res IngestResult
-	dir, cleanup, err := TempDir("ingest")
+	dir, cleanup, err := systest.TempDir("ingest")
 	if err != nil {
 		return res, err
 	}
 	defer cleanup()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	c, err := StartCluster(ctx, filepath.Join(dir, "config"), 3, func(cfg *confignode.Config) {
+	c, err := systest.StartCluster(ctx, filepath.Join(dir, "config"), 3, func(cfg *confignode.Config) {
 		cfg.Shards, cfg.IdentifyInterval = o.Shards, 50*time.Millisecond
 	})
 	if err != nil {
@@ -102,22 +102,16 @@ func Ingest(ctx context.Context, o IngestOptions) (IngestResult, error) {
 			}
 		}
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return res, err
-	}
-	addr := l.Addr().String()
-	l.Close()
-	gw, err := gatewaynode.Start(gatewaynode.Config{ID: "gateway-0", Ordinal: -1, DataDir: filepath.Join(dir, "gateway-0"),
-		HTTPAddr: addr, ConfigURLs: c.URLs(), Token: benchToken, DiscordToken: "fake-token", DiscordURL: discURL,
+	gw, err := systest.StartPod(gatewaynode.Config{ID: "gateway-0", Ordinal: -1, DataDir: filepath.Join(dir, "gateway-0"),
+		ConfigURLs: c.URLs(), Token: systest.Token, DiscordToken: "fake-token", DiscordURL: discURL,
 		Logger: quiet, OnCommit: onCommit})
 	if err != nil {
 		return res, err
 	}
 	defer gw.Close()
 	// Wait until every guild is placed on the pod and every shard is up.
-	if err := poll(ctx, 60*time.Second, "gateway ready", func() bool {
-		return len(gw.Watcher().GuildsOwnedBy("gateway-0")) == len(guilds) && httpOK("http://"+addr+"/readyz")
+	if err := systest.Poll(ctx, 60*time.Second, "gateway ready", func() bool {
+		return len(gw.Watcher().GuildsOwnedBy("gateway-0")) == len(guilds) && systest.Ready("http://"+gw.Addr())
 	}); err != nil {
 		return res, err
 	}
@@ -173,11 +167,6 @@ func Ingest(ctx context.Context, o IngestOptions) (IngestResult, error) {
 	res.Latency = percentiles(lat)
 	latMu.Unlock()
 	return res, nil
-}
-
-func httpOK(url string) bool {
-	code, err := httpGetStatus(url)
-	return err == nil && code == 200
 }
 
 // PrintIngest writes the gateway ingest table: max is the unpaced run

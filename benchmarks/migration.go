@@ -11,6 +11,7 @@ import (
 
 	"github.com/modbot/modbot/confignode"
 	"github.com/modbot/modbot/fsm"
+	"github.com/modbot/modbot/systest"
 )
 
 // MigrationOptions sizes the migration benchmarks.
@@ -104,12 +105,12 @@ func Migration(ctx context.Context, o MigrationOptions) (MigrationResult, error)
 // with fsync, the fake Discord, SQLite with synchronous=FULL).
 func MoveTimes(ctx context.Context, o MigrationOptions) ([]MoveResult, error) {
 	o.defaults()
-	dir, cleanup, err := TempDir("move")
+	dir, cleanup, err := systest.TempDir("move")
 	if err != nil {
 		return nil, err
 	}
 	defer cleanup()
-	s, err := StartSystem(ctx, dir, SystemOptions{Shards: 1, Gateways: 1})
+	s, err := systest.StartSystem(ctx, dir, systest.SystemOptions{Shards: 1, Gateways: 1})
 	if err != nil {
 		return nil, err
 	}
@@ -152,7 +153,7 @@ func MoveTimes(ctx context.Context, o MigrationOptions) ([]MoveResult, error) {
 	return out, nil
 }
 
-func timeMove(ctx context.Context, s *System, g uint64, from, to int, r *MoveResult) error {
+func timeMove(ctx context.Context, s *systest.System, g uint64, from, to int, r *MoveResult) error {
 	tgt := s.Gateways[to]
 	db, err := s.DB(to)
 	if err != nil {
@@ -198,7 +199,7 @@ func timeMove(ctx context.Context, s *System, g uint64, from, to int, r *MoveRes
 		return err
 	}
 	moved, stored, aborted := false, false, false
-	err = poll(ctx, 10*time.Minute, "the guild active on the target with the probe stored", func() bool {
+	err = systest.Poll(ctx, 10*time.Minute, "the guild active on the target with the probe stored", func() bool {
 		if !moved {
 			gi, ok := tgt.Watcher().Lookup(g)
 			switch {
@@ -229,7 +230,7 @@ func timeMove(ctx context.Context, s *System, g uint64, from, to int, r *MoveRes
 	case r.FSMWindow = <-window:
 	case <-time.After(5 * time.Second):
 	}
-	if err := poll(ctx, 2*time.Minute, "the source's copy dropped", func() bool {
+	if err := systest.Poll(ctx, 2*time.Minute, "the source's copy dropped", func() bool {
 		n, err := s.MessageRows(ctx, from, g)
 		r.SourceRowsAfter = n
 		return err == nil && n == 0
@@ -245,12 +246,12 @@ func timeMove(ctx context.Context, s *System, g uint64, from, to int, r *MoveRes
 func RebalanceTime(ctx context.Context, o MigrationOptions) (RebalanceResult, error) {
 	o.defaults()
 	var res RebalanceResult
-	dir, cleanup, err := TempDir("rebalance")
+	dir, cleanup, err := systest.TempDir("rebalance")
 	if err != nil {
 		return res, err
 	}
 	defer cleanup()
-	s, err := StartSystem(ctx, dir, SystemOptions{Shards: 8, Gateways: 3, HistoryLimit: o.RebalanceGuilds*o.RebalanceMessages + 10000,
+	s, err := systest.StartSystem(ctx, dir, systest.SystemOptions{Shards: 8, Gateways: 3, HistoryLimit: o.RebalanceGuilds*o.RebalanceMessages + 10000,
 		TweakConfig: func(c *confignode.Config) {
 			if o.MaxMoves > 0 {
 				c.MaxMoves = o.MaxMoves
@@ -275,7 +276,7 @@ func RebalanceTime(ctx context.Context, o MigrationOptions) (RebalanceResult, er
 		}
 	}
 	want := int64(o.RebalanceGuilds * o.RebalanceMessages)
-	if err := poll(ctx, 2*time.Minute, "every message stored", func() bool {
+	if err := systest.Poll(ctx, 2*time.Minute, "every message stored", func() bool {
 		var total int64
 		for i := range s.Gateways {
 			n, err := s.TotalMessages(ctx, i)
@@ -293,7 +294,7 @@ func RebalanceTime(ctx context.Context, o MigrationOptions) (RebalanceResult, er
 		return res, err
 	}
 	// The new pod counts once it is active and holds its share of shards.
-	if err := poll(ctx, time.Minute, "the 4th pod active with shards", func() bool {
+	if err := systest.Poll(ctx, time.Minute, "the 4th pod active with shards", func() bool {
 		pl, err := s.Client.Pods(ctx)
 		if err != nil {
 			return false
@@ -319,7 +320,7 @@ func RebalanceTime(ctx context.Context, o MigrationOptions) (RebalanceResult, er
 		return res, err
 	}
 	res.Guilds, res.Moves = o.RebalanceGuilds, job.Total
-	if err := poll(ctx, 10*time.Minute, "the rebalance to finish", func() bool {
+	if err := systest.Poll(ctx, 10*time.Minute, "the rebalance to finish", func() bool {
 		j, err := s.Client.RebalanceStatus(ctx)
 		if err != nil || j.FinishedAt.IsZero() {
 			return false
@@ -334,7 +335,7 @@ func RebalanceTime(ctx context.Context, o MigrationOptions) (RebalanceResult, er
 	return res, err
 }
 
-func guildsPerPod(ctx context.Context, s *System) (map[string]int, error) {
+func guildsPerPod(ctx context.Context, s *systest.System) (map[string]int, error) {
 	pl, err := s.Client.Pods(ctx)
 	if err != nil {
 		return nil, err

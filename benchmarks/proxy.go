@@ -25,6 +25,7 @@ import (
 	"github.com/modbot/modbot/assignments"
 	"github.com/modbot/modbot/fsm"
 	"github.com/modbot/modbot/proxy"
+	"github.com/modbot/modbot/systest"
 )
 
 // ProxyBenchOptions sizes the proxy comparison.
@@ -180,11 +181,11 @@ func ProxyComparison(ctx context.Context, o ProxyBenchOptions) ([]ProxyBenchResu
 	var results []ProxyBenchResult
 	run := func(name, base string) error {
 		o.Log.Info("measuring", "target", name, "url", base)
-		r, err := loadGen(ctx, base, paths, o.Requests, o.Warmup, o.Concurrency)
+		r, err := loadGen(ctx, base, client.Token(), paths, o.Requests, o.Warmup, o.Concurrency)
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
-		lr, err := loadGen(ctx, base, paths, o.LatencyRequests, o.Warmup/10, 1)
+		lr, err := loadGen(ctx, base, client.Token(), paths, o.LatencyRequests, o.Warmup/10, 1)
 		if err != nil {
 			return fmt.Errorf("%s (one client): %w", name, err)
 		}
@@ -318,7 +319,7 @@ func findModbot(given string) string {
 // startProxyProcess runs `modbot proxy` as its own process with the given
 // GOMAXPROCS and its request log off (like nginx's access_log off).
 func startProxyProcess(ctx context.Context, bin string, client *assignments.Client, procs int) (string, func(), error) {
-	port, err := freePort()
+	port, err := systest.FreePort()
 	if err != nil {
 		return "", nil, err
 	}
@@ -415,11 +416,11 @@ func proxyBenchMap(ctx context.Context, o ProxyBenchOptions, backendHost string)
 		}
 		return cl, ids, func() {}, nil
 	}
-	dir, cleanup, err := TempDir("proxy")
+	dir, cleanup, err := systest.TempDir("proxy")
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	c, err := StartCluster(ctx, dir, 1, nil)
+	c, err := systest.StartCluster(ctx, dir, 1, nil)
 	if err != nil {
 		cleanup()
 		return nil, nil, nil, err
@@ -445,8 +446,10 @@ func proxyBenchMap(ctx context.Context, o ProxyBenchOptions, backendHost string)
 }
 
 // loadGen sends warmup then requests GETs from concurrency keep-alive
-// clients and measures each request.
-func loadGen(ctx context.Context, base string, paths []string, requests, warmup, concurrency int) (ProxyBenchResult, error) {
+// clients and measures each request. Every target gets the same
+// Authorization header: the proxy serves dashboards to the admin token
+// only, the others ignore it.
+func loadGen(ctx context.Context, base, token string, paths []string, requests, warmup, concurrency int) (ProxyBenchResult, error) {
 	tr := &http.Transport{
 		MaxIdleConnsPerHost: concurrency, MaxConnsPerHost: concurrency, DisableCompression: true,
 		DialContext: (&net.Dialer{Timeout: time.Second}).DialContext,
@@ -473,6 +476,9 @@ func loadGen(ctx context.Context, base string, paths []string, requests, warmup,
 					}
 					req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+paths[int(i)%len(paths)], nil)
 					req.Header.Set("Accept", "application/json")
+					if token != "" {
+						req.Header.Set("Authorization", "Bearer "+token)
+					}
 					t0 := time.Now()
 					resp, err := hc.Do(req)
 					if err == nil {
@@ -549,7 +555,7 @@ func startNginx(ctx context.Context, bin, upstream string, workers int) (string,
 	if err != nil {
 		return "", nil, err
 	}
-	port, err := freePort()
+	port, err := systest.FreePort()
 	if err != nil {
 		_ = os.RemoveAll(dir)
 		return "", nil, err

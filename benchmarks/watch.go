@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/modbot/modbot/assignments"
+	"github.com/modbot/modbot/systest"
 )
 
 // WatchResult is one row of the watch benchmark: commit → delivery latency
@@ -68,12 +69,12 @@ func WatchLatencyWith(ctx context.Context, watchers []int, writes int, o WatchOp
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	dir, cleanup, err := TempDir("watch")
+	dir, cleanup, err := systest.TempDir("watch")
 	if err != nil {
 		return nil, err
 	}
 	defer cleanup()
-	c, err := StartCluster(ctx, dir, 3, nil)
+	c, err := systest.StartCluster(ctx, dir, 3, nil)
 	if err != nil {
 		return nil, fmt.Errorf("start cluster: %w", err)
 	}
@@ -123,7 +124,7 @@ type stamp struct {
 	at  time.Time
 }
 
-func watchRound(ctx context.Context, c *Cluster, tr *http.Transport, n, writes, firstGuild int, o WatchOptions) (WatchResult, error) {
+func watchRound(ctx context.Context, c *systest.Cluster, tr *http.Transport, n, writes, firstGuild int, o WatchOptions) (WatchResult, error) {
 	res := WatchResult{Watchers: n, Writes: writes}
 	urls := c.URLs()
 	var before, after runtime.MemStats
@@ -140,7 +141,7 @@ func watchRound(ctx context.Context, c *Cluster, tr *http.Transport, n, writes, 
 	for i := 0; i < n; i++ {
 		// Watcher i prefers node i%3.
 		rot := append(append([]string(nil), urls[i%3:]...), urls[:i%3]...)
-		cl, err := assignments.NewClient(rot, benchToken)
+		cl, err := assignments.NewClient(rot, systest.Token)
 		if err != nil {
 			return res, err
 		}
@@ -223,7 +224,7 @@ func watchRound(ctx context.Context, c *Cluster, tr *http.Transport, n, writes, 
 	for r := range sent {
 		last = max(last, r)
 	}
-	if err := poll(ctx, 30*time.Second, "subscribers to receive the last write", func() bool {
+	if err := systest.Poll(ctx, 30*time.Second, "subscribers to receive the last write", func() bool {
 		for i := range seen {
 			if seen[i].Load() < last {
 				return false

@@ -46,6 +46,8 @@ func (n *Node) routes() http.Handler {
 	v1("/pods", n.leaderOnly(n.handleRegisterPod), "POST")
 	v1("/pods/{id}/heartbeat", n.leaderOnly(n.handleHeartbeat), "POST")
 	v1("/pods/{id}/drain", n.leaderOnly(n.handleDrain), "POST")
+	// ?consistent=true: a pod taking a shard over reads the checkpoint to
+	// resume from linearizably, never off a lagging follower.
 	v1("/shards", n.reads(n.handleShards), "GET")
 	v1("/shards/checkpoints", n.leaderOnly(n.handleCheckpoints), "POST")
 	v1("/identify", n.leaderOnly(n.handleIdentify), "POST")
@@ -245,12 +247,18 @@ func (n *Node) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 	}
 	n.live.heard(id)
 	if pod.State == fsm.PodDown {
-		// A pod that was marked down and is back becomes active again.
-		if _, err := n.propose(r.Context(), fsm.Command{Type: fsm.CmdRegisterPod, Pod: &fsm.PodSpec{ID: pod.ID, Ordinal: pod.Ordinal, Addr: pod.Addr}}); err != nil {
+		// A pod that was marked down and is back returns to what it was:
+		// active, or draining if it was draining (a missed heartbeat never
+		// cancels an operator's drain).
+		if _, err := n.propose(r.Context(), fsm.Command{Type: fsm.CmdPodAlive, PodID: pod.ID}); err != nil {
 			n.fail(w, r, err)
 			return
 		}
-		pod.State = fsm.PodActive
+		n.store.View(func(s *fsm.State) {
+			if p, ok := s.Pods[id]; ok {
+				pod.State = p.State
+			}
+		})
 	}
 	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"pod": pod.ID, "state": pod.State})
 }
@@ -322,13 +330,12 @@ func (n *Node) handleGuilds(w http.ResponseWriter, r *http.Request) {
 	httpapi.WriteJSON(w, http.StatusOK, out)
 }
 
+// shardAssignments lists every shard with its holder, holder epoch and
+// checkpoint (GET /v1/shards, /v1/snapshot).
 func shardAssignments(s *fsm.State) []fsm.ShardAssignment {
 	out := make([]fsm.ShardAssignment, len(s.Shards))
-	for i, h := range s.Shards {
-		out[i] = fsm.ShardAssignment{Shard: i, Holder: h}
-		if cp, ok := s.Checkpoints[i]; ok {
-			out[i].Checkpoint = &cp
-		}
+	for i := range s.Shards {
+		out[i] = s.Shard(i)
 	}
 	return out
 }

@@ -1,10 +1,9 @@
 package confignode
 
 import (
-	"encoding/json"
-	"strconv"
 	"sync"
 
+	"github.com/modbot/modbot/assignments"
 	"github.com/modbot/modbot/fsm"
 )
 
@@ -14,9 +13,10 @@ import (
 // revision is answered 410 Gone (the client then relists).
 //
 // Invariants: batches are stored in revision order; all events of one
-// revision are one batch and are always delivered together; base is the
-// newest revision that is no longer (or never was) retained, so a watcher at
-// revision >= base can be served without a gap.
+// revision are one batch and are always delivered together (in one or more
+// frames, written back to back); base is the newest revision that is no
+// longer (or never was) retained, so a watcher at revision >= base can be
+// served without a gap.
 type history struct {
 	mu      sync.Mutex
 	size    int
@@ -29,27 +29,28 @@ type history struct {
 type batch struct {
 	revision uint64
 	events   []fsm.Event
-	frame    []byte // the SSE message, encoded once for every watcher
+	enc      *encodedBatch // shared by every copy of the batch
 }
 
-// Change is the payload of one SSE "change" message: every event of one
-// revision.
-type Change struct {
-	Revision uint64      `json:"revision"`
-	Events   []fsm.Event `json:"events"`
+// encodedBatch is a revision's SSE frames, encoded once, by the first watcher
+// that needs them — not on the Raft apply path, which holds the store's lock.
+type encodedBatch struct {
+	once sync.Once
+	// frame is the revision's frames (assignments.AppendChangeFrames: no
+	// line longer than assignments.MaxFrameBytes, the id on the last);
+	// frames counts them.
+	frame  []byte
+	frames int
+	// err is set when the events could not be encoded (a bug): watchers
+	// reaching this batch are told to relist rather than skip it.
+	err error
 }
 
-func encodeFrame(rev uint64, events []fsm.Event) []byte {
-	data, err := json.Marshal(Change{Revision: rev, Events: events})
-	if err != nil {
-		data = []byte(`{"revision":` + strconv.FormatUint(rev, 10) + `,"events":[],"error":"encode"}`)
-	}
-	b := make([]byte, 0, len(data)+48)
-	b = append(b, "id: "...)
-	b = strconv.AppendUint(b, rev, 10)
-	b = append(b, "\nevent: change\ndata: "...)
-	b = append(b, data...)
-	return append(b, "\n\n"...)
+// encoded returns the batch's frames, encoding them on first use.
+func (b batch) encoded() (frame []byte, frames int, err error) {
+	e := b.enc
+	e.once.Do(func() { e.frame, e.frames, e.err = assignments.AppendChangeFrames(nil, b.revision, b.events) })
+	return e.frame, e.frames, e.err
 }
 
 func newHistory(size int) *history {
@@ -62,8 +63,7 @@ func newHistory(size int) *history {
 func (h *history) append(events []fsm.Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	rev := events[0].Revision
-	h.batches = append(h.batches, batch{revision: rev, events: events, frame: encodeFrame(rev, events)})
+	h.batches = append(h.batches, batch{revision: events[0].Revision, events: events, enc: &encodedBatch{}})
 	h.events += len(events)
 	drop := 0
 	for h.events > h.size && drop < len(h.batches)-1 {

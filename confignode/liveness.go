@@ -65,7 +65,9 @@ func (l *liveness) run(ctx context.Context) {
 					l.seen[id] = time.Now()
 					continue
 				}
-				if p.State == fsm.PodActive && time.Since(t) > l.n.cfg.PodTimeout {
+				// A silent draining pod is down too (it can export nothing);
+				// it comes back draining (CmdPodAlive).
+				if p.State != fsm.PodDown && time.Since(t) > l.n.cfg.PodTimeout {
 					stale = append(stale, id)
 				}
 			}

@@ -13,23 +13,29 @@ import (
 )
 
 type metrics struct {
-	reg            *prometheus.Registry
-	httpLatency    *prometheus.HistogramVec
-	proposals      *prometheus.CounterVec
-	applyLatency   prometheus.Histogram
-	forwarded      prometheus.Counter
-	identifySlots  prometheus.Counter
-	moves          *prometheus.CounterVec
-	moveDuration   prometheus.Histogram
-	movesInFlight  prometheus.Gauge
-	podsMarkedDown prometheus.Counter
-	watchers       prometheus.Gauge
-	watchSent      prometheus.Counter
-	raftState      *prometheus.GaugeVec
-	raftTerm       prometheus.Gauge
-	raftApplied    prometheus.Gauge
-	raftCommit     prometheus.Gauge
-	lastContact    prometheus.Gauge
+	reg           *prometheus.Registry
+	httpLatency   *prometheus.HistogramVec
+	proposals     *prometheus.CounterVec
+	applyLatency  prometheus.Histogram
+	forwarded     prometheus.Counter
+	identifySlots prometheus.Counter
+	// identifyRefused counts identify slots refused, by reason: "budget"
+	// (the daily budget is down to its reserve) or "not_holder" (the pod
+	// does not hold the shard at the epoch it named).
+	identifyRefused     *prometheus.CounterVec
+	orphanAbortFailures prometheus.Counter
+	ambiguousCommits    prometheus.Counter
+	moves               *prometheus.CounterVec
+	moveDuration        prometheus.Histogram
+	movesInFlight       prometheus.Gauge
+	podsMarkedDown      prometheus.Counter
+	watchers            prometheus.Gauge
+	watchSent           prometheus.Counter
+	raftState           *prometheus.GaugeVec
+	raftTerm            prometheus.Gauge
+	raftApplied         prometheus.Gauge
+	raftCommit          prometheus.Gauge
+	lastContact         prometheus.Gauge
 }
 
 func newMetrics(n *Node) *metrics {
@@ -49,8 +55,14 @@ func newMetrics(n *Node) *metrics {
 			Help: "Guild moves by result (completed, aborted)."}, []string{"result"}),
 		moveDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "modbot_migration_duration_seconds",
 			Help: "Guild move time from start to commit.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 16)}),
-		movesInFlight:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_migrations_in_flight", Help: "Guild moves this leader is running."}),
-		identifySlots:  prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_identify_slots_total", Help: "Discord identify slots handed out."}),
+		movesInFlight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_migrations_in_flight", Help: "Guild moves this leader is running."}),
+		identifySlots: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_identify_slots_total", Help: "Discord identify slots handed out."}),
+		identifyRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "modbot_identify_refused_total",
+			Help: "Identify slots refused by the leader, by reason (budget: the daily session start budget is down to its reserve; not_holder: the pod does not hold the shard at that epoch)."}, []string{"reason"}),
+		orphanAbortFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_migration_orphan_abort_failures_total",
+			Help: "Failed attempts to abort a move no task of the leader runs (retried with backoff)."}),
+		ambiguousCommits: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_migration_ambiguous_commits_total",
+			Help: "CompleteMove proposals whose outcome was ambiguous (timeout, leadership lost) and had to be read back."}),
 		podsMarkedDown: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_pods_marked_down_total", Help: "Pods marked down for missed heartbeats."}),
 		watchers:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_watch_subscribers", Help: "Open /v1/watch streams on this node."}),
 		watchSent:      prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_watch_events_sent_total", Help: "Change events written to watch streams."}),
@@ -60,7 +72,10 @@ func newMetrics(n *Node) *metrics {
 		raftCommit:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_raft_commit_index", Help: "Last committed Raft index."}),
 		lastContact:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_raft_last_contact_seconds", Help: "Seconds since this follower heard from the leader (0 on the leader)."}),
 	}
-	reg.MustRegister(m.httpLatency, m.proposals, m.applyLatency, m.forwarded, m.identifySlots, m.moves, m.moveDuration, m.movesInFlight, m.podsMarkedDown, m.watchers, m.watchSent,
+	for _, r := range []string{"budget", "not_holder"} {
+		m.identifyRefused.WithLabelValues(r)
+	}
+	reg.MustRegister(m.httpLatency, m.proposals, m.applyLatency, m.forwarded, m.identifySlots, m.identifyRefused, m.orphanAbortFailures, m.ambiguousCommits, m.moves, m.moveDuration, m.movesInFlight, m.podsMarkedDown, m.watchers, m.watchSent,
 		m.raftState, m.raftTerm, m.raftApplied, m.raftCommit, m.lastContact,
 		&fsmCollector{n: n}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -110,10 +125,13 @@ var (
 	descPods      = prometheus.NewDesc("modbot_pods", "Pods by state.", []string{"state"}, nil)
 	descHistory   = prometheus.NewDesc("modbot_watch_oldest_revision", "Oldest revision a watch can start from on this node.", nil, nil)
 	descJob       = prometheus.NewDesc("modbot_rebalance_moves", "Moves of the current or last rebalance/drain on this leader, by state (planned, done, failed, running).", []string{"kind", "state"}, nil)
+	descBudget    = prometheus.NewDesc("modbot_identify_budget_remaining", "Identifies left in Discord's daily session start budget, as the leader tracks it (only the leader reports it).", nil, nil)
+	descBudgetRes = prometheus.NewDesc("modbot_identify_budget_reserve", "Identifies of the daily budget kept back: slots are refused at or below it (leader only).", nil, nil)
+	descTasks     = prometheus.NewDesc("modbot_config_leader_tasks", "Leader tasks running on this node (moves, rebalances, orphan sweep, liveness).", nil, nil)
 )
 
 func (c *fsmCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRevision, descGuilds, descMigrating, descPerPod, descShardsPod, descPods, descHistory, descJob} {
+	for _, d := range []*prometheus.Desc{descRevision, descGuilds, descMigrating, descPerPod, descShardsPod, descPods, descHistory, descJob, descBudget, descBudgetRes, descTasks} {
 		ch <- d
 	}
 }
@@ -140,6 +158,12 @@ func (c *fsmCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	})
 	ch <- prometheus.MustNewConstMetric(descHistory, prometheus.GaugeValue, float64(c.n.store.hist.oldest()))
+	ch <- prometheus.MustNewConstMetric(descTasks, prometheus.GaugeValue, float64(c.n.leader.Running()))
+	if c.n.IsLeader() {
+		b := c.n.budget.status(time.Now())
+		ch <- prometheus.MustNewConstMetric(descBudget, prometheus.GaugeValue, float64(b.Remaining))
+		ch <- prometheus.MustNewConstMetric(descBudgetRes, prometheus.GaugeValue, float64(b.Reserve))
+	}
 	if job := c.n.mover.jobStatus(); job != nil {
 		for state, v := range map[string]int{"planned": job.Total, "done": job.Done, "failed": job.Failed, "running": job.Running} {
 			ch <- prometheus.MustNewConstMetric(descJob, prometheus.GaugeValue, float64(v), job.Kind, state)

@@ -60,6 +60,17 @@ type Config struct {
 	// IdentifyInterval is Discord's spacing between identifies per bucket
 	// (5 s; a fake Discord may advertise less).
 	IdentifyInterval time.Duration
+	// IdentifyDailyLimit is the daily identify budget assumed until a pod
+	// reports Discord's session_start_limit (default 1000, Discord's).
+	IdentifyDailyLimit int
+	// IdentifyReserve is how many of the daily identifies are kept back:
+	// identify slots are refused (429) once no more than this many remain,
+	// so a crash loop cannot exhaust the budget and get the token reset.
+	// 0 means 10 % of the budget's total; negative means no reserve.
+	IdentifyReserve int
+	// OrphanCheckInterval is how often the leader looks for moves no task of
+	// its own runs (default 5 s); it looks at once when it becomes leader.
+	OrphanCheckInterval time.Duration
 	// MoveTimeout bounds one guild's copy (export + transfer + import).
 	MoveTimeout time.Duration
 	// MaxMoves and MaxMovesPerPod cap concurrent moves in a rebalance/drain.
@@ -72,6 +83,20 @@ type Config struct {
 	NoSync bool
 
 	Logger *slog.Logger
+
+	// hooks inject faults at the node's seams (tests only; nil otherwise).
+	hooks *testHooks
+}
+
+// testHooks are the seams tests inject faults through. Each is optional.
+type testHooks struct {
+	// propose wraps every proposal; next proposes for real.
+	propose func(ctx context.Context, cmd fsm.Command, next func() (proposeResult, error)) (proposeResult, error)
+	// beforeApply runs in Store.Apply before each command is applied (a
+	// blocking hook makes a lagging state machine).
+	beforeApply func(cmd fsm.Command)
+	// taskDone runs as each leader task (leader.go) ends.
+	taskDone func(task string)
 }
 
 func (c *Config) setDefaults() {
@@ -110,6 +135,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.IdentifyInterval == 0 {
 		c.IdentifyInterval = 5 * time.Second
+	}
+	if c.IdentifyDailyLimit == 0 {
+		c.IdentifyDailyLimit = 1000
+	}
+	if c.OrphanCheckInterval == 0 {
+		c.OrphanCheckInterval = 5 * time.Second
 	}
 	if c.MoveTimeout == 0 {
 		c.MoveTimeout = 2 * time.Minute
@@ -158,7 +189,9 @@ type Node struct {
 	metrics  *metrics
 	live     *liveness
 	identify *identifyQueue
+	budget   *identifyBudget
 	mover    *mover
+	leader   leaderTasks  // the leader's own work, bound to its term
 	pods     *http.Client // to gateway pods (moves)
 	peers    *http.Client
 
@@ -186,10 +219,15 @@ func Start(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
 	n.store = newStore(cfg.WatchHistory)
+	if h := cfg.hooks; h != nil {
+		n.store.beforeApply = h.beforeApply
+		n.leader.done = h.taskDone
+	}
 	n.metrics = newMetrics(n)
 	n.store.applied = n.metrics.observeApplied
 	n.live = newLiveness(n)
 	n.identify = newIdentifyQueue(cfg.IdentifyInterval)
+	n.budget = newIdentifyBudget(cfg.IdentifyDailyLimit, cfg.IdentifyReserve)
 	n.mover = newMover(n)
 	n.pods = &http.Client{Transport: &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
@@ -302,39 +340,48 @@ func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 func (n *Node) Registry() *prometheus.Registry { return n.metrics.reg }
 
 // leaderLoop runs the leader-only duties while this node leads: recording the
-// cluster's shard count and this node's addresses, and pod liveness.
+// cluster's shard count and this node's addresses, orphaned moves, and pod
+// liveness. Each stretch of leadership is a term (leader.go) whose tasks end
+// with it.
 func (n *Node) leaderLoop() {
-	var stopLeading context.CancelFunc
-	defer func() {
-		if stopLeading != nil {
-			stopLeading()
-		}
-	}()
+	defer n.leader.end()
 	for {
 		select {
 		case <-n.ctx.Done():
 			return
 		case isLeader := <-n.raft.LeaderCh():
-			if stopLeading != nil {
-				stopLeading()
-				stopLeading = nil
-			}
+			n.leader.end()
 			if !isLeader {
 				n.log.Info("lost leadership")
 				continue
 			}
 			n.log.Info("became leader", "term", n.raft.CurrentTerm())
-			ctx, cancel := context.WithCancel(n.ctx)
-			stopLeading = cancel
-			go n.lead(ctx)
+			t := n.leader.begin(n.ctx)
+			if t == nil {
+				return // closing
+			}
+			_ = n.leader.spawn(t, "lead", func(context.Context) { n.lead(t) })
 		}
 	}
 }
 
-func (n *Node) lead(ctx context.Context) {
-	if err := n.raft.Barrier(n.cfg.WriteTimeout).Error(); err != nil {
+func (n *Node) lead(t *term) {
+	ctx := t.ctx
+	// The previous term's tasks were cancelled; let them finish first, so
+	// this term never works next to a move of the last one.
+	if prev := t.after; prev != nil {
+		prev.wg.Wait()
+		t.after = nil
+	}
+	for {
+		err := n.barrier(ctx)
+		if err == nil {
+			break
+		}
 		n.log.Warn("leader barrier failed", "err", err)
-		return
+		if ctx.Err() != nil || n.raft.State() != raft.Leader || !sleepCtx(ctx, 100*time.Millisecond) {
+			return
+		}
 	}
 	var init bool
 	n.store.View(func(st *fsm.State) { init = st.ShardCount == 0 })
@@ -356,9 +403,9 @@ func (n *Node) lead(ctx context.Context) {
 		}
 	}
 	n.identify.reset(time.Now())
-	n.mover.abortOrphans(ctx)
+	_ = n.leader.spawn(t, "orphans", func(context.Context) { n.mover.sweepOrphans(t) })
 	if n.cfg.AutoRebalance {
-		go n.mover.autoRebalance(ctx)
+		_ = n.leader.spawn(t, "auto-rebalance", n.mover.autoRebalance)
 	}
 	n.live.run(ctx)
 }
@@ -424,6 +471,9 @@ func (n *Node) shutdown() error {
 		_ = n.httpSrv.Shutdown(ctx)
 		_ = n.httpSrv.Close()
 	}
+	// Every leader task runs on a context n.cancel ended: wait for them
+	// while Raft still answers, so none outlives the node.
+	n.leader.close()
 	err := n.closeRaft()
 	n.wg.Wait()
 	n.log.Info("config node stopped")

@@ -29,6 +29,13 @@ type proposeResult struct {
 // means a bad request never reaches the log; Apply validates again because the
 // state may change in between.
 func (n *Node) propose(ctx context.Context, cmd fsm.Command) (proposeResult, error) {
+	if h := n.cfg.hooks; h != nil && h.propose != nil {
+		return h.propose(ctx, cmd, func() (proposeResult, error) { return n.proposeRaft(ctx, cmd) })
+	}
+	return n.proposeRaft(ctx, cmd)
+}
+
+func (n *Node) proposeRaft(ctx context.Context, cmd fsm.Command) (proposeResult, error) {
 	if n.raft.State() != raft.Leader {
 		return proposeResult{}, errNotLeader
 	}

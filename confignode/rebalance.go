@@ -112,6 +112,11 @@ func (m *mover) runJob(kind, pod string, moves []assignments.Move) (rebalanceJob
 		m.mu.Unlock()
 		return rebalanceJob{}, &fsm.CommandError{Kind: fsm.ErrConflict, Msg: fmt.Sprintf("a %s is already running (%d of %d moves done)", m.job.Kind, m.job.Done, m.job.Total)}
 	}
+	t := m.n.leader.current()
+	if t == nil {
+		m.mu.Unlock()
+		return rebalanceJob{}, errNotLeaderf("%s: this node does not lead", kind)
+	}
 	job := &rebalanceJob{Kind: kind, Pod: pod, Total: len(moves), Moves: moves, StartedAt: time.Now()}
 	if len(moves) == 0 {
 		job.FinishedAt = time.Now()
@@ -120,7 +125,14 @@ func (m *mover) runJob(kind, pod string, moves []assignments.Move) (rebalanceJob
 	out := *job
 	m.mu.Unlock()
 	if len(moves) > 0 {
-		go m.execute(m.n.ctx, job)
+		// A task of the term: it stops (and stops starting moves) when
+		// leadership is lost.
+		if err := m.n.leader.spawn(t, kind, func(ctx context.Context) { m.execute(ctx, job) }); err != nil {
+			m.mu.Lock()
+			job.FinishedAt = time.Now()
+			m.mu.Unlock()
+			return rebalanceJob{}, err
+		}
 	}
 	return out, nil
 }
@@ -131,6 +143,9 @@ func (m *mover) execute(ctx context.Context, job *rebalanceJob) {
 	n := m.n
 	var wg sync.WaitGroup
 	cond := sync.NewCond(&m.mu)
+	// Wake the waiter if ctx ends while it waits.
+	stop := context.AfterFunc(ctx, func() { m.mu.Lock(); cond.Broadcast(); m.mu.Unlock() })
+	defer stop()
 	for _, mv := range job.Moves {
 		m.mu.Lock()
 		for ctx.Err() == nil && (job.Running >= n.cfg.MaxMoves || m.perPod[mv.From] >= n.cfg.MaxMovesPerPod || m.perPod[mv.To] >= n.cfg.MaxMovesPerPod) {
@@ -164,8 +179,6 @@ func (m *mover) execute(ctx context.Context, job *rebalanceJob) {
 			m.mu.Unlock()
 		}()
 	}
-	// Wake the waiter if ctx ended while it waited.
-	go func() { <-ctx.Done(); m.mu.Lock(); cond.Broadcast(); m.mu.Unlock() }()
 	wg.Wait()
 	m.mu.Lock()
 	job.FinishedAt = time.Now()
@@ -193,7 +206,9 @@ func (m *mover) moveAndWait(ctx context.Context, mv assignments.Move) error {
 			}
 			return fmt.Errorf("move aborted; still on %s", g.Owner)
 		}
-		time.Sleep(10 * time.Millisecond)
+		if !sleepCtx(ctx, 10*time.Millisecond) {
+			break
+		}
 	}
 	return ctx.Err()
 }

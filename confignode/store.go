@@ -26,6 +26,8 @@ type Store struct {
 	hist  *history
 	// applied is called after each change (outside the lock) with its events.
 	applied func([]fsm.Event)
+	// beforeApply, when set (tests), runs before each command is applied.
+	beforeApply func(fsm.Command)
 }
 
 func newStore(historySize int) *Store {
@@ -54,6 +56,9 @@ func (s *Store) Apply(l *raft.Log) interface{} {
 	cmd, err := fsm.DecodeCommand(l.Data)
 	if err != nil {
 		return applyResponse{err: fmt.Errorf("log index %d: %w", l.Index, err)}
+	}
+	if s.beforeApply != nil {
+		s.beforeApply(cmd)
 	}
 	s.mu.Lock()
 	events, err := s.state.Apply(l.Index, cmd)

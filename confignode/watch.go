@@ -1,27 +1,38 @@
 package confignode
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/modbot/modbot/assignments"
 	"github.com/modbot/modbot/internal/httpapi"
 )
 
-// handleWatch streams the change stream as Server-Sent Events.
+// watchWriteTimeout bounds the write of one frame (at most
+// assignments.MaxFrameBytes) to a watcher; a slower watcher is dropped and
+// resumes from its revision.
+const watchWriteTimeout = 10 * time.Second
+
+// handleWatch streams the change stream as Server-Sent Events, in the wire
+// format of assignments/wire.go.
 //
 // Contract (DESIGN §6, tested in watch_test.go): every change after `from`
-// (or Last-Event-ID) in revision order, none missing, none twice; each SSE
-// message carries one revision's events and `id:` = that revision, so a client
-// resumes with Last-Event-ID; `event: progress` messages carry the revision
-// the client has seen everything up to, at least every WatchProgress when
-// idle; a `from` older than the retained history gets 410 Gone with the
-// oldest revision a watch may start from — the client then lists
-// (/v1/snapshot) and watches from the snapshot's revision. Served by every
-// node from its own applied state, so followers serve watches too.
+// (or Last-Event-ID) in revision order, none missing, none twice; one
+// revision's events in one or more `change` frames written back to back, no
+// line longer than assignments.MaxFrameBytes, `id:` = the revision on its
+// last frame only, so a client resumes with Last-Event-ID; `progress`
+// messages when the stream opens and at least every WatchProgress after,
+// idle or busy, between revisions, saying which revision the client has
+// everything up to and what this node knows of the leader, so that a client
+// can tell a node that is current from one cut off from the majority; a
+// `from` older than the retained history gets 410 Gone with the oldest
+// revision a watch may start from — the client then lists (/v1/snapshot) and
+// watches from the snapshot's revision. Served by every node from its own
+// applied state, so followers serve watches too.
 func (n *Node) handleWatch(w http.ResponseWriter, r *http.Request) {
 	from := n.store.Revision()
 	arg := r.URL.Query().Get("from")
@@ -55,46 +66,70 @@ func (n *Node) handleWatch(w http.ResponseWriter, r *http.Request) {
 	n.metrics.watchers.Inc()
 	defer n.metrics.watchers.Dec()
 
+	// write sends b in pieces of at most MaxFrameBytes, each with its own
+	// deadline; flush sends what is buffered.
 	write := func(b []byte) bool {
-		_ = rc.SetWriteDeadline(time.Now().Add(10 * time.Second))
-		if _, err := w.Write(b); err != nil {
-			return false
+		for len(b) > 0 {
+			k := min(len(b), assignments.MaxFrameBytes)
+			_ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
+			if _, err := w.Write(b[:k]); err != nil {
+				return false
+			}
+			b = b[k:]
 		}
+		return true
+	}
+	flush := func() bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
 		return rc.Flush() == nil
 	}
-	progress := func(rev uint64) bool {
-		b, _ := json.Marshal(map[string]any{"revision": rev, "node": n.cfg.ID, "leader": n.leaderID()})
-		return write([]byte("event: progress\ndata: " + string(b) + "\n\n"))
+	progress := func(pos uint64) bool {
+		return write(assignments.AppendProgressFrame(nil, n.watchProgress(pos))) && flush()
 	}
 	// A first progress message tells the client the stream is live.
 	if !progress(from) {
 		return
 	}
 	pos := from
+	// Not reset by changes: progress comes at least every WatchProgress even
+	// while changes flow, so a client always gets fresh proof of currency.
 	ticker := time.NewTicker(n.cfg.WatchProgress)
 	defer ticker.Stop()
 	for {
 		batches, wait, oldest, ok := n.store.hist.since(pos, 256)
 		if !ok {
 			// The history was replaced by a snapshot install: the client must relist.
-			b, _ := json.Marshal(assignments.ErrorBody{Error: "history compacted; relist", OldestRevision: oldest})
-			write([]byte("event: gone\ndata: " + string(b) + "\n\n"))
+			write(assignments.AppendGoneFrame(nil, assignments.ErrorBody{Error: "history compacted; relist", OldestRevision: oldest}))
+			flush()
 			return
 		}
 		if len(batches) > 0 {
 			// Write every ready batch, then flush once.
-			_ = rc.SetWriteDeadline(time.Now().Add(10 * time.Second))
 			for _, b := range batches {
-				if _, err := w.Write(b.frame); err != nil {
+				frame, _, err := b.encoded()
+				if err != nil {
+					// Never skip a revision: make the client relist instead.
+					n.log.Error("cannot encode a revision for watchers; telling them to relist", "revision", b.revision, "err", err)
+					write(assignments.AppendGoneFrame(nil, assignments.ErrorBody{Error: fmt.Sprintf("revision %d cannot be streamed; relist", b.revision), OldestRevision: oldest}))
+					flush()
+					return
+				}
+				if !write(frame) {
 					return
 				}
 				n.metrics.watchSent.Add(float64(len(b.events)))
+				pos = b.revision
 			}
-			if rc.Flush() != nil {
+			if !flush() {
 				return
 			}
-			pos = batches[len(batches)-1].revision
-			ticker.Reset(n.cfg.WatchProgress)
+			select {
+			case <-ticker.C:
+				if !progress(pos) {
+					return
+				}
+			default:
+			}
 			continue
 		}
 		select {
@@ -109,4 +144,28 @@ func (n *Node) handleWatch(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+}
+
+// watchProgress is the progress message for a stream that has delivered
+// everything up to pos: what this node knows of the leader and its own
+// revision, so that the client can judge whether the node is current
+// (assignments.Progress.CheckCurrent).
+func (n *Node) watchProgress(pos uint64) assignments.Progress {
+	p := assignments.Progress{
+		Revision:        pos,
+		Node:            n.cfg.ID,
+		Leader:          n.leaderID(),
+		NodeRevision:    n.store.Revision(),
+		Term:            n.raft.CurrentTerm(),
+		LeaderContactMs: -1,
+	}
+	switch {
+	case n.raft.State() == raft.Leader:
+		p.LeaderContactMs = 0
+	case p.Leader != "":
+		if lc := n.raft.LastContact(); !lc.IsZero() {
+			p.LeaderContactMs = time.Since(lc).Milliseconds()
+		}
+	}
+	return p
 }

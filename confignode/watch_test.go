@@ -1,6 +1,7 @@
 package confignode
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -44,49 +45,59 @@ func openWatch(t *testing.T, base, from, lastEventID string) (*http.Response, *a
 	return resp, assignments.NewSSEReader(resp.Body)
 }
 
-type wireChange struct {
-	Revision uint64      `json:"revision"`
-	Events   []fsm.Event `json:"events"`
-}
-
-type wireProgress struct {
-	Revision uint64 `json:"revision"`
-	Node     string `json:"node"`
-	Leader   string `json:"leader"`
-}
-
-// readChanges reads messages until the change at revision last, checking the
-// framing of every change message; progress messages are skipped.
-func readChanges(t *testing.T, rd *assignments.SSEReader, last uint64) []wireChange {
+// readChanges reads messages until the change at revision last and returns
+// every revision whole, checking the framing of each change frame: the
+// fragments of one revision back to back, More on all but the last, `id:` =
+// the revision on the last only, every event of the revision's; progress
+// messages are skipped.
+func readChanges(t *testing.T, rd *assignments.SSEReader, last uint64) []assignments.WatchChange {
 	t.Helper()
-	var out []wireChange
+	var out []assignments.WatchChange
+	var cur *assignments.WatchChange
 	for {
 		m, err := rd.Next()
 		if err != nil {
 			t.Fatalf("read stream after %d changes: %v", len(out), err)
 		}
-		if m.Event == "progress" {
+		if m.Event == assignments.SSEProgress && cur == nil {
 			continue
 		}
-		if m.Event != "change" {
-			t.Fatalf("unexpected message %+v", m)
+		if m.Event != assignments.SSEChange {
+			t.Fatalf("unexpected message %+v (inside revision: %v)", m, cur != nil)
 		}
-		var c wireChange
-		if err := json.Unmarshal([]byte(m.Data), &c); err != nil {
+		var f assignments.ChangeFrame
+		if err := json.Unmarshal([]byte(m.Data), &f); err != nil {
 			t.Fatalf("decode %q: %v", m.Data, err)
 		}
-		if m.ID != strconv.FormatUint(c.Revision, 10) {
-			t.Fatalf("id %q but revision %d", m.ID, c.Revision)
+		if len(f.Chunk) > 0 {
+			t.Fatalf("revision %d: an event sent in chunks", f.Revision)
 		}
-		for _, e := range c.Events {
-			if e.Revision != c.Revision {
-				t.Fatalf("event of revision %d in the message of revision %d", e.Revision, c.Revision)
+		switch {
+		case cur == nil:
+			cur = &assignments.WatchChange{Revision: f.Revision}
+		case cur.Revision != f.Revision:
+			t.Fatalf("a fragment of revision %d inside revision %d", f.Revision, cur.Revision)
+		}
+		cur.Events = append(cur.Events, f.Events...)
+		if f.More {
+			if m.ID != "" {
+				t.Fatalf("id %q on a fragment of revision %d that is not its last", m.ID, f.Revision)
+			}
+			continue
+		}
+		if m.ID != strconv.FormatUint(f.Revision, 10) {
+			t.Fatalf("id %q on the last frame of revision %d", m.ID, f.Revision)
+		}
+		for _, e := range cur.Events {
+			if e.Revision != cur.Revision {
+				t.Fatalf("event of revision %d in the message of revision %d", e.Revision, cur.Revision)
 			}
 		}
-		out = append(out, c)
-		if c.Revision >= last {
+		out = append(out, *cur)
+		if cur.Revision >= last {
 			return out
 		}
+		cur = nil
 	}
 }
 
@@ -264,12 +275,17 @@ func TestWatchStreamContract(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var p wireProgress
-			if m.Event != "progress" || json.Unmarshal([]byte(m.Data), &p) != nil {
+			var p assignments.Progress
+			if m.Event != assignments.SSEProgress || json.Unmarshal([]byte(m.Data), &p) != nil {
 				t.Fatalf("message %d: %+v, want progress", i, m)
 			}
-			if p.Revision != last || p.Node != "config-0" || p.Leader != "config-0" {
-				t.Fatalf("progress %+v, want revision %d from config-0", p, last)
+			// The leader proves it is current: it is the leader, and at
+			// the revision it says the stream is at.
+			if p.Revision != last || p.Node != "config-0" || p.Leader != "config-0" || p.NodeRevision != last || p.Term == 0 || p.LeaderContactMs != 0 {
+				t.Fatalf("progress %+v, want revision %d from config-0, the leader", p, last)
+			}
+			if err := p.CheckCurrent(assignments.Learned{Revision: last}, time.Second); err != nil {
+				t.Fatalf("the leader's progress does not prove it current: %v", err)
 			}
 		}
 		// Three progress messages (the first at once) within a generous
@@ -277,6 +293,54 @@ func TestWatchStreamContract(t *testing.T) {
 		if d := time.Since(start); d > 2*time.Second {
 			t.Fatalf("3 progress messages took %s with a 100 ms interval", d)
 		}
+	})
+
+	t.Run("ProgressEvenWhileChangesFlow", func(t *testing.T) {
+		// Changes without a pause longer than the progress interval: a
+		// watcher still gets progress, so it can keep proving it is current.
+		_, rd := openWatch(t, base, strconv.FormatUint(last, 10), "")
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		writes := make(chan error, 1)
+		go func() {
+			defer close(writes)
+			c := tc.client()
+			for k := 0; ctx.Err() == nil; k++ {
+				if _, err := c.PlaceGuilds(ctx, guildIDs(10_000+k, 1)); err != nil && ctx.Err() == nil {
+					writes <- err
+					return
+				}
+			}
+		}()
+		var kinds []string
+		amid := 0 // progress messages with changes before and after them
+		pending := 0
+		changes := 0
+		for amid < 3 {
+			m, err := rd.Next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			kinds = append(kinds, m.Event)
+			switch m.Event {
+			case assignments.SSEChange:
+				changes++
+				amid += pending
+				pending = 0
+			case assignments.SSEProgress:
+				if changes > 0 {
+					pending++
+				}
+			}
+			if changes > 2000 {
+				t.Fatalf("%d changes and only %d progress messages amid them", changes, amid)
+			}
+		}
+		cancel()
+		if err := <-writes; err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%d progress messages amid %d changes", amid, changes)
 	})
 
 	t.Run("GoneWithOldestRevisionBeforeRetainedHistory", func(t *testing.T) {
@@ -548,7 +612,152 @@ func TestWatcherWithEveryNodeDownKeepsItsMapThenCatchesUp(t *testing.T) {
 		return lg[len(lg)-1].Revision == rev2
 	})
 	assertGapFree(t, tc, l, "after the cluster returned", log.snapshot(), rev2)
-	if w.Staleness() > 5*time.Second {
-		t.Fatalf("staleness %s after catching up", w.Staleness())
+	// The restarted cluster proves the map current within a progress
+	// interval (2 s).
+	waitFor(t, 10*time.Second, "proof of currency from the restarted cluster", func() bool { return w.Staleness() < 3*time.Second })
+}
+
+// ---- bounded frames (DESIGN §6: the largest command the API accepts must
+// still reach every client) ----
+
+// maxLine is the longest line of b.
+func maxLine(b []byte) int {
+	longest := 0
+	for _, l := range bytes.Split(b, []byte("\n")) {
+		longest = max(longest, len(l))
+	}
+	return longest
+}
+
+// From the review: POST /v1/guilds accepts 100,000 guilds in one command, one
+// revision of 100,000 events; sent as one 16.9 MB SSE message it was past the
+// watchers' 16 MiB line limit, and every watcher stopped there for good (with
+// a large --watch-history), or until a later write evicted it (410, relist).
+func TestEveryWatcherReceivesTheLargestAcceptedCommand(t *testing.T) {
+	for _, hist := range []struct {
+		name string
+		size int
+	}{{"default-history", 0}, {"history-1M", 1_000_000}} {
+		t.Run(hist.name, func(t *testing.T) {
+			tc := newTestCluster(t, 1, func(_ int, c *Config) { c.WatchHistory = hist.size })
+			tc.registerPods(3)
+			w, log := startWatcher(t, "big", tc.urls())
+			ctx := context.Background()
+			if err := w.WaitSynced(ctx); err != nil {
+				t.Fatal(err)
+			}
+			c := tc.client()
+			ids := guildIDs(0, 100_000)
+			start := time.Now()
+			res, err := c.PlaceGuilds(ctx, ids)
+			if err != nil {
+				t.Fatalf("place: %v", err)
+			}
+			placed := time.Since(start)
+			batches, _, _, _ := tc.nodes[0].store.hist.since(res.Revision-1, 1)
+			if len(batches) != 1 || batches[0].revision != res.Revision || len(batches[0].events) != 100_000 {
+				t.Fatalf("history after the placement: %d batches", len(batches))
+			}
+			b := batches[0]
+			frame, frames, err := b.encoded()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l := maxLine(frame); l > assignments.MaxFrameBytes {
+				t.Fatalf("a line of %d bytes, limit %d", l, assignments.MaxFrameBytes)
+			}
+			wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			err = w.WaitRevision(wctx, res.Revision)
+			cancel()
+			if err != nil {
+				t.Fatalf("the watcher did not get the 100,000-guild revision: at %d, node at %d: %v", w.Revision(), tc.nodes[0].store.Revision(), err)
+			}
+			t.Logf("revision %d: %d events in %d frames, %d bytes, longest line %d (limit %d); placed in %s, the watcher had it %s after the write began",
+				b.revision, len(b.events), frames, len(frame), maxLine(frame), assignments.MaxFrameBytes, placed.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+			if got := len(w.GuildsOwnedBy("gateway-0")) + len(w.GuildsOwnedBy("gateway-1")) + len(w.GuildsOwnedBy("gateway-2")); got != 100_000 {
+				t.Fatalf("the watcher's pods own %d guilds, want 100000", got)
+			}
+			// It came as one change, not a relist.
+			for _, ch := range log.snapshot()[1:] {
+				if ch.Relisted {
+					t.Fatalf("the watcher relisted at %d", ch.Revision)
+				}
+			}
+			// And the stream goes on.
+			res2, err := c.PlaceGuilds(ctx, guildIDs(200_000, 1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			wctx, cancel = context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			if err := w.WaitRevision(wctx, res2.Revision); err != nil {
+				t.Fatalf("after one more write: watcher at %d: %v", w.Revision(), err)
+			}
+			assertSameSnapshot(t, "after the big placement", w.Snapshot(), tc.state(0))
+		})
+	}
+}
+
+func TestABigRevisionIsSentInBoundedFramesWithItsIDOnTheLastOnly(t *testing.T) {
+	tc := newTestCluster(t, 1, nil)
+	tc.registerPods(2)
+	c := tc.client()
+	_, before := tc.settle()
+	res, err := c.PlaceGuilds(context.Background(), guildIDs(0, 20_000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.place(c, 30_000, 1)
+	_, last := tc.settle()
+	base := tc.urls()[0]
+	read := func(rd *assignments.SSEReader) []assignments.WatchChange {
+		t.Helper()
+		got := readChanges(t, rd, last) // checks the framing of every frame
+		if len(got) != 2 || got[0].Revision != res.Revision || len(got[0].Events) != 20_000 || got[1].Revision != last {
+			t.Fatalf("changes %d, want revisions %d (20000 events) and %d", len(got), res.Revision, last)
+		}
+		return got
+	}
+	_, rd := openWatch(t, base, strconv.FormatUint(before, 10), "")
+	read(rd)
+	batches, _, _, _ := tc.nodes[0].store.hist.since(res.Revision-1, 1)
+	if _, frames, _ := batches[0].encoded(); len(batches) != 1 || frames < 3 {
+		t.Fatalf("20,000 guild events in %d frames; want them split", frames)
+	}
+	// Last-Event-ID names whole revisions: resuming from the one before the
+	// big revision sends it again whole; from the big one, only what follows.
+	_, rd = openWatch(t, base, "", strconv.FormatUint(before, 10))
+	read(rd)
+	_, rd = openWatch(t, base, "", strconv.FormatUint(res.Revision, 10))
+	if got := readChanges(t, rd, last); len(got) != 1 || got[0].Revision != last {
+		t.Fatalf("resumed after the big revision: %+v", got)
+	}
+}
+
+// A follower cut off from the majority keeps serving its stream, with no
+// leader in its progress: the watcher must not call the map fresh.
+func TestWatcherOnAFollowerCutOffFromTheMajorityReportsItsRealStaleness(t *testing.T) {
+	tc := newTestCluster(t, 3, func(_ int, c *Config) { c.WatchProgress = 100 * time.Millisecond })
+	tc.registerPods(2)
+	l, _ := tc.settle()
+	f := (l + 1) % 3
+	w, _ := startWatcher(t, "w", []string{tc.urls()[f]}) // StaleAfter 3 s
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := w.WaitSynced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "proof from the follower while the cluster is whole", func() bool { return w.Staleness() < time.Second })
+	for i := range tc.nodes {
+		if i != f {
+			tc.kill(i)
+		}
+	}
+	// The follower is up and streaming, but knows no leader.
+	waitFor(t, 5*time.Second, "the follower to lose its leader", func() bool { return tc.nodes[f].leaderID() == "" })
+	start := time.Now()
+	waitFor(t, 10*time.Second, "staleness to pass StaleAfter", func() bool { return w.Staleness() > 3*time.Second })
+	if s := w.Staleness(); s < time.Since(start) {
+		t.Fatalf("staleness %s, less than the %s since the follower lost its leader", s, time.Since(start))
 	}
 }

@@ -114,7 +114,7 @@ func TestDevRunsTheWholeSystemAndLeavesNothingBehind(t *testing.T) {
 			}
 			out = append(out, l)
 			if strings.Contains(l, "/dashboard") {
-				dashboard = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(l), "open"))
+				dashboard = regexp.MustCompile(`http://\S+/dashboard`).FindString(l)
 			}
 		case <-deadline:
 			t.Fatalf("no dashboard URL printed after 120s:\n%s\n%s", strings.Join(out, "\n"), stderr.String())
@@ -137,6 +137,11 @@ func TestDevRunsTheWholeSystemAndLeavesNothingBehind(t *testing.T) {
 	// Messages through the fake's control API, read back through the proxy.
 	guild := regexp.MustCompile(`/guild/(\d+)/`).FindStringSubmatch(dashboard)[1]
 	fake := fmt.Sprintf("http://127.0.0.1:%d", 7900+off)
+	devToken, err := os.ReadFile(filepath.Join(state, "token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dashboardMessages := func(t *testing.T, url string) int { return readDashboard(t, url, strings.TrimSpace(string(devToken))) }
 	before := dashboardMessages(t, dashboard)
 	for i := 0; i < 5; i++ {
 		resp, err := http.Post(fake+"/_fake/guilds/"+guild+"/messages", "application/json", strings.NewReader(`{"content":"hello"}`))
@@ -211,10 +216,11 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-func dashboardMessages(t *testing.T, url string) int {
+func readDashboard(t *testing.T, url, token string) int {
 	t.Helper()
 	req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, url, nil)
 	req.Header.Set("Accept", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return -1

@@ -127,7 +127,10 @@ func printTryCommands(ctx context.Context, o Options, c *assignments.Client) {
 	if !o.Proxy {
 		base = fmt.Sprintf("http://%s:%d", o.Host, o.GatewayBasePort)
 	}
-	fmt.Fprintf(o.Out, "  open %s/guild/%d/dashboard\n", base, guild.ID)
+	// Dashboards are private: the admin token reads any of them (Discord
+	// login for moderators is issue 16).
+	fmt.Fprintf(o.Out, "  curl -H \"Authorization: Bearer $(cat %s)\" -H 'Accept: application/json' %s/guild/%d/dashboard\n",
+		filepath.Join(o.Dir, "token"), base, guild.ID)
 	if o.Traffic > 0 {
 		fmt.Fprintf(o.Out, "\nsynthetic traffic: %.0f messages/s plus some reports and moderation events (--traffic 0 turns it off)\n", o.Traffic)
 	}

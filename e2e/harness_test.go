@@ -1,6 +1,7 @@
-// Package e2e runs the real components together on loopback: config nodes
-// over Raft/TCP, the fake Discord speaking the real gateway and REST
-// protocols, gateway pods with their own SQLite files, and the proxy.
+// Package e2e runs the real components together on loopback, as package
+// systest starts them: config nodes over Raft/TCP, the fake Discord speaking
+// the real gateway and REST protocols, gateway pods with their own SQLite
+// files, and the proxy.
 package e2e
 
 import (
@@ -12,17 +13,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/modbot/modbot/benchmarks"
 	"github.com/modbot/modbot/fsm"
+	"github.com/modbot/modbot/systest"
 )
 
-const token = "bench-token" // benchmarks.StartCluster's token
+const token = systest.Token // the config nodes' and pods' bearer token
 
-// system is benchmarks.System (the whole of modbot in this process) with
+// system is systest.System (the whole of modbot in this process) with
 // helpers that fail the test instead of returning errors.
 type system struct {
 	t *testing.T
-	*benchmarks.System
+	*systest.System
 }
 
 func quiet() *slog.Logger {
@@ -36,7 +37,7 @@ func quiet() *slog.Logger {
 // count; gateways are added with addGateway.
 func newSystem(t *testing.T, shards int) *system {
 	t.Helper()
-	sys, err := benchmarks.StartSystem(context.Background(), t.TempDir(), benchmarks.SystemOptions{Shards: shards, Logger: quiet()})
+	sys, err := systest.StartSystem(context.Background(), t.TempDir(), systest.SystemOptions{Shards: shards, Logger: quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}

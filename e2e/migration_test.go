@@ -18,9 +18,9 @@ import (
 	"time"
 
 	"github.com/modbot/modbot/assignments"
-	"github.com/modbot/modbot/benchmarks"
 	"github.com/modbot/modbot/fsm"
 	"github.com/modbot/modbot/proxy"
+	"github.com/modbot/modbot/systest"
 )
 
 // ---- helpers shared by the migration and rebalance tests ----
@@ -264,7 +264,7 @@ func guildEvents(t *testing.T, w *assignments.Watcher, g uint64) func() []fsm.Ev
 func (s *system) fill(owner int, g uint64, n int) {
 	s.t.Helper()
 	ctx := context.Background()
-	if err := benchmarks.InsertMessages(ctx, s.Gateways[owner].Store(), g, s.owner(g).Epoch, 1<<40, n, 5000); err != nil {
+	if err := systest.InsertMessages(ctx, s.Gateways[owner].Store(), g, s.owner(g).Epoch, 1<<40, n, 5000); err != nil {
 		s.t.Fatal(err)
 	}
 }
@@ -405,6 +405,7 @@ func TestMoveUnderTrafficLosesNothing(t *testing.T) {
 			}
 			req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/guild/%d/dashboard", purl, g), nil)
 			req.Header.Set("Accept", "application/json")
+			req.Header.Set("Authorization", "Bearer "+token)
 			h := dashboardHit{}
 			if resp, err := httpc.Do(req); err == nil {
 				h.status = resp.StatusCode

@@ -23,7 +23,7 @@
 // messages, injects faults (drop, reconnect, invalid session, stall) and
 // delivers interactions. All methods are safe for concurrent use.
 //
-// Use ClientFor / ConfigureSession to point a discordgo.Session at a fake
+// Use discordgw.ClientFor / discordgw.ConfigureSession to point a discordgo.Session at a fake
 // without touching discordgo's package-level endpoint variables.
 package fakediscord
 

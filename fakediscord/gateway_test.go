@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/modbot/modbot/gatewaynode/discordgw"
 	"sort"
 	"strings"
 	"sync"
@@ -238,7 +239,7 @@ type rawGateway struct {
 
 func dialRaw(t *testing.T, base string) *rawGateway {
 	t.Helper()
-	_, dialer, err := ClientFor(base)
+	_, dialer, err := discordgw.ClientFor(base)
 	if err != nil {
 		t.Fatal(err)
 	}

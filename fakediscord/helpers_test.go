@@ -2,6 +2,7 @@ package fakediscord
 
 import (
 	"fmt"
+	"github.com/modbot/modbot/gatewaynode/discordgw"
 	"log/slog"
 	"os"
 	"sync"
@@ -125,7 +126,7 @@ func (h *harness) tryOpen(token string, shardID, shardCount int, compress bool) 
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := ConfigureSession(sess, h.base); err != nil {
+	if err := discordgw.ConfigureSession(sess, h.base); err != nil {
 		return nil, nil, err
 	}
 	sess.ShardID, sess.ShardCount = shardID, shardCount

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"github.com/modbot/modbot/gatewaynode/discordgw"
 	"io"
 	"net/http"
 	"strings"
@@ -52,7 +53,7 @@ func restSession(t *testing.T, base, token string) *discordgo.Session {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ConfigureSession(s, base); err != nil {
+	if err := discordgw.ConfigureSession(s, base); err != nil {
 		t.Fatal(err)
 	}
 	s.LogLevel = -1

@@ -42,6 +42,13 @@ func (s *State) Validate(c Command) error {
 				return reject(ErrConflict, "register pod %s: ordinal %d already belongs to %s", p.ID, p.Ordinal, o.ID)
 			}
 		}
+	case CmdPodAlive:
+		if c.Version < 2 {
+			return reject(ErrUnsupported, "%s needs command version 2, got %d", c.Type, c.Version)
+		}
+		if _, ok := s.Pods[c.PodID]; !ok {
+			return reject(ErrNotFound, "unknown pod %q", c.PodID)
+		}
 	case CmdMarkPodDown, CmdDrainPod, CmdRemovePod:
 		p, ok := s.Pods[c.PodID]
 		if !ok {
@@ -132,17 +139,25 @@ func (s *State) Validate(c Command) error {
 		if len(c.Checkpoints) == 0 {
 			return reject(ErrInvalid, "no checkpoints given")
 		}
+		if c.Version >= 2 && c.PodID == "" {
+			return reject(ErrInvalid, "save checkpoints: pod is required")
+		}
 		for shard, cp := range c.Checkpoints {
 			if shard < 0 || shard >= s.ShardCount {
 				return reject(ErrInvalid, "shard %d out of range [0, %d)", shard, s.ShardCount)
 			}
-			// Fencing: only the current holder may move a shard's resume point,
-			// so a pod that lost the shard cannot overwrite its successor's.
-			if s.Shards[shard] != c.PodID {
-				return reject(ErrConflict, "pod %q does not hold shard %d (holder %q)", c.PodID, shard, s.Shards[shard])
-			}
 			if cp.SessionID == "" || cp.Seq < 0 {
 				return reject(ErrInvalid, "shard %d: checkpoint needs a session id and a seq >= 0", shard)
+			}
+			// Fencing: only the current holder at the current holder epoch
+			// may move a shard's resume point, so a pod that lost the shard
+			// — even one that got it back since, with a session of the old
+			// tenure — cannot overwrite its successor's.
+			if s.Shards[shard] != c.PodID {
+				return reject(ErrStaleEpoch, "pod %q does not hold shard %d (holder %q at epoch %d)", c.PodID, shard, s.Shards[shard], s.ShardEpochs[shard])
+			}
+			if c.Version >= 2 && cp.Epoch != s.ShardEpochs[shard] {
+				return reject(ErrStaleEpoch, "shard %d: holder epoch %d is stale, %s holds it at epoch %d", shard, cp.Epoch, c.PodID, s.ShardEpochs[shard])
 			}
 		}
 	case CmdRemoveConfigNode:
@@ -168,6 +183,7 @@ func (s *State) Apply(index uint64, c Command) ([]Event, error) {
 		if s.ShardCount == 0 {
 			s.ShardCount = c.ShardCount
 			s.Shards = make([]string, c.ShardCount)
+			s.ShardEpochs = make([]uint64, c.ShardCount)
 			a.emit(Event{Type: EventInit, ShardCount: c.ShardCount})
 			a.rebalanceShards()
 		}
@@ -179,7 +195,7 @@ func (s *State) Apply(index uint64, c Command) ([]Event, error) {
 		}
 	case CmdSaveCheckpoints:
 		for shard, cp := range c.Checkpoints {
-			cp.Holder, cp.At = c.PodID, c.At
+			cp.Holder, cp.At, cp.Epoch = c.PodID, c.At, s.ShardEpochs[shard]
 			s.Checkpoints[shard] = cp
 		}
 	case CmdRemoveConfigNode:
@@ -189,8 +205,25 @@ func (s *State) Apply(index uint64, c Command) ([]Event, error) {
 	case CmdRegisterPod:
 		a.registerPod(*c.Pod)
 	case CmdMarkPodDown:
+		p := s.Pods[c.PodID]
+		if p.State != PodDown && c.Version >= 2 {
+			// Remember the operator's drain while the pod is away.
+			p.Drain = p.State == PodDraining
+		}
 		a.setPodState(c.PodID, PodDown)
+	case CmdPodAlive:
+		// A pod that was marked down is back: it returns to what it was,
+		// draining when it was draining. A pod that is not down is unchanged.
+		if p := s.Pods[c.PodID]; p.State == PodDown {
+			st := PodActive
+			if p.Drain {
+				st = PodDraining
+			}
+			p.Drain = false
+			a.setPodState(c.PodID, st)
+		}
 	case CmdDrainPod:
+		s.Pods[c.PodID].Drain = false // set only while down; draining now
 		a.setPodState(c.PodID, PodDraining)
 	case CmdRemovePod:
 		p := s.Pods[c.PodID]
@@ -305,7 +338,7 @@ func (a *applier) registerPod(spec PodSpec) {
 		p = &Pod{ID: spec.ID}
 		s.Pods[spec.ID] = p
 	}
-	p.Ordinal, p.Addr = spec.Ordinal, spec.Addr
+	p.Ordinal, p.Addr, p.Drain = spec.Ordinal, spec.Addr, false
 	if p.State != PodActive {
 		p.State, p.Since = PodActive, a.cmd.At
 	}
@@ -382,12 +415,19 @@ func (a *applier) rebalanceShards() {
 	}
 }
 
+// setHolder gives a shard to pod (or to nobody). Every change of holder is a
+// new tenure with a new holder epoch, the entry's Raft index, so that a pod
+// that lost the shard — or lost it and got it back — is fenced off from its
+// old tenure. (Version-1 entries keep the epoch, as they did when written.)
 func (a *applier) setHolder(shard int, pod string) {
 	if a.s.Shards[shard] == pod {
 		return
 	}
 	a.s.Shards[shard] = pod
-	a.emit(Event{Type: EventShard, Shard: &ShardAssignment{Shard: shard, Holder: pod}})
+	if a.cmd.Version >= 2 {
+		a.s.ShardEpochs[shard] = a.index
+	}
+	a.emit(Event{Type: EventShard, Shard: &ShardAssignment{Shard: shard, Holder: pod, Epoch: a.s.ShardEpochs[shard]}})
 }
 
 // String describes a command for logs.

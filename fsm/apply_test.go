@@ -6,10 +6,18 @@ import (
 	"testing"
 )
 
-func TestCommandsAreRejectedWithClearErrors(t *testing.T) {
+// TestRejectedCommandsChangeNothing: every kind of bad, stale or fenced
+// command is refused with its error kind and a message, and leaves the
+// state byte-for-byte as it was.
+func TestRejectedCommandsChangeNothing(t *testing.T) {
 	s := cluster(t, 4, 2)
 	mustApply(t, s, 10, Command{Type: CmdPlaceGuilds, GuildIDs: []uint64{1 << 22, 2 << 22}})
 	mustApply(t, s, 11, Command{Type: CmdStartMove, Guild: 1 << 22, To: "gateway-1"})
+	holder0, epoch0 := s.Shards[0], s.ShardEpochs[0]
+	other := map[string]string{"gateway-0": "gateway-1", "gateway-1": "gateway-0"}[holder0]
+	cp := func(epoch uint64) map[int]Checkpoint {
+		return map[int]Checkpoint{0: {SessionID: "sess", Seq: 5, Epoch: epoch}}
+	}
 	tests := []struct {
 		name string
 		cmd  Command
@@ -31,6 +39,16 @@ func TestCommandsAreRejectedWithClearErrors(t *testing.T) {
 		{"complete with stale epoch", Command{Type: CmdCompleteMove, Guild: 1 << 22, Epoch: 10}, ErrStaleEpoch},
 		{"abort a guild not migrating", Command{Type: CmdAbortMove, Guild: 2 << 22, Epoch: 1}, ErrConflict},
 		{"remove migrating guild", Command{Type: CmdRemoveGuilds, GuildIDs: []uint64{1 << 22}}, ErrConflict},
+		{"checkpoint from a pod that does not hold the shard", Command{Type: CmdSaveCheckpoints, PodID: other, Checkpoints: cp(epoch0)}, ErrStaleEpoch},
+		{"checkpoint from the holder at a stale epoch", Command{Type: CmdSaveCheckpoints, PodID: holder0, Checkpoints: cp(epoch0 - 1)}, ErrStaleEpoch},
+		{"checkpoint without an epoch", Command{Type: CmdSaveCheckpoints, PodID: holder0, Checkpoints: cp(0)}, ErrStaleEpoch},
+		{"checkpoint without a pod", Command{Type: CmdSaveCheckpoints, Checkpoints: cp(epoch0)}, ErrInvalid},
+		{"checkpoint of a shard out of range", Command{Type: CmdSaveCheckpoints, PodID: holder0, Checkpoints: map[int]Checkpoint{4: {SessionID: "s", Epoch: epoch0}}}, ErrInvalid},
+		{"checkpoint without a session", Command{Type: CmdSaveCheckpoints, PodID: holder0, Checkpoints: map[int]Checkpoint{0: {Epoch: epoch0}}}, ErrInvalid},
+		{"one stale checkpoint refuses the whole save", Command{Type: CmdSaveCheckpoints, PodID: holder0, Checkpoints: map[int]Checkpoint{
+			0: {SessionID: "s", Epoch: epoch0}, 1: {SessionID: "s", Epoch: s.ShardEpochs[1] + 1}}}, ErrStaleEpoch},
+		{"pod alive at version 1", Command{Version: 1, Type: CmdPodAlive, PodID: "gateway-0"}, ErrUnsupported},
+		{"pod alive of an unknown pod", Command{Type: CmdPodAlive, PodID: "gateway-9"}, ErrNotFound},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

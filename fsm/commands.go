@@ -6,8 +6,21 @@ import (
 	"fmt"
 )
 
-// CommandVersion is the newest command encoding this build understands.
-const CommandVersion = 1
+// CommandVersion is the newest command encoding this build understands, and
+// the version the leader proposes.
+//
+//   - 1: the original commands.
+//   - 2: shard holder epochs (a holder change at index I sets the shard's
+//     epoch to I), fenced checkpoint saves (Checkpoint.Epoch must be the
+//     shard's current epoch), CmdPodAlive, and the drain remembered across
+//     a pod's down time (Pod.Drain).
+//
+// Apply keeps the exact version-1 meaning of version-1 entries (a holder
+// change leaves the epoch alone, checkpoints are fenced by holder only, a
+// pod marked down forgets its drain), so that a log written by an older build
+// replays to the same state on every node, whether it starts from a version-1
+// snapshot or from the beginning of the log.
+const CommandVersion = 2
 
 // CommandType names a state transition.
 type CommandType string
@@ -26,7 +39,8 @@ const (
 	CmdRemoveGuilds     CommandType = "remove_guilds"      // GuildIDs (the bot left them)
 	CmdSetConfigNode    CommandType = "set_config_node"    // ConfigNode: a config node's addresses
 	CmdRemoveConfigNode CommandType = "remove_config_node" // PodID names the config node
-	CmdSaveCheckpoints  CommandType = "save_checkpoints"   // PodID, Checkpoints: the holder's resume points
+	CmdSaveCheckpoints  CommandType = "save_checkpoints"   // PodID, Checkpoints (each with the holder epoch): the holder's resume points
+	CmdPodAlive         CommandType = "pod_alive"          // PodID: a pod marked down is heard from again (v2)
 	maxGuildsPerCmd                 = 100_000
 )
 
@@ -47,7 +61,8 @@ type Command struct {
 	Phase      string      `json:"phase,omitempty"`
 	Reason     string      `json:"reason,omitempty"`
 	ConfigNode *ConfigNode `json:"config_node,omitempty"`
-	// Checkpoints maps shard id → the resume point its holder has committed.
+	// Checkpoints maps shard id → the resume point its holder has committed;
+	// each carries the holder epoch the pod holds the shard at.
 	Checkpoints map[int]Checkpoint `json:"checkpoints,omitempty"`
 }
 

@@ -10,23 +10,35 @@ import (
 	"slices"
 )
 
-// Snapshot encoding (version 1), designed for a million guilds: a header, the
+// Snapshot encoding (version 2), designed for a million guilds: a header, the
 // pods as a table, then the guilds sorted by id with delta-encoded ids and the
 // owner as an index into the pod table — about 8 bytes per guild, encoded and
 // decoded in one pass with no reflection. A CRC-32C trailer catches
 // corruption. Integers are unsigned varints unless noted.
 //
-//	magic "MODBOTFSM" | version=1 | revision | shard_count
-//	pods: count, then per pod: id, ordinal, addr, state, since(zigzag)
-//	shards: shard_count holder indexes (pod index + 1, 0 = none)
+//	magic "MODBOTFSM" | version=2 | revision | shard_count
+//	pods: count, then per pod: id, ordinal, addr, state, since(zigzag),
+//	        flags byte (bit 0: drain)                                  [v2]
+//	shards: per shard: holder index (pod index + 1, 0 = none),
+//	        holder epoch                                               [v2]
 //	config nodes: count, then per node in id order: id, raft_addr, http_addr
 //	checkpoints: count, then per shard in order: shard, session_id,
-//	        seq(zigzag), resume_url, holder, at(zigzag)
+//	        seq(zigzag), resume_url, holder, at(zigzag), epoch         [v2]
 //	guilds: count, then per guild in id order: id delta, owner index,
 //	        state byte, epoch, revision delta-free, has-migration byte
 //	        [from index, to index, epoch, phase, started_at(zigzag)]
 //	crc32c of everything above (4 bytes, little endian)
-const snapshotMagic = "MODBOTFSM"
+//
+// ReadSnapshot also reads version 1 (written by older builds), which lacks
+// the fields marked [v2]: they restore as zero — no drain remembered, holder
+// epoch 0, checkpoint epoch 0 — exactly what replaying the version-1 log
+// entries that produced the snapshot yields (see CommandVersion), so every
+// node reaches the same state whatever snapshot it starts from.
+const (
+	snapshotMagic   = "MODBOTFSM"
+	snapshotVersion = 2
+	podFlagDrain    = 1 << 0
+)
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -77,7 +89,7 @@ func guildStateCode(s GuildState) byte {
 func (s *State) WriteSnapshot(w io.Writer) error {
 	sw := &snapWriter{w: bufio.NewWriterSize(w, 1<<16)}
 	sw.write([]byte(snapshotMagic))
-	sw.uvarint(1)
+	sw.uvarint(snapshotVersion)
 	sw.uvarint(s.Revision)
 	sw.uvarint(uint64(s.ShardCount))
 	pods := s.SortedPods()
@@ -90,13 +102,19 @@ func (s *State) WriteSnapshot(w io.Writer) error {
 		sw.str(p.Addr)
 		sw.byte1(podStateCode(p.State))
 		sw.varint(p.Since)
+		var flags byte
+		if p.Drain {
+			flags |= podFlagDrain
+		}
+		sw.byte1(flags)
 	}
-	for _, h := range s.Shards {
+	for i, h := range s.Shards {
 		if h == "" {
 			sw.uvarint(0)
 		} else {
 			sw.uvarint(index[h] + 1)
 		}
+		sw.uvarint(s.ShardEpochs[i])
 	}
 	cn := make([]string, 0, len(s.ConfigNodes))
 	for id := range s.ConfigNodes {
@@ -124,6 +142,7 @@ func (s *State) WriteSnapshot(w io.Writer) error {
 		sw.str(cp.ResumeURL)
 		sw.str(cp.Holder)
 		sw.varint(cp.At)
+		sw.uvarint(cp.Epoch)
 	}
 	ids := s.SortedGuildIDs()
 	sw.uvarint(uint64(len(ids)))
@@ -233,9 +252,11 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 	if string(sr.bytes(uint64(len(snapshotMagic)))) != snapshotMagic {
 		return nil, errors.New("read snapshot: not a modbot FSM snapshot")
 	}
-	if v := sr.uvarint(); v != 1 {
-		return nil, fmt.Errorf("read snapshot: unsupported snapshot version %d", v)
+	version := sr.uvarint()
+	if version < 1 || version > snapshotVersion {
+		return nil, fmt.Errorf("read snapshot: unsupported snapshot version %d (this build reads 1..%d)", version, snapshotVersion)
 	}
+	v2 := version >= 2
 	s := New()
 	s.Revision = sr.uvarint()
 	s.ShardCount = int(sr.uvarint())
@@ -255,6 +276,13 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 		}
 		p.State = podStates[st]
 		p.Since = sr.varint()
+		if v2 {
+			flags := sr.byte1()
+			if flags&^podFlagDrain != 0 {
+				return nil, fmt.Errorf("read snapshot: pod %s has unknown flags %#x", p.ID, flags)
+			}
+			p.Drain = flags&podFlagDrain != 0
+		}
 		pods = append(pods, p)
 		s.Pods[p.ID] = p
 	}
@@ -268,9 +296,13 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 		return pods[i].ID
 	}
 	s.Shards = make([]string, s.ShardCount)
+	s.ShardEpochs = make([]uint64, s.ShardCount)
 	for i := range s.Shards {
 		if h := sr.uvarint(); h > 0 {
 			s.Shards[i] = podAt(h - 1)
+		}
+		if v2 {
+			s.ShardEpochs[i] = sr.uvarint()
 		}
 	}
 	ncn := sr.uvarint()
@@ -287,7 +319,11 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 	}
 	for i := uint64(0); i < ncp && sr.err == nil; i++ {
 		sh := int(sr.uvarint())
-		s.Checkpoints[sh] = Checkpoint{SessionID: sr.str(), Seq: sr.varint(), ResumeURL: sr.str(), Holder: sr.str(), At: sr.varint()}
+		cp := Checkpoint{SessionID: sr.str(), Seq: sr.varint(), ResumeURL: sr.str(), Holder: sr.str(), At: sr.varint()}
+		if v2 {
+			cp.Epoch = sr.uvarint()
+		}
+		s.Checkpoints[sh] = cp
 	}
 	n := sr.uvarint()
 	if n > 1<<32 {

@@ -38,10 +38,14 @@ type Event struct {
 // State is the whole replicated map. It is not safe for concurrent use: the
 // Raft adapter serialises Apply and guards reads.
 type State struct {
-	Revision    uint64
-	ShardCount  int
-	Pods        map[string]*Pod
-	Shards      []string // index = shard id, value = holder pod id or ""
+	Revision   uint64
+	ShardCount int
+	Pods       map[string]*Pod
+	Shards     []string // index = shard id, value = holder pod id or ""
+	// ShardEpochs parallels Shards: the holder epoch of each shard, the Raft
+	// index of the entry that last changed its holder (0: never changed by a
+	// version-2 command).
+	ShardEpochs []uint64
 	Guilds      map[uint64]*Guild
 	ConfigNodes map[string]ConfigNode
 	// Checkpoints are the shards' resume points. They are bookkeeping, not
@@ -140,6 +144,23 @@ func (s *State) HolderOf(guildID uint64) string {
 		return ""
 	}
 	return s.Shards[ShardOf(guildID, s.ShardCount)]
+}
+
+// Shard returns one shard's assignment: holder, holder epoch and a copy of
+// its checkpoint. It panics if shard is out of range.
+func (s *State) Shard(shard int) ShardAssignment {
+	a := ShardAssignment{Shard: shard, Holder: s.Shards[shard], Epoch: s.ShardEpochs[shard]}
+	if cp, ok := s.Checkpoints[shard]; ok {
+		a.Checkpoint = &cp
+	}
+	return a
+}
+
+// HoldsShard reports whether pod is the shard's holder at the given holder
+// epoch: the test every fenced shard operation (checkpoints, identify slots)
+// passes.
+func (s *State) HoldsShard(pod string, shard int, epoch uint64) bool {
+	return pod != "" && shard >= 0 && shard < len(s.Shards) && s.Shards[shard] == pod && s.ShardEpochs[shard] == epoch
 }
 
 // ShardsHeldBy lists the shards a pod holds, ascending.

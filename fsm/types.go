@@ -31,6 +31,11 @@ type Pod struct {
 	State   PodState `json:"state"`
 	// Since is when the pod entered State (leader clock, unix milliseconds).
 	Since int64 `json:"since"`
+	// Drain is set only while the pod is down: it was draining when it was
+	// marked down, so it comes back draining (not active) when it is heard
+	// from again. An operator's drain is never cancelled by a missed
+	// heartbeat.
+	Drain bool `json:"drain,omitempty"`
 }
 
 // Migration is an in-flight move of one guild.
@@ -71,6 +76,13 @@ type Checkpoint struct {
 	SessionID string `json:"session_id"`
 	Seq       int64  `json:"seq"`
 	ResumeURL string `json:"resume_url"`
+	// Epoch fences the save: a holder sends the shard's holder epoch it
+	// holds the shard at, and the save is refused unless that is the shard's
+	// current epoch and the sender its current holder. A saved checkpoint
+	// records the epoch it was saved at, so a pod taking the shard over can
+	// tell its own session's checkpoint (Epoch == the shard's epoch) from its
+	// predecessor's.
+	Epoch uint64 `json:"epoch"`
 	// Holder is the pod that saved it; At is the leader's clock then.
 	Holder string `json:"holder"`
 	At     int64  `json:"at"`
@@ -80,6 +92,11 @@ type Checkpoint struct {
 type ShardAssignment struct {
 	Shard  int    `json:"shard"`
 	Holder string `json:"holder"` // "" when no active pod exists
+	// Epoch is the shard's holder epoch: the Raft index of the entry that
+	// last changed its holder. It only grows, so it names one tenure of one
+	// holder; only the holder at the current epoch may save checkpoints or
+	// get identify slots for the shard.
+	Epoch uint64 `json:"epoch"`
 	// Checkpoint is the last saved resume point (nil before the first).
 	Checkpoint *Checkpoint `json:"checkpoint,omitempty"`
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -46,6 +47,9 @@ func (n *Node) routes(reg *prometheus.Registry) http.Handler {
 	auth("/internal/guilds/{id}/export", n.handleExport, "GET")
 	auth("/internal/guilds/{id}/import", n.handleImport, "POST")
 	auth("/internal/guilds/{id}", n.handleDropCopy, "DELETE")
+	auth("/internal/shards/{id}/released", n.handleShardReleased, "GET")
+	auth("/internal/dead-letters", n.handleDeadLetters, "GET")
+	auth("/internal/dead-letters/{id}/replay", n.handleReplayDeadLetter, "POST")
 	return r
 }
 
@@ -106,9 +110,9 @@ func (n *Node) handleDashboard(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// handleEvents takes events forwarded by a shard holder. It answers 200 only
-// after every event is committed (processed or durably held), which is what
-// lets the holder acknowledge them to Discord.
+// handleEvents takes events forwarded by a shard holder. It answers 200 once
+// every event it accepted is committed, listing the ones it refused; the
+// holder keeps those in its own outbox before acknowledging them to Discord.
 func (n *Node) handleEvents(w http.ResponseWriter, r *http.Request) {
 	var req forwardRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
@@ -118,18 +122,19 @@ func (n *Node) handleEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	evs := make([]bot.Event, 0, len(req.Events))
 	for _, e := range req.Events {
-		ev := bot.WithGuild(bot.Event{Type: e.Type, Data: e.Data, DeliveryID: e.DeliveryID})
+		ev := e.event()
 		if _, ok := bot.GuildOf(ev); !ok {
 			httpapi.WriteError(w, http.StatusBadRequest, "event %s has no guild", e.Type)
 			return
 		}
 		evs = append(evs, ev)
 	}
-	if err := n.processLocal(r.Context(), evs); err != nil {
+	refused, err := n.acceptForwarded(r.Context(), evs)
+	if err != nil {
 		httpapi.WriteError(w, http.StatusServiceUnavailable, "commit forwarded events: %v", err)
 		return
 	}
-	httpapi.WriteJSON(w, http.StatusOK, map[string]int{"accepted": len(evs)})
+	httpapi.WriteJSON(w, http.StatusOK, forwardResponse{Accepted: len(evs) - len(refused), Refused: refused})
 }
 
 // handleInteraction answers an interaction the proxy received over the
@@ -200,4 +205,25 @@ func (n *Node) handleStatus(w http.ResponseWriter, r *http.Request) {
 		"shards": n.shards.held(), "ready": n.shards.ready(), "outbox_guilds": n.outbox.size(),
 		"guilds_owned": len(n.watch.GuildsOwnedBy(n.cfg.ID)),
 	})
+}
+
+// handleShardReleased is GET /internal/shards/{id}/released?wait_ms=N: a
+// long poll by a shard's new holder, answered once this pod runs no session
+// of the shard (or after wait_ms, at most 30 s, with released=false).
+func (n *Node) handleShardReleased(w http.ResponseWriter, r *http.Request) {
+	shard, err := strconv.Atoi(mux.Vars(r)["id"])
+	if err != nil || shard < 0 {
+		httpapi.WriteError(w, http.StatusBadRequest, "shard must be a non-negative integer")
+		return
+	}
+	wait := time.Duration(0)
+	if s := r.URL.Query().Get("wait_ms"); s != "" {
+		ms, err := strconv.Atoi(s)
+		if err != nil || ms < 0 {
+			httpapi.WriteError(w, http.StatusBadRequest, "wait_ms must be a non-negative integer")
+			return
+		}
+		wait = min(time.Duration(ms)*time.Millisecond, 30*time.Second)
+	}
+	httpapi.WriteJSON(w, http.StatusOK, releasedResponse{Shard: shard, Released: n.shards.shardReleased(r.Context(), shard, wait)})
 }

@@ -31,6 +31,7 @@ func (n *Node) janitor() {
 	}
 	for {
 		n.sweepStrayCopies()
+		n.pruneTombstones()
 		select {
 		case <-n.ctx.Done():
 			return
@@ -60,5 +61,21 @@ func (n *Node) sweepStrayCopies() {
 		if err := n.store.DeleteGuild(ctx, g, gi.Epoch); err == nil {
 			n.log.Info("deleted a stray copy of a guild owned elsewhere", "guild", g, "owner", gi.Owner)
 		}
+	}
+}
+
+// unseenRetention is how long a delete or edit of a message the pod never
+// saw created is kept, waiting for the create to arrive late (a resume
+// replay, a move, an owner that was down, a dead letter replayed). Past it,
+// such a create would count as live.
+const unseenRetention = 7 * 24 * time.Hour
+
+func (n *Node) pruneTombstones() {
+	ctx, cancel := context.WithTimeout(n.ctx, time.Minute)
+	defer cancel()
+	if k, err := n.store.PruneUnseenMessages(ctx, time.Now().Add(-unseenRetention)); err != nil {
+		n.log.Warn("prune deletes of never-seen messages", "err", err)
+	} else if k > 0 {
+		n.log.Info("pruned deletes of never-seen messages", "rows", k, "older_than", unseenRetention)
 	}
 }

@@ -17,6 +17,11 @@ type metrics struct {
 	dispatches      prometheus.Counter
 	forwarded       prometheus.Counter
 	forwardErrors   prometheus.Counter
+	forwardRefused  prometheus.Counter
+	deadLetters     prometheus.Counter
+	eventRetries    prometheus.Counter
+	resumeFailed    prometheus.Counter
+	handoffs        *prometheus.CounterVec
 	held            prometheus.Counter
 	outboxDelivered prometheus.Counter
 	outboxGuilds    prometheus.Gauge
@@ -42,9 +47,19 @@ func newMetrics(reg *prometheus.Registry, n *Node) *metrics {
 			Help: "Time to route one shard batch until acknowledged.", Buckets: httpmetrics.Buckets}),
 		forwardDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "modbot_gateway_forward_seconds",
 			Help: "Time to forward a batch to its owner pod.", Buckets: httpmetrics.Buckets}),
-		dispatches:      prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_dispatches_total", Help: "Gateway dispatches received on this pod's shards."}),
-		forwarded:       prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_forwarded_events_total", Help: "Events forwarded to their owner pod."}),
-		forwardErrors:   prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_forward_errors_total", Help: "Forwarded batches that failed (their events went to the outbox)."}),
+		dispatches:    prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_dispatches_total", Help: "Gateway dispatches received on this pod's shards."}),
+		forwarded:     prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_forwarded_events_total", Help: "Events forwarded to their owner pod."}),
+		forwardErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_forward_errors_total", Help: "Forwarded batches that failed (their events went to the outbox)."}),
+		forwardRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_forward_refused_events_total",
+			Help: "Forwarded events the owner refused (not the owner at its epoch, migrating, or older events held there); they stay in this pod's outbox."}),
+		deadLetters: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_dead_letters_total",
+			Help: "Events whose handler kept failing, stored in the dead-letter table for an operator to replay."}),
+		eventRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_event_retries_total",
+			Help: "Re-runs of an event whose handler failed (before it succeeded or was dead-lettered)."}),
+		resumeFailed: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_resume_failed_total",
+			Help: "Shard sessions whose RESUME Discord refused (a fresh IDENTIFY followed: dispatches in between were not replayed)."}),
+		handoffs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "modbot_gateway_shard_handoffs_total",
+			Help: "Shards this pod gave up, by how: closed (the new holder had its own session), detached (the new holder resumed ours, or we were marked down), released (nobody holds it)."}, []string{"how"}),
 		held:            prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_held_events_total", Help: "Events written to the durable buffer."}),
 		outboxDelivered: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_outbox_delivered_total", Help: "Held events delivered later."}),
 		outboxGuilds:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_gateway_outbox_guilds", Help: "Guilds with held events waiting."}),
@@ -58,7 +73,7 @@ func newMetrics(reg *prometheus.Registry, n *Node) *metrics {
 			Help: "Duration of this pod's part of guild moves (export, import).", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"step"}),
 	}
 	reg.MustRegister(m.httpLatency, m.events, m.restErrors, m.processDuration, m.batchDuration, m.forwardDuration,
-		m.dispatches, m.forwarded, m.forwardErrors, m.held, m.outboxDelivered, m.outboxGuilds, m.placed, m.checkpoints,
+		m.dispatches, m.forwarded, m.forwardErrors, m.forwardRefused, m.deadLetters, m.eventRetries, m.resumeFailed, m.handoffs, m.held, m.outboxDelivered, m.outboxGuilds, m.placed, m.checkpoints,
 		m.identifies, m.sessionErrors, m.heartbeatErrors, m.shardsHeld, m.migrationSteps,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "modbot_gateway_guilds_owned", Help: "Guilds this pod owns per its map."},
 			func() float64 { return float64(len(n.watch.GuildsOwnedBy(n.cfg.ID))) }),

@@ -20,7 +20,7 @@ import (
 // The gateway side of a guild move (DESIGN §7; the leader drives it, see
 // confignode/migrate.go):
 //
-//	source  GET    /internal/guilds/{id}/export?epoch=E   fence at E, export every row (+ held events)
+//	source  GET    /internal/guilds/{id}/export?epoch=E   fence at E, export every data row of the guild
 //	target  POST   /internal/guilds/{id}/import?epoch=E&from=ADDR   pull the export from the source, import in one transaction
 //	either  DELETE /internal/guilds/{id}?epoch=E           drop a copy that is not (or no longer) the owner's
 //
@@ -31,26 +31,27 @@ import (
 
 const hdrChecksum = "X-Modbot-Checksum"
 
-// migrationFor waits briefly for the map to show the guild migrating at epoch.
+// migrationFor waits briefly (5 s) for the map to show the guild migrating
+// at epoch, woken by the map's changes.
 func (n *Node) migrationFor(ctx context.Context, guild, epoch uint64) (fsm.Guild, error) {
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		g, ok := n.watch.Lookup(guild)
-		if ok && g.Migration != nil && g.Migration.Epoch == epoch {
-			return g, nil
-		}
-		if ok && g.Epoch > epoch {
-			return g, fmt.Errorf("guild %d is at epoch %d, the move at epoch %d is stale", guild, g.Epoch, epoch)
-		}
-		if time.Now().After(deadline) {
-			return g, fmt.Errorf("guild %d is not migrating at epoch %d here (map revision %d)", guild, epoch, n.watch.Revision())
-		}
-		select {
-		case <-ctx.Done():
-			return g, ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var g fsm.Guild
+	var ok, stale bool
+	err := waitMap(wctx, n.watch, func() bool {
+		g, ok = n.watch.Lookup(guild)
+		stale = ok && g.Epoch > epoch
+		return stale || ok && g.Migration != nil && g.Migration.Epoch == epoch
+	})
+	switch {
+	case stale:
+		return g, fmt.Errorf("guild %d is at epoch %d, the move at epoch %d is stale", guild, g.Epoch, epoch)
+	case err != nil && ctx.Err() != nil:
+		return g, ctx.Err()
+	case err != nil:
+		return g, fmt.Errorf("guild %d is not migrating at epoch %d here (map revision %d)", guild, epoch, n.watch.Revision())
 	}
+	return g, nil
 }
 
 func guildAndEpoch(r *http.Request) (uint64, uint64, error) {
@@ -143,7 +144,7 @@ func (n *Node) handleImport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req.Header.Set("Authorization", "Bearer "+n.cfg.Token)
-	resp, err := n.peers.Do(req)
+	resp, err := n.pull.Do(req)
 	if err != nil {
 		httpapi.WriteError(w, http.StatusBadGateway, "pull export of guild %d from %s: %v", g, src.ID, err)
 		return
@@ -164,46 +165,42 @@ func (n *Node) handleImport(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, status, "import guild %d: %v", g, err)
 		return
 	}
-	// Imported held events must be processed before any live event.
-	n.outbox.markPending(g)
 	n.metrics.migrationSteps.WithLabelValues("import").Observe(time.Since(start).Seconds())
 	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"guild_id": strconv.FormatUint(g, 10), "rows": info.Rows, "checksum": info.Checksum,
 		"took_ms": time.Since(start).Milliseconds()})
 }
 
 // handleDropCopy deletes this pod's copy of a guild it does not own after a
-// move committed (the source) or aborted (the target). Held events are
-// delivered to the owner first, so nothing waiting here is lost.
+// move committed (the source) or aborted (the target). Events this pod holds
+// for the guild are not part of the copy: they stay in its outbox, which
+// delivers them to the owner (DeleteGuild keeps the held buffer).
 func (n *Node) handleDropCopy(w http.ResponseWriter, r *http.Request) {
 	g, epoch, err := guildAndEpoch(r)
 	if err != nil {
 		httpapi.WriteError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	deadline := time.Now().Add(5 * time.Second)
 	var settled fsm.Guild
-	for {
+	var ours, elsewhere bool
+	wctx, wcancel := context.WithTimeout(r.Context(), 5*time.Second)
+	_ = waitMap(wctx, n.watch, func() bool {
 		gi, ok := n.watch.Lookup(g)
 		settled = gi
-		if ok && gi.Owner != n.cfg.ID && gi.Epoch >= epoch && gi.Migration == nil {
-			break
-		}
-		if ok && gi.Owner == n.cfg.ID && gi.Migration == nil {
-			httpapi.WriteError(w, http.StatusConflict, "%s owns guild %d; refusing to delete its data", n.cfg.ID, g)
-			return
-		}
-		if time.Now().After(deadline) {
-			httpapi.WriteError(w, http.StatusConflict, "guild %d is not settled on another owner at epoch >= %d here", g, epoch)
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
+		elsewhere = ok && gi.Owner != n.cfg.ID && gi.Epoch >= epoch && gi.Migration == nil
+		ours = ok && gi.Owner == n.cfg.ID && gi.Migration == nil
+		return elsewhere || ours
+	})
+	wcancel()
+	if ours {
+		httpapi.WriteError(w, http.StatusConflict, "%s owns guild %d; refusing to delete its data", n.cfg.ID, g)
+		return
+	}
+	if !elsewhere {
+		httpapi.WriteError(w, http.StatusConflict, "guild %d is not settled on another owner at epoch >= %d here", g, epoch)
+		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
-	if err := n.outbox.deliver(ctx, g); err != nil {
-		httpapi.WriteError(w, http.StatusServiceUnavailable, "deliver held events of guild %d before deleting: %v", g, err)
-		return
-	}
 	// Fence at the settled epoch first: an import of this move that is still
 	// in flight here (the target after an abort) then fails instead of
 	// landing after the delete.

@@ -18,9 +18,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/modbot/modbot/assignments"
-	"github.com/modbot/modbot/fakediscord"
 	"github.com/modbot/modbot/fsm"
 	"github.com/modbot/modbot/gatewaynode/bot"
+	"github.com/modbot/modbot/gatewaynode/discordgw"
 	"github.com/modbot/modbot/gatewaynode/guildstore"
 )
 
@@ -99,15 +99,17 @@ type Node struct {
 	log     *slog.Logger
 	store   *guildstore.Store
 	bot     *bot.Handler
-	client  *assignments.Client
-	watch   *assignments.Watcher
+	watch   mapView      // the map (the Watcher, or a twin in unit tests)
+	client  controlPlane // the config nodes
+	peers   peerLink     // events to owner pods
+	discord discord      // Discord's gateway (sessions, /gateway/bot)
 	rest    *discordgo.Session
-	dialer  *websocket.Dialer
-	peers   *http.Client
+	pull    *http.Client // bulk pod-to-pod transfers (move exports)
 	metrics *metrics
 	outbox  *outbox
 	shards  *shardSet
 
+	watcher *assignments.Watcher // nil in unit tests
 	ln      net.Listener
 	srv     *http.Server
 	addr    string
@@ -117,14 +119,23 @@ type Node struct {
 	closing sync.Once
 }
 
-// Start opens the database, registers with the control plane, starts
-// following the map and serves the internal API. Shard sessions start as the
-// map assigns them.
-func Start(cfg Config) (*Node, error) {
+// deps are the seams a Node is built on (seams.go).
+type deps struct {
+	watch  mapView
+	client controlPlane
+	peers  peerLink
+	// discord, when nil, is the real one (discordgw against cfg.DiscordURL).
+	discord discord
+	reg     *prometheus.Registry
+}
+
+// newNode opens the pod's database and builds its parts on the given seams;
+// it starts nothing.
+func newNode(cfg Config, d deps) (*Node, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger.With("pod", cfg.ID)}
+	n := &Node{cfg: cfg, log: cfg.Logger.With("pod", cfg.ID), watch: d.watch, client: d.client, peers: d.peers, discord: d.discord}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
@@ -136,34 +147,56 @@ func Start(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.bot = &bot.Handler{Store: n.store, Log: n.log}
-	if n.client, err = assignments.NewClient(cfg.ConfigURLs, cfg.Token); err != nil {
-		n.store.Close()
-		return nil, err
-	}
 	n.rest, err = discordgo.New("Bot " + cfg.DiscordToken)
 	if err != nil {
 		n.store.Close()
 		return nil, fmt.Errorf("discord REST client: %w", err)
 	}
-	n.dialer = websocket.DefaultDialer
+	dialer := websocket.DefaultDialer
 	if cfg.DiscordURL != "" {
-		hc, d, err := fakediscord.ClientFor(cfg.DiscordURL)
+		hc, wd, err := discordgw.ClientFor(cfg.DiscordURL)
 		if err != nil {
 			n.store.Close()
 			return nil, err
 		}
-		n.rest.Client, n.dialer = hc, d
+		n.rest.Client, dialer = hc, wd
 	}
-	n.peers = &http.Client{Transport: &http.Transport{
+	if n.discord == nil {
+		n.discord = realDiscord{rest: n.rest, dialer: dialer}
+	}
+	if d.reg == nil {
+		d.reg = prometheus.NewRegistry()
+	}
+	n.metrics = newMetrics(d.reg, n)
+	n.outbox = newOutbox(n)
+	n.shards = newShardSet(n)
+	return n, nil
+}
+
+// Start opens the database, registers with the control plane, starts
+// following the map and serves the internal API. Shard sessions start as the
+// map assigns them.
+func Start(cfg Config) (*Node, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	client, err := assignments.NewClient(cfg.ConfigURLs, cfg.Token)
+	if err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	watcher := assignments.NewWatcher(client, assignments.WatcherOptions{Logger: cfg.Logger.With("pod", cfg.ID), Registerer: reg, Name: cfg.ID})
+	pull := &http.Client{Transport: &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: time.Second}).DialContext,
 		MaxIdleConnsPerHost: 32,
 		IdleConnTimeout:     90 * time.Second,
 	}}
-	reg := prometheus.NewRegistry()
-	n.metrics = newMetrics(reg, n)
-	n.watch = assignments.NewWatcher(n.client, assignments.WatcherOptions{Logger: n.log, Registerer: reg, Name: cfg.ID})
-	n.outbox = newOutbox(n)
-	n.shards = newShardSet(n)
+	n, err := newNode(cfg, deps{watch: watcher, client: configClient{client}, reg: reg,
+		peers: httpPeers{client: pull, token: cfg.Token, timeout: cfg.ForwardTimeout}})
+	if err != nil {
+		return nil, err
+	}
+	n.watcher, n.pull = watcher, pull
 
 	n.ln, err = net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
@@ -180,14 +213,19 @@ func Start(cfg Config) (*Node, error) {
 			n.log.Error("internal API stopped", "err", err)
 		}
 	})
-	n.goRun("watcher", func() { _ = n.watch.Run(n.ctx) })
+	n.goRun("watcher", func() { _ = watcher.Run(n.ctx) })
 	n.goRun("membership", n.membership)
+	n.startLoops()
+	n.log.Info("gateway pod started", "addr", n.addr, "config", strings.Join(cfg.ConfigURLs, ","), "discord", cfg.DiscordURL)
+	return n, nil
+}
+
+// startLoops starts the pod's map-driven loops (unit tests start only these).
+func (n *Node) startLoops() {
 	n.goRun("shards", n.shards.run)
 	n.goRun("checkpoints", n.shards.checkpointLoop)
 	n.goRun("outbox", n.outbox.run)
 	n.goRun("janitor", n.janitor)
-	n.log.Info("gateway pod started", "addr", n.addr, "config", strings.Join(cfg.ConfigURLs, ","), "discord", cfg.DiscordURL)
-	return n, nil
 }
 
 func (n *Node) goRun(name string, f func()) {
@@ -208,7 +246,7 @@ func (n *Node) ID() string { return n.cfg.ID }
 func (n *Node) Store() *guildstore.Store { return n.store }
 
 // Watcher exposes the pod's view of the map.
-func (n *Node) Watcher() *assignments.Watcher { return n.watch }
+func (n *Node) Watcher() *assignments.Watcher { return n.watcher }
 
 // membership registers the pod and keeps heartbeating; a 404 (the control
 // plane forgot the pod) registers it again.
@@ -264,7 +302,9 @@ func (n *Node) Close() error {
 		n.cancel()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_ = n.srv.Shutdown(ctx)
+		if n.srv != nil {
+			_ = n.srv.Shutdown(ctx)
+		}
 		n.wg.Wait()
 		err = n.store.Close()
 		n.log.Info("gateway pod stopped")
@@ -278,7 +318,9 @@ func (n *Node) Kill() {
 	n.closing.Do(func() {
 		n.shards.stopAll(true)
 		n.cancel()
-		_ = n.srv.Close()
+		if n.srv != nil {
+			_ = n.srv.Close()
+		}
 		n.wg.Wait()
 		_ = n.store.Close()
 	})

@@ -12,21 +12,25 @@ import (
 )
 
 // outbox delivers events that could not be delivered when they arrived: the
-// owner was down or unreachable, the guild was migrating or not yet placed,
-// or the map changed under us. They wait in the guild's durable held buffer
-// (guildstore's held_events) and are delivered in order — processed here if
-// this pod owns the guild, forwarded otherwise — once the guild is active
-// and its owner reachable.
+// owner was down or unreachable or refused them, the guild was migrating or
+// not yet placed, or the map changed under us. They wait in the guild's
+// durable held buffer (guildstore's held_events) on this pod — the pod that
+// received them from Discord — and are delivered in order, processed here if
+// this pod owns the guild, forwarded otherwise, once the guild is active and
+// its owner takes them.
 //
 // While a guild has held events it is pending: its new events are appended
 // behind them instead of overtaking them. hold and the pending check share a
 // mutex with the delivery's "is it empty now" step, so no event can slip in
-// between the last delivery and the guild leaving the pending set.
+// between the last delivery and the guild leaving the pending set. One
+// delivery runs at a time (deliverMu), so no held event is delivered twice
+// by two concurrent deliveries.
 type outbox struct {
-	n    *Node
-	mu   sync.Mutex
-	set  map[uint64]bool
-	kick chan struct{}
+	n         *Node
+	mu        sync.Mutex
+	set       map[uint64]bool
+	kick      chan struct{}
+	deliverMu sync.Mutex
 }
 
 func newOutbox(n *Node) *outbox {
@@ -52,18 +56,6 @@ func (o *outbox) hold(ctx context.Context, g uint64, ev bot.Event) error {
 	default:
 	}
 	return nil
-}
-
-// markPending makes the guild's live events queue behind its held ones (an
-// imported guild's held events are processed first).
-func (o *outbox) markPending(g uint64) {
-	o.mu.Lock()
-	o.set[g] = true
-	o.mu.Unlock()
-	select {
-	case o.kick <- struct{}{}:
-	default:
-	}
 }
 
 func (o *outbox) size() int {
@@ -115,63 +107,113 @@ func (o *outbox) run() {
 	}
 }
 
-// deliver sends one guild's held events on, in order, when it can.
+// outboxPage is how many held events one delivery step reads and sends.
+const outboxPage = 500
+
+// deliver sends one guild's held events on, in order, a page at a time,
+// until the buffer is empty or the owner cannot take more now. A page is
+// dropped from the buffer only up to the last event the owner committed.
 func (o *outbox) deliver(ctx context.Context, g uint64) error {
+	o.deliverMu.Lock()
+	defer o.deliverMu.Unlock()
 	n := o.n
-	gi, ok := n.watch.Lookup(g)
-	if !ok {
-		if err := n.placeUnknown(ctx, []bot.Event{{Type: "GUILD_CREATE", Data: []byte(fmt.Sprintf(`{"id":"%d"}`, g))}}); err != nil {
+	for {
+		gi, ok := n.watch.Lookup(g)
+		if !ok {
+			if err := n.placeUnknown(ctx, []bot.Event{{Type: "GUILD_CREATE", Data: []byte(fmt.Sprintf(`{"id":"%d"}`, g))}}); err != nil {
+				return err
+			}
+			if gi, ok = n.watch.Lookup(g); !ok {
+				return fmt.Errorf("guild %d is not placed yet", g)
+			}
+		}
+		if gi.State == fsm.GuildMigrating {
+			return fmt.Errorf("guild %d is migrating", g) // delivered to whoever owns it when the move settles
+		}
+		if gi.Owner != n.cfg.ID {
+			if p, ok := n.watch.Pod(gi.Owner); !ok || p.State == fsm.PodDown {
+				return fmt.Errorf("owner %s of guild %d is down or unknown", gi.Owner, g)
+			}
+		}
+		held, err := n.store.HeldPage(ctx, g, 0, outboxPage)
+		if err != nil {
 			return err
 		}
-		if gi, ok = n.watch.Lookup(g); !ok {
-			return fmt.Errorf("guild %d is not placed yet", g)
-		}
-	}
-	if gi.State == fsm.GuildMigrating {
-		return fmt.Errorf("guild %d is migrating", g) // the move carries or releases them
-	}
-	held, err := n.store.Held(ctx, g)
-	if err != nil {
-		return err
-	}
-	if len(held) > 0 {
-		if len(held) > 1000 {
-			held = held[:1000]
+		if len(held) == 0 {
+			break
 		}
 		evs := make([]bot.Event, 0, len(held))
+		seqs := make([]int64, 0, len(held))
 		for _, h := range held {
 			ev, err := decodeEvent(h.Payload)
 			if err != nil {
-				n.log.Error("dropping an undecodable held event", "guild", g, "seq", h.Seq, "err", err)
+				// Not an event any handler could take: keep it for an
+				// operator instead of dropping it.
+				if derr := n.deadLetter(ctx, g, bot.Event{Type: h.Type, Data: h.Payload}, fmt.Errorf("undecodable held event %d: %w", h.Seq, err), 0); derr != nil {
+					return derr
+				}
+				if derr := n.store.DropHeld(ctx, g, h.Seq); derr != nil {
+					return derr
+				}
 				continue
 			}
 			evs = append(evs, ev)
+			seqs = append(seqs, h.Seq)
 		}
+		if len(evs) == 0 {
+			continue
+		}
+		var refused []int
 		if gi.Owner == n.cfg.ID {
 			inputs := make([]bot.Input, len(evs))
 			for i, ev := range evs {
 				inputs[i] = bot.Input{Event: ev, Epoch: gi.Epoch}
 			}
-			err = n.handleOwned(ctx, inputs)
+			refused, err = n.handleOwned(ctx, inputs)
 		} else {
-			err = n.forward(ctx, gi.Owner, evs)
+			refused, err = n.forwardTo(ctx, gi.Owner, evs)
 		}
 		if err != nil {
 			return err
 		}
-		if err := n.store.DropHeld(ctx, g, held[len(held)-1].Seq); err != nil {
-			return err
+		done := len(evs)
+		if len(refused) > 0 {
+			done = refused[0]
 		}
-		n.metrics.outboxDelivered.Add(float64(len(evs)))
+		if done > 0 {
+			if err := n.store.DropHeld(ctx, g, seqs[done-1]); err != nil {
+				return err
+			}
+			n.metrics.outboxDelivered.Add(float64(done))
+		}
+		if len(refused) > 0 {
+			return fmt.Errorf("%d held events of guild %d refused by %s (map revision %d)", len(evs)-done, g, gi.Owner, n.watch.Revision())
+		}
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	rest, err := n.store.Held(ctx, g)
+	left, err := n.store.HeldPage(ctx, g, 0, 1)
 	if err != nil {
 		return err
 	}
-	if len(rest) == 0 {
+	if len(left) == 0 {
 		delete(o.set, g)
 	}
 	return nil
+}
+
+// pendingInShard counts the pending guilds of one shard.
+func (o *outbox) pendingInShard(shard, shardCount int) int {
+	if shardCount == 0 {
+		return 0
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	k := 0
+	for g := range o.set {
+		if fsm.ShardOf(g, shardCount) == shard {
+			k++
+		}
+	}
+	return k
 }

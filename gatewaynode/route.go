@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -22,8 +23,15 @@ var errNotOwner = errors.New("not the owner")
 
 // route delivers a shard batch: placing unknown guilds, processing this pod's
 // guilds, forwarding the others' to their owners, and writing whatever cannot
-// be delivered now to the durable outbox. It returns nil only when every
-// event is committed somewhere durable.
+// be delivered now to this pod's durable outbox. It returns nil only when
+// every event is committed somewhere durable (ack after commit).
+//
+// Held events stay on the pod that received them from Discord: a guild that
+// is migrating (in this pod's map) is not forwarded to its source but held
+// here, and delivered — in order, before anything newer — to whoever owns
+// the guild once the move settles. An owner never buffers forwarded events
+// for someone else; it refuses what it cannot process now, and the refused
+// events are held here.
 func (n *Node) route(ctx context.Context, evs []bot.Event) error {
 	if err := n.placeUnknown(ctx, evs); err != nil {
 		return err
@@ -36,15 +44,10 @@ func (n *Node) route(ctx context.Context, evs []bot.Event) error {
 		if !ok || ev.Type == "GUILD_CREATE" || ev.Type == "READY" || ev.Type == "RESUMED" {
 			continue
 		}
-		if n.outbox.pending(g) {
-			if err := n.outbox.hold(ctx, g, ev); err != nil {
-				return err
-			}
-			continue
-		}
-		gi, ok := n.watch.Lookup(g)
-		if !ok {
-			// Placement failed (no active pod): keep it until it succeeds.
+		gi, known := n.watch.Lookup(g)
+		if n.outbox.pending(g) || !known || gi.State == fsm.GuildMigrating {
+			// Older events wait in the outbox, placement failed (no active
+			// pod), or the guild moves: keep it here, behind the older ones.
 			if err := n.outbox.hold(ctx, g, ev); err != nil {
 				return err
 			}
@@ -65,18 +68,7 @@ func (n *Node) route(ctx context.Context, evs []bot.Event) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			evs := remote[pod]
-			if err := n.forward(ctx, pod, evs); err != nil {
-				n.metrics.forwardErrors.Inc()
-				n.log.Warn("forward failed; keeping the events in the outbox", "owner", pod, "events", len(evs), "err", err)
-				for _, ev := range evs {
-					g, _ := bot.GuildOf(ev)
-					if herr := n.outbox.hold(ctx, g, ev); herr != nil {
-						errs[i] = herr
-						return
-					}
-				}
-			}
+			errs[i] = n.forwardOrHold(ctx, pod, remote[pod])
 		}()
 	}
 	var lerr error
@@ -85,6 +77,52 @@ func (n *Node) route(ctx context.Context, evs []bot.Event) error {
 	}
 	wg.Wait()
 	return errors.Join(append(errs, lerr)...)
+}
+
+// forwardOrHold forwards one owner's share of a batch and holds, in order,
+// whatever the owner refused or could not be reached for.
+func (n *Node) forwardOrHold(ctx context.Context, pod string, evs []bot.Event) error {
+	refused, err := n.forwardTo(ctx, pod, evs)
+	if err != nil {
+		n.metrics.forwardErrors.Inc()
+		n.log.Warn("forward failed; keeping the events in the outbox", "owner", pod, "events", len(evs), "err", err)
+		refused = allIndexes(len(evs))
+	}
+	for _, i := range refused {
+		g, _ := bot.GuildOf(evs[i])
+		if err := n.outbox.hold(ctx, g, evs[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func allIndexes(n int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = i
+	}
+	return out
+}
+
+// forwardTo resolves the owner in the map and forwards to it.
+func (n *Node) forwardTo(ctx context.Context, pod string, evs []bot.Event) ([]int, error) {
+	p, ok := n.watch.Pod(pod)
+	if !ok {
+		return nil, fmt.Errorf("owner %s is not in the map", pod)
+	}
+	if p.State == fsm.PodDown {
+		return nil, fmt.Errorf("owner %s is down", pod)
+	}
+	start := time.Now()
+	refused, err := n.peers.Forward(ctx, p, evs)
+	if err != nil {
+		return nil, err
+	}
+	n.metrics.forwardDuration.Observe(time.Since(start).Seconds())
+	n.metrics.forwarded.Add(float64(len(evs) - len(refused)))
+	n.metrics.forwardRefused.Add(float64(len(refused)))
+	return refused, nil
 }
 
 // placeUnknown asks the control plane to place guilds the map does not know
@@ -121,10 +159,12 @@ func (n *Node) placeUnknown(ctx context.Context, evs []bot.Event) error {
 	return nil
 }
 
-// processLocal handles events routed to this pod as the owner. An event
-// whose guild is migrating, has older events still held, or is no longer
-// ours (the map moved on since routing) goes to the durable buffer, to be
-// delivered in order later; the rest are handled at once.
+// processLocal handles events this pod received from Discord for guilds it
+// owns. An event whose guild is migrating, has older events still held here,
+// or is no longer ours (the map moved on since routing) goes to the outbox,
+// to be delivered in order later; the rest are handled at once. An event the
+// store refuses as fenced is held too (and so is every later event of its
+// guild: the outbox makes it pending).
 func (n *Node) processLocal(ctx context.Context, evs []bot.Event) error {
 	inputs := make([]bot.Input, 0, len(evs))
 	for _, ev := range evs {
@@ -138,47 +178,93 @@ func (n *Node) processLocal(ctx context.Context, evs []bot.Event) error {
 		}
 		inputs = append(inputs, bot.Input{Event: ev, Epoch: gi.Epoch})
 	}
-	return n.handleOwned(ctx, inputs)
+	stale, err := n.handleOwned(ctx, inputs)
+	if err != nil {
+		return err
+	}
+	for _, i := range stale {
+		g, _ := bot.GuildOf(inputs[i].Event)
+		if err := n.outbox.hold(ctx, g, inputs[i].Event); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// acceptForwarded handles events a shard holder forwarded, as their owner.
+// It processes what it can now and returns, in order, the indexes of the
+// events it refuses: guilds it does not own at its map's epoch, migrating
+// guilds, guilds with older events held here, and events the store fenced.
+// Once one event of a guild is refused, every later one of that guild in
+// the batch is refused too, so the holder keeps the guild's order.
+func (n *Node) acceptForwarded(ctx context.Context, evs []bot.Event) ([]int, error) {
+	var refused []int
+	refusedGuild := map[uint64]bool{}
+	inputs := make([]bot.Input, 0, len(evs))
+	at := make([]int, 0, len(evs)) // index in evs of each input
+	for i, ev := range evs {
+		g, _ := bot.GuildOf(ev)
+		gi, ok := n.watch.Lookup(g)
+		if refusedGuild[g] || !ok || gi.Owner != n.cfg.ID || gi.State == fsm.GuildMigrating || n.outbox.pending(g) {
+			refusedGuild[g] = true
+			refused = append(refused, i)
+			continue
+		}
+		inputs = append(inputs, bot.Input{Event: ev, Epoch: gi.Epoch})
+		at = append(at, i)
+	}
+	stale, err := n.handleOwned(ctx, inputs)
+	if err != nil {
+		return nil, err
+	}
+	for _, j := range stale {
+		refused = append(refused, at[j])
+	}
+	slices.Sort(refused)
+	return refused, nil
 }
 
 // handleOwned runs events of owned, active guilds through the bot in one
-// group commit, then performs their REST effects.
-func (n *Node) handleOwned(ctx context.Context, inputs []bot.Input) error {
+// group commit, then performs their REST effects. It returns the indexes of
+// the inputs the store refused as fenced (the guild was fenced for a move
+// after routing): the caller keeps them — they must not be lost, and every
+// later event of their guild in the batch is among them.
+func (n *Node) handleOwned(ctx context.Context, inputs []bot.Input) (stale []int, err error) {
 	if len(inputs) == 0 {
-		return nil
+		return nil, nil
 	}
 	start := time.Now()
 	results, err := n.bot.HandleBatch(ctx, inputs)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	n.metrics.processDuration.Observe(time.Since(start).Seconds())
-	if n.cfg.OnCommit != nil {
-		evs := make([]bot.Event, len(inputs))
-		for i, in := range inputs {
-			evs[i] = in.Event
-		}
-		n.cfg.OnCommit(evs)
-	}
+	committed := make([]bot.Event, 0, len(inputs))
 	for i, r := range results {
-		n.metrics.events.WithLabelValues(inputs[i].Event.Type, outcome(r)).Inc()
 		if errors.Is(r.Err, guildstore.ErrStaleEpoch) {
-			// The guild was fenced for a move after we routed the event: it
-			// must not be lost, so it waits in the durable buffer and goes to
-			// whoever owns the guild when the move settles.
-			g, _ := bot.GuildOf(inputs[i].Event)
-			if err := n.outbox.hold(ctx, g, inputs[i].Event); err != nil {
-				return err
-			}
+			stale = append(stale, i)
+			n.metrics.events.WithLabelValues(inputs[i].Event.Type, "fenced").Inc()
 			continue
 		}
 		if r.Err != nil {
-			n.log.Warn("event failed", "type", inputs[i].Event.Type, "guild", r.GuildID, "err", r.Err)
-			continue
+			if r, err = n.retryOrDeadLetter(ctx, inputs[i], r); err != nil {
+				return nil, err // not dead-lettered: the batch is not acknowledged
+			}
+			if errors.Is(r.Err, guildstore.ErrStaleEpoch) {
+				stale = append(stale, i)
+				continue
+			}
 		}
-		n.performEffects(ctx, inputs[i], r)
+		n.metrics.events.WithLabelValues(inputs[i].Event.Type, outcome(r)).Inc()
+		committed = append(committed, inputs[i].Event)
+		if r.Err == nil {
+			n.performEffects(ctx, inputs[i], r)
+		}
 	}
-	return nil
+	if n.cfg.OnCommit != nil && len(committed) > 0 {
+		n.cfg.OnCommit(committed)
+	}
+	return stale, nil
 }
 
 func outcome(r bot.Result) string {
@@ -198,10 +284,30 @@ type wireEvent struct {
 	Type       string          `json:"t"`
 	Data       json.RawMessage `json:"d"`
 	DeliveryID string          `json:"delivery_id,omitempty"`
+	// ReceivedAt is when the shard holder read it from Discord (unix ms):
+	// handlers judge time-dependent effects by it, not by when a held or
+	// forwarded event is finally handled.
+	ReceivedAt int64 `json:"received_at,omitempty"`
+}
+
+func toWire(ev bot.Event) wireEvent {
+	w := wireEvent{Type: ev.Type, Data: ev.Data, DeliveryID: ev.DeliveryID}
+	if !ev.ReceivedAt.IsZero() {
+		w.ReceivedAt = ev.ReceivedAt.UnixMilli()
+	}
+	return w
+}
+
+func (w wireEvent) event() bot.Event {
+	ev := bot.Event{Type: w.Type, Data: w.Data, DeliveryID: w.DeliveryID}
+	if w.ReceivedAt != 0 {
+		ev.ReceivedAt = time.UnixMilli(w.ReceivedAt)
+	}
+	return bot.WithGuild(ev)
 }
 
 func encodeEvent(ev bot.Event) []byte {
-	b, _ := json.Marshal(wireEvent{Type: ev.Type, Data: ev.Data, DeliveryID: ev.DeliveryID})
+	b, _ := json.Marshal(toWire(ev))
 	return b
 }
 
@@ -210,7 +316,7 @@ func decodeEvent(b []byte) (bot.Event, error) {
 	if err := json.Unmarshal(b, &w); err != nil {
 		return bot.Event{}, err
 	}
-	return bot.WithGuild(bot.Event{Type: w.Type, Data: w.Data, DeliveryID: w.DeliveryID}), nil
+	return w.event(), nil
 }
 
 // forwardRequest is POST /internal/events.
@@ -218,35 +324,40 @@ type forwardRequest struct {
 	Events []wireEvent `json:"events"`
 }
 
-// forward sends events to their owner, which commits them before answering.
-func (n *Node) forward(ctx context.Context, pod string, evs []bot.Event) error {
-	p, ok := n.watch.Pod(pod)
-	if !ok {
-		return fmt.Errorf("owner %s is not in the map", pod)
-	}
-	if p.State == fsm.PodDown {
-		return fmt.Errorf("owner %s is down", pod)
-	}
+// forwardResponse answers it: how many events the owner committed, and the
+// indexes (ascending) of those it refused and the sender keeps.
+type forwardResponse struct {
+	Accepted int   `json:"accepted"`
+	Refused  []int `json:"refused,omitempty"`
+}
+
+// httpPeers is the production peerLink: POST /internal/events on the owner.
+type httpPeers struct {
+	client  *http.Client
+	token   string
+	timeout time.Duration
+}
+
+func (h httpPeers) Forward(ctx context.Context, p fsm.Pod, evs []bot.Event) ([]int, error) {
 	req := forwardRequest{Events: make([]wireEvent, len(evs))}
 	for i, ev := range evs {
-		req.Events[i] = wireEvent{Type: ev.Type, Data: ev.Data, DeliveryID: ev.DeliveryID}
+		req.Events[i] = toWire(ev)
 	}
 	body, err := json.Marshal(req)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("encode %d events for %s: %w", len(evs), p.ID, err)
 	}
-	fctx, cancel := context.WithTimeout(ctx, n.cfg.ForwardTimeout)
+	fctx, cancel := context.WithTimeout(ctx, h.timeout)
 	defer cancel()
 	hr, err := http.NewRequestWithContext(fctx, http.MethodPost, "http://"+p.Addr+"/internal/events", bytes.NewReader(body))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	hr.Header.Set("Authorization", "Bearer "+n.cfg.Token)
+	hr.Header.Set("Authorization", "Bearer "+h.token)
 	hr.Header.Set("Content-Type", "application/json")
-	start := time.Now()
-	resp, err := n.peers.Do(hr)
+	resp, err := h.client.Do(hr)
 	if err != nil {
-		return fmt.Errorf("forward %d events to %s at %s: %w", len(evs), pod, p.Addr, err)
+		return nil, fmt.Errorf("forward %d events to %s at %s: %w", len(evs), p.ID, p.Addr, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -254,9 +365,46 @@ func (n *Node) forward(ctx context.Context, pod string, evs []bot.Event) error {
 			Error string `json:"error"`
 		}
 		_ = json.NewDecoder(resp.Body).Decode(&e)
-		return fmt.Errorf("forward %d events to %s: %d %s", len(evs), pod, resp.StatusCode, e.Error)
+		return nil, fmt.Errorf("forward %d events to %s: %d %s", len(evs), p.ID, resp.StatusCode, e.Error)
 	}
-	n.metrics.forwardDuration.Observe(time.Since(start).Seconds())
-	n.metrics.forwarded.Add(float64(len(evs)))
-	return nil
+	var fr forwardResponse
+	if err := json.NewDecoder(resp.Body).Decode(&fr); err != nil {
+		return nil, fmt.Errorf("forward %d events to %s: read the answer: %w", len(evs), p.ID, err)
+	}
+	for k, i := range fr.Refused {
+		if i < 0 || i >= len(evs) || (k > 0 && i <= fr.Refused[k-1]) {
+			return nil, fmt.Errorf("forward %d events to %s: bad refused index %d", len(evs), p.ID, i)
+		}
+	}
+	return fr.Refused, nil
+}
+
+// releasedResponse answers GET /internal/shards/{id}/released.
+type releasedResponse struct {
+	Shard    int  `json:"shard"`
+	Released bool `json:"released"`
+}
+
+func (h httpPeers) Released(ctx context.Context, p fsm.Pod, shard int, wait time.Duration) (bool, error) {
+	rctx, cancel := context.WithTimeout(ctx, wait+h.timeout)
+	defer cancel()
+	url := fmt.Sprintf("http://%s/internal/shards/%d/released?wait_ms=%d", p.Addr, shard, wait.Milliseconds())
+	hr, err := http.NewRequestWithContext(rctx, http.MethodGet, url, nil)
+	if err != nil {
+		return false, err
+	}
+	hr.Header.Set("Authorization", "Bearer "+h.token)
+	resp, err := h.client.Do(hr)
+	if err != nil {
+		return false, fmt.Errorf("ask %s whether it released shard %d: %w", p.ID, shard, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return false, fmt.Errorf("ask %s whether it released shard %d: status %d", p.ID, shard, resp.StatusCode)
+	}
+	var rr releasedResponse
+	if err := json.NewDecoder(resp.Body).Decode(&rr); err != nil {
+		return false, fmt.Errorf("ask %s whether it released shard %d: %w", p.ID, shard, err)
+	}
+	return rr.Released, nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/modbot/modbot/assignments"
@@ -21,6 +22,10 @@ type shardSet struct {
 	running map[int]*shardRunner
 	leaving map[int]*shardRunner
 	saved   map[int]fsm.Checkpoint // last checkpoint written to the FSM
+	// stopping counts sessions being closed or detached; released is
+	// closed (and replaced) whenever one finished, for shardReleased.
+	stopping map[int]int
+	released chan struct{}
 
 	gatewayURL     string
 	maxConcurrency int
@@ -33,14 +38,26 @@ type shardRunner struct {
 	// reclaim is closed when a shard being handed off comes back to this
 	// pod before the handoff finished: the session just keeps running.
 	reclaim chan struct{}
+	// leaving is set while the shard is being handed off: a session that
+	// ends then is not reopened (the shard is no longer ours to touch).
+	leaving atomic.Bool
+	// ended is set when the session stopped delivering for good.
+	ended atomic.Bool
 
 	mu    sync.Mutex
-	shard *discordgw.Shard // nil until open
+	shard session // nil until open
 	ready bool
+	// epoch is the holder epoch the FSM gave this pod for the shard; every
+	// checkpoint is saved under it and refused once the shard moved on.
+	epoch uint64
+	// after is the live previous holder whose session overlaps ours: no
+	// dispatch is routed until it has released the shard (see awaitRelease).
+	after string
 }
 
 func newShardSet(n *Node) *shardSet {
-	return &shardSet{n: n, running: map[int]*shardRunner{}, leaving: map[int]*shardRunner{}, saved: map[int]fsm.Checkpoint{}}
+	return &shardSet{n: n, running: map[int]*shardRunner{}, leaving: map[int]*shardRunner{}, saved: map[int]fsm.Checkpoint{},
+		stopping: map[int]int{}, released: make(chan struct{})}
 }
 
 // run reconciles running sessions with the map whenever it changes.
@@ -98,66 +115,115 @@ func (s *shardSet) held() []int {
 
 func (s *shardSet) reconcile() {
 	n := s.n
-	want := map[int]bool{}
+	want := map[int]uint64{} // shard → our holder epoch
 	for i := 0; i < n.watch.ShardCount(); i++ {
-		if n.watch.ShardHolder(i) == n.cfg.ID {
-			want[i] = true
+		if sa, ok := n.watch.Shard(i); ok && sa.Holder == n.cfg.ID {
+			want[i] = sa.Epoch
 		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for id, r := range s.running {
-		if !want[id] {
+		if _, ok := want[id]; !ok {
 			delete(s.running, id)
 			r.reclaim = make(chan struct{})
+			r.leaving.Store(true)
 			s.leaving[id] = r
-			go s.handoff(r, r.reclaim, n.watch.ShardHolder(id))
+			go s.handoff(r, r.reclaim)
 		}
 	}
-	for id := range want {
-		if _, ok := s.running[id]; ok {
+	for id, epoch := range want {
+		if r, ok := s.running[id]; ok {
+			r.setEpoch(epoch)
 			continue
 		}
-		if r, ok := s.leaving[id]; ok {
+		if r, ok := s.leaving[id]; ok && !r.ended.Load() {
 			delete(s.leaving, id)
+			r.setEpoch(epoch)
+			r.leaving.Store(false)
 			s.running[id] = r
 			close(r.reclaim)
 			continue
 		}
 		ctx, cancel := context.WithCancel(n.ctx)
-		r := &shardRunner{id: id, cancel: cancel, done: make(chan struct{}), reclaim: make(chan struct{})}
+		r := &shardRunner{id: id, cancel: cancel, done: make(chan struct{}), reclaim: make(chan struct{}), epoch: epoch}
 		s.running[id] = r
 		go s.runShard(ctx, r)
 	}
 	n.metrics.shardsHeld.Set(float64(len(s.running)))
 }
 
-// handoff keeps the old session until the shard's current holder has saved
-// a checkpoint of its own (its session is READY and committing), then closes
-// it. There is no deadline: while no other pod has taken the shard over, the
-// old session is the only one receiving its events, and closing it would
-// lose them (events seen by both sessions meanwhile are deduplicated). A
-// shard that nobody holds any more (no active pod) is detached at once so it
-// stays resumable.
-func (s *shardSet) handoff(r *shardRunner, reclaimed <-chan struct{}, newHolder string) {
+func (r *shardRunner) setEpoch(e uint64) {
+	r.mu.Lock()
+	r.epoch = e
+	r.mu.Unlock()
+}
+
+func (r *shardRunner) session() (session, uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.shard, r.epoch
+}
+
+// handoff gives up a shard that the map gave to another pod (or to none).
+// One session per shard holder, fenced by the holder epoch:
+//
+//   - If the new holder resumed *our* session (its checkpoint at its epoch
+//     names our session id), the session is theirs now: we detach without a
+//     close frame — a close 1000 would invalidate it for them.
+//   - If this pod is marked down in the map, the new holder resumes our
+//     session from the last checkpoint: we detach at once instead of
+//     fighting it for the connection (what we routed after the checkpoint is
+//     replayed to it, and handlers deduplicate).
+//   - Otherwise we keep the old session — with no deadline — until the new
+//     holder has saved a checkpoint of its own session at its epoch (READY
+//     and committing), then commit everything our session had received
+//     (drain) and close it.
+//   - A shard nobody holds (no active pod) is detached at once, to stay
+//     resumable.
+//
+// Every decision reads the shard linearizably, so it never acts on a
+// lagging follower's copy; no clocks are compared.
+func (s *shardSet) handoff(r *shardRunner, reclaimed <-chan struct{}) {
 	n := s.n
 	lost := time.Now()
 	warned := lost
-	for newHolder != "" && n.ctx.Err() == nil {
+	how := ""
+	newHolder := n.watch.ShardHolder(r.id)
+	for how == "" && n.ctx.Err() == nil {
+		if p, ok := n.watch.Pod(n.cfg.ID); ok && p.State == fsm.PodDown {
+			how = "detached"
+			n.log.Warn("this pod is marked down: leaving the shard's session to its new holder", "shard", r.id, "to", newHolder)
+			break
+		}
+		if r.ended.Load() {
+			how = "ended"
+			break
+		}
 		ctx, cancel := context.WithTimeout(n.ctx, 2*time.Second)
-		sl, err := n.client.Shards(ctx)
+		sl, err := n.client.ConsistentShards(ctx)
 		cancel()
 		if err == nil && r.id < len(sl.Shards) {
 			sh := sl.Shards[r.id]
-			if sh.Holder == "" {
-				newHolder = ""
-				break
+			newHolder = sh.Holder
+			switch cp := sh.Checkpoint; {
+			case sh.Holder == "":
+				how = "released"
+			case sh.Holder == n.cfg.ID:
+				// It came back; reconcile will reclaim it.
+			case cp != nil && cp.Holder == sh.Holder && cp.Epoch == sh.Epoch:
+				if sess, _ := r.session(); sess != nil {
+					if sid, _ := sess.Received(); sid == cp.SessionID {
+						how = "detached"
+						n.log.Warn("the new holder resumed this pod's session: detaching without closing it", "shard", r.id, "to", sh.Holder, "session", sid)
+						break
+					}
+				}
+				how = "closed"
 			}
-			if cp := sh.Checkpoint; cp != nil && cp.Holder == sh.Holder && cp.Holder != n.cfg.ID &&
-				time.UnixMilli(cp.At).After(lost.Add(-time.Second)) {
-				newHolder = sh.Holder
-				break
-			}
+		}
+		if how != "" {
+			break
 		}
 		if time.Since(warned) > n.cfg.HandoffTimeout {
 			warned = time.Now()
@@ -171,7 +237,7 @@ func (s *shardSet) handoff(r *shardRunner, reclaimed <-chan struct{}, newHolder 
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
-	if newHolder != "" {
+	if how == "closed" {
 		s.drain(r, reclaimed)
 	}
 	// Leave the handoff set under the lock, so a reclaim either happened
@@ -182,35 +248,107 @@ func (s *shardSet) handoff(r *shardRunner, reclaimed <-chan struct{}, newHolder 
 		return
 	}
 	delete(s.leaving, r.id)
+	if how == "" { // the pod is stopping: stopAll detaches
+		how = "detached"
+	}
+	s.stopping[r.id]++
 	s.mu.Unlock()
-	n.log.Info("handing shard over", "shard", r.id, "to", newHolder, "after", time.Since(lost).Round(time.Millisecond))
-	r.stop(newHolder == "")
+	n.log.Info("handing shard over", "shard", r.id, "to", newHolder, "how", how, "after", time.Since(lost).Round(time.Millisecond))
+	n.metrics.handoffs.WithLabelValues(how).Inc()
+	r.stop(how != "closed")
+	s.mu.Lock()
+	s.stopping[r.id]--
+	close(s.released)
+	s.released = make(chan struct{})
+	s.mu.Unlock()
 }
 
-// stop ends the runner. Cancelling first makes the pump stop routing (an
-// unacknowledged batch is replayed to whoever resumes or overlaps), then the
-// session is closed — or detached, to stay resumable by the next holder.
+// shardReleased waits up to wait for this pod to run no session of the
+// shard (none running, none being handed off or closed): the new holder's
+// barrier (awaitRelease).
+func (s *shardSet) shardReleased(ctx context.Context, shard int, wait time.Duration) bool {
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		_, run := s.running[shard]
+		_, leave := s.leaving[shard]
+		busy, ch := run || leave || s.stopping[shard] > 0, s.released
+		s.mu.Unlock()
+		if !busy {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-timer.C:
+			return false
+		case <-ch:
+		}
+	}
+}
+
+// awaitRelease is the new holder's side of a planned handoff: its session
+// and the old holder's both receive the shard's dispatches until the old one
+// closes, and the old holder commits everything its session received before
+// closing. Routing ours meanwhile would commit newer events before the old
+// holder's older ones; so the new holder routes nothing (its session buffers,
+// and its checkpoint — seq 0 of its own session — tells the old holder it is
+// up) until the old holder has released the shard, is down, or 2 minutes
+// passed (then it goes on and says so: nothing is lost, order may not hold).
+func (s *shardSet) awaitRelease(ctx context.Context, r *shardRunner, prev string) {
+	n := s.n
+	start := time.Now()
+	for ctx.Err() == nil {
+		p, ok := n.watch.Pod(prev)
+		if !ok || p.State == fsm.PodDown {
+			n.log.Info("previous holder is gone; routing the shard", "shard", r.id, "previous", prev)
+			return
+		}
+		released, err := n.peers.Released(ctx, p, r.id, 10*time.Second)
+		if err == nil && released {
+			n.log.Info("previous holder released the shard; routing it", "shard", r.id, "previous", prev, "waited", time.Since(start).Round(time.Millisecond))
+			return
+		}
+		if time.Since(start) > 2*time.Minute {
+			n.log.Error("previous holder did not release the shard within 2 minutes; routing anyway (events stay exactly once, their order across the two sessions may not)",
+				"shard", r.id, "previous", prev, "err", err)
+			return
+		}
+		if err != nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+}
+
 // drain waits until the old session has committed every dispatch it had
-// received when the new holder took over. The new session only carries
-// events from its READY on; whatever the old one still had queued — e.g. the
-// backlog a resume replayed — exists nowhere else once it closes.
+// received when the new holder took over, and until this pod's outbox holds
+// nothing more of the shard's guilds. The new session only carries events
+// from its READY on; whatever the old one still had queued — e.g. the
+// backlog a resume replayed — exists nowhere else once it closes, and a
+// held event delivered after the new holder's live ones would be out of
+// order. Both waits are bounded (2 minutes): an owner that stays down keeps
+// its events in the outbox, to be delivered when it returns.
 func (s *shardSet) drain(r *shardRunner, reclaimed <-chan struct{}) {
 	n := s.n
-	r.mu.Lock()
-	sh := r.shard
-	r.mu.Unlock()
+	sh, _ := r.session()
 	if sh == nil {
 		return
 	}
 	sid, target := sh.Received()
 	start := time.Now()
-	for n.ctx.Err() == nil {
+	for n.ctx.Err() == nil && !r.ended.Load() {
 		cp := sh.Checkpoint()
-		if cp.SessionID != sid || cp.Seq >= target {
+		committed := cp.SessionID != sid || cp.Seq >= target
+		if committed && n.outbox.pendingInShard(r.id, n.watch.ShardCount()) == 0 {
 			return
 		}
 		if time.Since(start) > 2*time.Minute {
-			n.log.Error("handing a shard over before its backlog was committed", "shard", r.id, "acked", cp.Seq, "received", target)
+			n.log.Error("handing a shard over before its backlog was committed and its held events delivered", "shard", r.id,
+				"acked", cp.Seq, "received", target, "held_guilds", n.outbox.pendingInShard(r.id, n.watch.ShardCount()))
 			return
 		}
 		select {
@@ -222,6 +360,9 @@ func (s *shardSet) drain(r *shardRunner, reclaimed <-chan struct{}) {
 	}
 }
 
+// stop ends the runner. Cancelling first makes the pump stop routing (an
+// unacknowledged batch is replayed to whoever resumes or overlaps), then the
+// session is closed — or detached, to stay resumable by the next holder.
 func (r *shardRunner) stop(detach bool) {
 	r.cancel()
 	<-r.done
@@ -264,29 +405,27 @@ func (s *shardSet) gateway() (string, int, error) {
 	if url != "" {
 		return url, mc, nil
 	}
-	gb, err := s.n.rest.GatewayBot()
+	url, mc, err := s.n.discord.Gateway()
 	if err != nil {
-		return "", 0, fmt.Errorf("GET /gateway/bot: %w", err)
+		return "", 0, err
 	}
-	mc = gb.SessionStartLimit.MaxConcurrency
-	if mc < 1 {
-		mc = 1
-	}
+	mc = max(mc, 1)
 	s.mu.Lock()
-	s.gatewayURL, s.maxConcurrency = gb.URL, mc
+	s.gatewayURL, s.maxConcurrency = url, mc
 	s.mu.Unlock()
-	return gb.URL, mc, nil
+	return url, mc, nil
 }
 
 // runShard opens the shard's session (resuming the previous holder's when it
 // died, or our own after a restart) and routes its dispatches until stopped.
+// A session that ends while the shard is being handed off is not reopened.
 func (s *shardSet) runShard(ctx context.Context, r *shardRunner) {
 	n := s.n
 	defer close(r.done)
 	log := n.log.With("shard", r.id)
 	backoff := 500 * time.Millisecond
-	for ctx.Err() == nil {
-		sh, err := s.open(ctx, r.id)
+	for ctx.Err() == nil && !r.leaving.Load() {
+		sh, err := s.open(ctx, r)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -310,23 +449,44 @@ func (s *shardSet) runShard(ctx context.Context, r *shardRunner) {
 		r.mu.Lock()
 		r.ready = false
 		r.mu.Unlock()
+		if sh.ResumeFailed() {
+			s.resumeFailed(r.id, sh)
+		}
 		if ctx.Err() != nil {
 			return // stop() closes or detaches the session
+		}
+		if r.leaving.Load() {
+			r.ended.Store(true)
+			log.Info("shard session ended during its handoff; not reopening it", "err", sh.Err())
+			_ = sh.Detach()
+			return
 		}
 		log.Warn("shard session ended; reopening", "err", sh.Err())
 		_ = sh.Detach()
 	}
 }
 
-func (s *shardSet) open(ctx context.Context, shardID int) (*discordgw.Shard, error) {
+// resumeFailed records a RESUME that Discord refused: the shard identified
+// afresh, and what was dispatched between the checkpoint and the new READY
+// was not replayed. It is counted and logged as an error (never only a log
+// line) so an operator can alert on it.
+func (s *shardSet) resumeFailed(shard int, sh session) {
+	s.n.metrics.resumeFailed.Inc()
+	cp := sh.Checkpoint()
+	s.n.log.Error("RESUME refused: the shard identified afresh and dispatches since its checkpoint were not replayed",
+		"shard", shard, "new_session", cp.SessionID)
+}
+
+func (s *shardSet) open(ctx context.Context, r *shardRunner) (session, error) {
 	n := s.n
+	shardID := r.id
 	url, mc, err := s.gateway()
 	if err != nil {
 		return nil, err
 	}
 	cfg := discordgw.Config{
 		Token: n.cfg.DiscordToken, ShardID: shardID, ShardCount: n.watch.ShardCount(), Intents: n.cfg.Intents,
-		GatewayURL: url, Dialer: n.dialer, Logger: n.log.With("shard", shardID),
+		GatewayURL: url, Logger: n.log.With("shard", shardID),
 		IdentifyGate: func(ctx context.Context, shard int) error {
 			slot, err := n.client.IdentifySlot(ctx, assignments.IdentifyRequest{Pod: n.cfg.ID, Shard: shard, MaxConcurrency: mc})
 			if err != nil {
@@ -341,40 +501,58 @@ func (s *shardSet) open(ctx context.Context, shardID int) (*discordgw.Shard, err
 			}
 		},
 	}
-	if cp := s.resumePoint(ctx, shardID); cp != nil {
+	cp, prev, err := s.resumePoint(ctx, shardID)
+	if err != nil {
+		return nil, err
+	}
+	if cp != nil {
 		cfg.Resume = &discordgw.Checkpoint{SessionID: cp.SessionID, Seq: cp.Seq, ResumeURL: cp.ResumeURL}
 		n.log.Info("resuming shard from checkpoint", "shard", shardID, "session", cp.SessionID, "seq", cp.Seq, "previous_holder", cp.Holder)
 	}
-	return discordgw.Open(ctx, cfg)
+	r.mu.Lock()
+	r.after = prev
+	r.mu.Unlock()
+	return n.discord.Open(ctx, cfg)
 }
 
-// resumePoint returns the checkpoint to resume from: ours (we restarted) or a
-// holder's that is no longer active (it died). A live previous holder keeps
-// its session until we are up, so we identify afresh instead of stealing it.
-// A draining holder is alive too: resuming its session would fight it for
-// the connection and be invalidated when it closes the session at handoff.
-func (s *shardSet) resumePoint(ctx context.Context, shardID int) *fsm.Checkpoint {
+// resumePoint reads the shard's checkpoint (linearizably) and decides how
+// to open: resume ours (we restarted) or a holder's that is no longer active
+// (it died, or was marked down); otherwise identify afresh — a live previous
+// holder keeps its own session until we are up, so stealing it would fight
+// it for the connection — and return that holder, whose release the new
+// session waits for before routing. An error means "cannot tell yet": the
+// caller retries rather than identify and lose a dead holder's backlog.
+func (s *shardSet) resumePoint(ctx context.Context, shardID int) (resume *fsm.Checkpoint, livePrev string, err error) {
 	n := s.n
 	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	sl, err := n.client.Shards(sctx)
-	if err != nil || shardID >= len(sl.Shards) || sl.Shards[shardID].Checkpoint == nil {
-		return nil
+	sl, err := n.client.ConsistentShards(sctx)
+	if err != nil {
+		return nil, "", fmt.Errorf("read shard %d's checkpoint: %w", shardID, err)
+	}
+	if shardID >= len(sl.Shards) || sl.Shards[shardID].Checkpoint == nil {
+		return nil, "", nil
 	}
 	cp := sl.Shards[shardID].Checkpoint
 	if cp.Holder == n.cfg.ID {
-		return cp
+		return cp, "", nil
 	}
 	if p, ok := n.watch.Pod(cp.Holder); !ok || p.State == fsm.PodDown {
-		return cp
+		return cp, "", nil
 	}
-	return nil
+	return nil, cp.Holder, nil
 }
 
 // pump routes the session's dispatches in batches and acknowledges each batch
 // once it is committed.
-func (s *shardSet) pump(ctx context.Context, r *shardRunner, sh *discordgw.Shard) {
+func (s *shardSet) pump(ctx context.Context, r *shardRunner, sh session) {
 	n := s.n
+	r.mu.Lock()
+	after := r.after
+	r.mu.Unlock()
+	if after != "" {
+		s.awaitRelease(ctx, r, after)
+	}
 	events := sh.Events()
 	for {
 		var batch []discordgw.Dispatch
@@ -400,8 +578,9 @@ func (s *shardSet) pump(ctx context.Context, r *shardRunner, sh *discordgw.Shard
 			}
 		}
 		evs := make([]bot.Event, 0, len(batch))
+		now := time.Now()
 		for _, d := range batch {
-			evs = append(evs, bot.WithGuild(bot.Event{Type: d.Type, Data: d.Data, DeliveryID: d.SessionID + ":" + strconv.FormatInt(d.Seq, 10)}))
+			evs = append(evs, bot.WithGuild(bot.Event{Type: d.Type, Data: d.Data, DeliveryID: d.SessionID + ":" + strconv.FormatInt(d.Seq, 10), ReceivedAt: now}))
 		}
 		start := time.Now()
 		for {
@@ -442,9 +621,7 @@ func (s *shardSet) saveCheckpoints() {
 	req := assignments.CheckpointRequest{Pod: n.cfg.ID, Checkpoints: map[string]fsm.Checkpoint{}}
 	s.mu.Lock()
 	for id, r := range s.running {
-		r.mu.Lock()
-		sh := r.shard
-		r.mu.Unlock()
+		sh, epoch := r.session()
 		if sh == nil {
 			continue
 		}
@@ -452,10 +629,8 @@ func (s *shardSet) saveCheckpoints() {
 		if cp.SessionID == "" {
 			continue
 		}
-		fc := fsm.Checkpoint{SessionID: cp.SessionID, Seq: cp.Seq, ResumeURL: cp.ResumeURL}
-		prev, ok := s.saved[id]
-		// Re-save at least every 10 s so a handoff partner sees a fresh At.
-		if ok && prev.SessionID == fc.SessionID && prev.Seq == fc.Seq && time.Since(time.UnixMilli(prev.At)) < 10*time.Second {
+		fc := fsm.Checkpoint{SessionID: cp.SessionID, Seq: cp.Seq, ResumeURL: cp.ResumeURL, Epoch: epoch}
+		if prev, ok := s.saved[id]; ok && prev.SessionID == fc.SessionID && prev.Seq == fc.Seq && prev.Epoch == fc.Epoch {
 			continue
 		}
 		req.Checkpoints[strconv.Itoa(id)] = fc
@@ -475,7 +650,6 @@ func (s *shardSet) saveCheckpoints() {
 			continue
 		}
 		id, _ := strconv.Atoi(k)
-		cp.At = time.Now().UnixMilli()
 		s.mu.Lock()
 		s.saved[id] = cp
 		s.mu.Unlock()

@@ -23,6 +23,7 @@ func BenchmarkDashboard(b *testing.B) {
 		for pb.Next() {
 			req, _ := http.NewRequest(http.MethodGet, e.url+"/guild/42/dashboard", nil)
 			req.Header.Set("Accept", "application/json")
+			req.Header.Set("Authorization", "Bearer "+testAdminToken)
 			resp, err := hc.Do(req)
 			if err != nil {
 				b.Error(err)

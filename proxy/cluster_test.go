@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/modbot/modbot/assignments"
-	"github.com/modbot/modbot/benchmarks"
 	"github.com/modbot/modbot/proxy"
+	"github.com/modbot/modbot/systest"
 )
 
 // TestRoutesFromRealWatcher runs the proxy on a real assignments.Watcher fed
@@ -26,7 +26,7 @@ func TestRoutesFromRealWatcher(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c, err := benchmarks.StartCluster(ctx, t.TempDir(), 1, nil)
+	c, err := systest.StartCluster(ctx, t.TempDir(), 1, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +92,12 @@ func TestRoutesFromRealWatcher(t *testing.T) {
 	check := func(phase string) {
 		t.Helper()
 		for _, g := range placed.Guilds {
-			resp, err := http.Get(url + "/guild/" + strconv.FormatUint(g.ID, 10) + "/dashboard")
+			req, err := http.NewRequest(http.MethodGet, url+"/guild/"+strconv.FormatUint(g.ID, 10)+"/dashboard", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Authorization", "Bearer bench-token") // the admin token
+			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				t.Fatalf("%s: %v", phase, err)
 			}

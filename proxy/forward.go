@@ -5,9 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
@@ -210,8 +213,8 @@ func (p *Proxy) outbound(ctx context.Context, method, url string, src http.Heade
 	}
 	h := make(http.Header, len(src)+6)
 	copyHeader(h, src, true)
-	if p.cfg.Token != "" {
-		h.Set("Authorization", "Bearer "+p.cfg.Token)
+	if p.cfg.InternalToken != "" {
+		h.Set("Authorization", "Bearer "+p.cfg.InternalToken)
 	}
 	if g.ID != 0 {
 		h.Set(HeaderEpoch, strconv.FormatUint(g.Epoch, 10))
@@ -222,11 +225,22 @@ func (p *Proxy) outbound(ctx context.Context, method, url string, src http.Heade
 	return out, nil
 }
 
-// handleGuild forwards GET /guild/{id}/… to the owner and streams the answer
-// back unchanged.
+// handleGuild forwards GET /guild/{id}/… of an authorized request (the admin
+// token) to the owner and streams the answer back unchanged. Credentials are
+// checked first, so an anonymous client learns nothing, not even whether the
+// guild is placed.
 func (p *Proxy) handleGuild(w http.ResponseWriter, r *http.Request) {
+	if !p.authorizeDashboard(w, r) {
+		return
+	}
 	id, err := fsm.ParseGuildID(mux.Vars(r)["id"])
 	if err != nil {
+		httpapi.WriteError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	target, err := guildTarget(r.URL, mux.Vars(r)["id"])
+	if err != nil {
+		p.m.unsafePaths.Inc()
 		httpapi.WriteError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
@@ -245,7 +259,7 @@ func (p *Proxy) handleGuild(w http.ResponseWriter, r *http.Request) {
 		}
 		note(w, 0, pod.ID)
 		hdr := r.Header
-		out, err := p.outbound(ctx, r.Method, podURL(pod.Addr)+r.URL.RequestURI(), hdr, body, g)
+		out, err := p.outbound(ctx, r.Method, podURL(pod.Addr)+target, hdr, body, g)
 		if err != nil {
 			httpapi.WriteError(w, http.StatusBadGateway, "build request to %s: %v", pod.ID, err)
 			return
@@ -276,6 +290,25 @@ func (p *Proxy) handleGuild(w http.ResponseWriter, r *http.Request) {
 		p.copyResponse(w, resp)
 		return
 	}
+}
+
+// guildTarget is the request URI forwarded to the pod for a /guild/{id}/…
+// request. Besides the check before routing (unsafePath), it makes sure the
+// path the pod will decode stays under /guild/{id}: whatever slipped past,
+// nothing outside it (the pod's /internal/… API) is ever requested.
+func guildTarget(u *url.URL, id string) (string, error) {
+	if why := unsafePath(u); why != "" {
+		return "", fmt.Errorf("path refused (%s)", why)
+	}
+	prefix := "/guild/" + id
+	dec := u.Path
+	if dec != prefix && !strings.HasPrefix(dec, prefix+"/") {
+		return "", fmt.Errorf("path %q is not under %s", dec, prefix)
+	}
+	if c := path.Clean(dec); c != dec && c+"/" != dec {
+		return "", fmt.Errorf("path %q is not in canonical form", dec)
+	}
+	return u.RequestURI(), nil
 }
 
 func setForwarded(h http.Header, r *http.Request) {

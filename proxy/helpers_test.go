@@ -178,6 +178,13 @@ func (b *backend) lastRequest() (*http.Request, []byte) {
 	return b.last, b.body
 }
 
+// The env's proxy has distinct admin and internal tokens, so a test can
+// tell which one travelled where.
+const (
+	testAdminToken    = "admin-secret"
+	testInternalToken = "internal-secret"
+)
+
 type testEnv struct {
 	m    *memMap
 	p    *Proxy
@@ -195,7 +202,7 @@ func newEnv(t testing.TB, tweak func(*Config)) *testEnv {
 		t.Fatal(err)
 	}
 	e := &testEnv{m: newMemMap(), priv: priv, pub: pub}
-	cfg := Config{Map: e.m, PublicKey: pub, Token: "secret", Logger: quietLogger()}
+	cfg := Config{Map: e.m, PublicKey: pub, Token: testAdminToken, InternalToken: testInternalToken, Logger: quietLogger()}
 	if tweak != nil {
 		tweak(&cfg)
 	}
@@ -213,10 +220,16 @@ func newEnv(t testing.TB, tweak func(*Config)) *testEnv {
 	return e
 }
 
-// signed builds a webhook request signed with key (the env's when nil).
+// signed builds a webhook request for body signed with the env's key at the
+// current time.
 func (e *testEnv) signed(t *testing.T, body string) *http.Request {
 	t.Helper()
-	ts := strconv.FormatInt(time.Now().Unix(), 10)
+	return e.signedAt(t, body, strconv.FormatInt(time.Now().Unix(), 10))
+}
+
+// signedAt is signed with a given X-Signature-Timestamp.
+func (e *testEnv) signedAt(t *testing.T, body, ts string) *http.Request {
+	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, e.url+"/webhooks/discord", strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
@@ -247,6 +260,7 @@ func do(t *testing.T, req *http.Request) result {
 	return result{status: resp.StatusCode, header: resp.Header, body: buf.String(), took: time.Since(start)}
 }
 
+// get is a JSON GET as an operator: it carries the admin token.
 func get(t *testing.T, url string) result {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, url, nil)
@@ -254,5 +268,6 @@ func get(t *testing.T, url string) result {
 		t.Fatal(err)
 	}
 	req.Header.Set("Accept", "application/json")
+	req.Header.Set("Authorization", "Bearer "+testAdminToken)
 	return do(t, req)
 }

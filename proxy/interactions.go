@@ -33,31 +33,55 @@ var (
 const InternalInteractionsPath = "/internal/interactions"
 
 // verify checks Discord's signature headers over timestamp+body. It returns
-// the reason for a refusal ("" when valid).
-func verify(key ed25519.PublicKey, sigHex, ts string, body []byte) string {
+// the decoded signature, and the reason for a refusal ("" when valid). With a
+// nil body it checks only what the headers alone can show (every reason but
+// bad_signature).
+func verify(key ed25519.PublicKey, sigHex, ts string, body []byte) ([]byte, string) {
 	switch {
 	case sigHex == "":
-		return "missing_signature"
+		return nil, "missing_signature"
 	case ts == "":
-		return "missing_timestamp"
+		return nil, "missing_timestamp"
 	case len(sigHex) != 2*ed25519.SignatureSize:
-		return "malformed_signature"
+		return nil, "malformed_signature"
 	}
-	var sig [ed25519.SignatureSize]byte
-	if _, err := hex.Decode(sig[:], []byte(sigHex)); err != nil {
-		return "malformed_signature"
+	sig := make([]byte, ed25519.SignatureSize)
+	if _, err := hex.Decode(sig, []byte(sigHex)); err != nil {
+		return nil, "malformed_signature"
+	}
+	if _, ok := parseTimestamp(ts); !ok {
+		return nil, "malformed_timestamp"
+	}
+	if body == nil {
+		return sig, ""
 	}
 	msg := make([]byte, 0, len(ts)+len(body))
 	msg = append(append(msg, ts...), body...)
-	if !ed25519.Verify(key, msg, sig[:]) {
-		return "bad_signature"
+	if !ed25519.Verify(key, msg, sig) {
+		return nil, "bad_signature"
 	}
-	return ""
+	return sig, ""
+}
+
+// webhookRefusal is the JSON body of every 401 on the webhook.
+type webhookRefusal struct {
+	Error  string `json:"error"`
+	Reason string `json:"reason"`
+}
+
+// refuseWebhook answers 401 and counts the reason; the request is never
+// forwarded.
+func (p *Proxy) refuseWebhook(w http.ResponseWriter, reason, msg string) {
+	p.m.sigFailures.WithLabelValues(reason).Inc()
+	httpapi.WriteJSON(w, http.StatusUnauthorized, webhookRefusal{Error: msg, Reason: reason})
 }
 
 func (p *Proxy) unauthorized(w http.ResponseWriter, reason string) {
-	p.m.sigFailures.WithLabelValues(reason).Inc()
-	httpapi.WriteError(w, http.StatusUnauthorized, "invalid request signature (%s)", reason)
+	msg := "invalid request signature (" + reason + ")"
+	if reason == "malformed_timestamp" {
+		msg = "X-Signature-Timestamp is not Unix seconds in decimal (" + reason + ")"
+	}
+	p.refuseWebhook(w, reason, msg)
 }
 
 // handleInteraction is POST /webhooks/discord: verify, answer PING, route
@@ -67,7 +91,7 @@ func (p *Proxy) handleInteraction(w http.ResponseWriter, r *http.Request) {
 	sigHex, ts := r.Header.Get(HeaderSignature), r.Header.Get(HeaderTimestamp)
 	// Header checks first: a request that cannot be valid is refused before
 	// its body is read.
-	if reason := verify(p.cfg.PublicKey, sigHex, ts, nil); reason != "" && reason != "bad_signature" {
+	if _, reason := verify(p.cfg.PublicKey, sigHex, ts, nil); reason != "" {
 		p.unauthorized(w, reason)
 		return
 	}
@@ -75,8 +99,23 @@ func (p *Proxy) handleInteraction(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if reason := verify(p.cfg.PublicKey, sigHex, ts, body); reason != "" {
+	if body == nil {
+		body = []byte{} // verify the signature over the timestamp alone
+	}
+	sig, reason := verify(p.cfg.PublicKey, sigHex, ts, body)
+	if reason != "" {
 		p.unauthorized(w, reason)
+		return
+	}
+	// Freshness after the signature: a stale_timestamp count then means
+	// requests Discord really signed (replays, or this host's clock is off),
+	// not forgeries.
+	signedAt, _ := parseTimestamp(ts)
+	now := time.Now()
+	if why := freshness(signedAt, now, p.cfg.WebhookMaxSkew); why != "" {
+		p.log.Debug("webhook refused: timestamp outside the window", "signed_at", signedAt.UTC(), "max_skew", p.cfg.WebhookMaxSkew)
+		p.refuseWebhook(w, "stale_timestamp", "X-Signature-Timestamp "+why+
+			": refused as a possible replay (if Discord's own requests are refused, check this host's clock)")
 		return
 	}
 	var in struct {
@@ -88,9 +127,19 @@ func (p *Proxy) handleInteraction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if in.Type == interactionPing {
+		// Answered here and never forwarded, so a repeated PING changes
+		// nothing: it skips the replay cache.
 		p.m.interactions.WithLabelValues("pong").Inc()
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(pongBody)
+		return
+	}
+	// Recorded before forwarding, so of two identical requests racing only
+	// one is forwarded. Kept even if the forward fails: Discord does not
+	// retry a webhook, only a replay would repeat it.
+	if !p.replay.firstUse(keyOf(sig), signedAt.Add(p.cfg.WebhookMaxSkew), now) {
+		p.log.Debug("webhook refused: replay of an interaction already accepted", "signed_at", signedAt.UTC())
+		p.refuseWebhook(w, "replayed", "this signed interaction was already accepted by this proxy; a replay is never forwarded")
 		return
 	}
 	var guild uint64

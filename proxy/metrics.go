@@ -22,9 +22,12 @@ type metrics struct {
 	sigFailures  *prometheus.CounterVec
 	misdirected  prometheus.Counter
 	interactions *prometheus.CounterVec
+	// dashboardRefusals counts /guild/{id}/… requests refused with 401.
+	dashboardRefusals *prometheus.CounterVec
+	unsafePaths       prometheus.Counter
 }
 
-func newMetrics(reg *prometheus.Registry, m Map) *metrics {
+func newMetrics(reg *prometheus.Registry, m Map, replay *replayCache) *metrics {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -49,7 +52,8 @@ func newMetrics(reg *prometheus.Registry, m Map) *metrics {
 			Help: "Interactions the proxy answered itself with a deferred response (type 5) because the owner did not answer within the budget.",
 		}),
 		sigFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "modbot_proxy_signature_failures_total", Help: "Webhook requests refused with 401, by reason.",
+			Name: "modbot_proxy_signature_failures_total",
+			Help: "Webhook requests refused with 401, by reason: missing_signature, missing_timestamp, malformed_signature, malformed_timestamp, bad_signature, stale_timestamp (outside the freshness window), replayed (already accepted by this replica).",
 		}, []string{"reason"}),
 		misdirected: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "modbot_proxy_misdirected_total", Help: "421 answers from pods (the proxy's map was behind); each is retried once.",
@@ -58,10 +62,26 @@ func newMetrics(reg *prometheus.Registry, m Map) *metrics {
 			Name: "modbot_proxy_interactions_total", Help: "Verified interactions by outcome: pong, answered, deferred, failed.",
 		}, []string{"result"}),
 	}
+	x.dashboardRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "modbot_proxy_dashboard_refusals_total",
+		Help: "Requests under /guild/{id}/ refused with 401 (never forwarded), by reason: anonymous, wrong_token, no_admin_token (the proxy has none configured).",
+	}, []string{"reason"})
+	x.unsafePaths = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "modbot_proxy_unsafe_paths_total",
+		Help: "Requests refused with 400 because their path had a dot-segment or an encoded slash (never routed).",
+	})
+	replayEntries := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "modbot_proxy_replay_cache_entries", Help: "Accepted webhook signatures this replica remembers to refuse replays.",
+	}, func() float64 { n, _ := replay.stats(); return float64(n) })
+	replayEvictions := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "modbot_proxy_replay_cache_evictions_total",
+		Help: "Replay-cache entries dropped before their timestamp left the window because the cache was full (each could be replayed once more to this replica; raise --webhook-replay-cache-size if this grows).",
+	}, func() float64 { _, n := replay.stats(); return float64(n) })
 	rev := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "modbot_proxy_map_revision", Help: "Revision of the assignment map the proxy routes by.",
 	}, func() float64 { return float64(m.Revision()) })
-	reg.MustRegister(x.httpLatency, x.forwardErrs, x.holds, x.holdTime, x.deferred, x.sigFailures, x.misdirected, x.interactions, rev)
+	reg.MustRegister(x.httpLatency, x.forwardErrs, x.holds, x.holdTime, x.deferred, x.sigFailures, x.misdirected, x.interactions,
+		x.dashboardRefusals, x.unsafePaths, replayEntries, replayEvictions, rev)
 	return x
 }
 

@@ -1,6 +1,7 @@
 // Package proxy is the stateless HTTP front of modbot: it verifies Discord's
-// signed interaction webhooks and routes them, and the dashboards under
-// /guild/{id}/…, to the gateway pod that owns the guild.
+// signed interaction webhooks (signature, timestamp freshness, replay) and
+// routes them, and the dashboards under /guild/{id}/… (admin token only
+// until Discord login exists), to the gateway pod that owns the guild.
 //
 // Routing comes from a Map that is pushed to the proxy (assignments.Watcher:
 // list+watch of the config nodes' change stream) and answered from memory: no
@@ -61,9 +62,16 @@ type Config struct {
 	// PublicKey is the application's Ed25519 public key (Discord developer
 	// portal); required.
 	PublicKey ed25519.PublicKey
-	// Token is the bearer token the gateway pods' internal API requires.
-	Token  string
-	Logger *slog.Logger // default slog.Default()
+	// Token is the admin token (--token, DESIGN §4). Until Discord login
+	// exists it is the only credential that may read a guild's dashboard:
+	// a /guild/{id}/… request is forwarded only with "Authorization: Bearer
+	// <Token>". Empty: no request may read a dashboard.
+	Token string
+	// InternalToken is the bearer token the proxy sends to the gateway
+	// pods' internal API (proxy→pod; it is never accepted from a client).
+	// Default: Token, so a one-token setup such as dev keeps working.
+	InternalToken string
+	Logger        *slog.Logger // default slog.Default()
 	// Registry receives the proxy's metrics and is served on /metrics
 	// (default: a new registry with the Go and process collectors).
 	Registry *prometheus.Registry
@@ -86,6 +94,16 @@ type Config struct {
 	MisdirectWait time.Duration
 	// RetryAfter is the Retry-After of 503 answers. Default 1 s.
 	RetryAfter time.Duration
+	// WebhookMaxSkew is how far X-Signature-Timestamp may be from this
+	// proxy's clock, either way, for a signed interaction to be accepted;
+	// outside it the request is refused (401) as a possible replay.
+	// Default 5 min.
+	WebhookMaxSkew time.Duration
+	// ReplayCacheSize bounds the replay cache: how many accepted interaction
+	// signatures this replica remembers (each until its timestamp leaves the
+	// window). When full, the entry whose window ends first is evicted.
+	// Default 100,000 (about 15 MiB: ~150 bytes an entry).
+	ReplayCacheSize int
 	// MaxBodyBytes caps request bodies (413 beyond). Default 1 MiB.
 	MaxBodyBytes int64
 	// MaxIdleConnsPerHost sizes the keep-alive pool per pod. Default 512.
@@ -112,6 +130,13 @@ func (c *Config) defaults() {
 	def(&c.RetryAfter, time.Second)
 	if c.InteractionHold > c.InteractionBudget {
 		c.InteractionHold = c.InteractionBudget / 2
+	}
+	def(&c.WebhookMaxSkew, 5*time.Minute)
+	if c.ReplayCacheSize <= 0 {
+		c.ReplayCacheSize = 100_000
+	}
+	if c.InternalToken == "" {
+		c.InternalToken = c.Token
 	}
 	if c.MaxBodyBytes <= 0 {
 		c.MaxBodyBytes = 1 << 20
@@ -142,6 +167,8 @@ type Proxy struct {
 	m       *metrics
 	tr      http.RoundTripper
 	handler http.Handler
+	replay  *replayCache
+	admin   adminCredential
 	ready   atomic.Bool
 	readyCh chan struct{} // closed once ready
 
@@ -165,7 +192,12 @@ func New(cfg Config) (*Proxy, error) {
 	cfg.defaults()
 	p := &Proxy{cfg: cfg, log: cfg.Logger, readyCh: make(chan struct{})}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
-	p.m = newMetrics(cfg.Registry, cfg.Map)
+	p.replay = newReplayCache(cfg.ReplayCacheSize)
+	p.admin = newAdminCredential(cfg.Token)
+	p.m = newMetrics(cfg.Registry, cfg.Map, p.replay)
+	if cfg.Token == "" {
+		p.log.Warn("no admin token (--token): every /guild/{id}/… request is refused with 401 until one is set")
+	}
 	p.tr = cfg.Transport
 	if p.tr == nil {
 		p.tr = NewTransport(cfg.DialTimeout, cfg.ResponseHeaderTimeout, cfg.MaxIdleConnsPerHost)
@@ -297,7 +329,17 @@ func (p *Proxy) routes() http.Handler {
 	guild := p.instrument("/guild/{id}", http.HandlerFunc(p.handleGuild))
 	r.Handle("/guild/{id}", guild)
 	r.PathPrefix("/guild/{id}/").Handler(guild)
-	return r
+	unsafe := p.instrument("other", http.HandlerFunc(p.refuseUnsafePath))
+	// The path check runs before routing: mux would otherwise clean a
+	// dot-segment path itself and redirect, and a decoded %2F would change
+	// which route matches.
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if unsafePath(req.URL) != "" {
+			unsafe.ServeHTTP(w, req)
+			return
+		}
+		r.ServeHTTP(w, req)
+	})
 }
 
 func (p *Proxy) handleReady(w http.ResponseWriter, _ *http.Request) {

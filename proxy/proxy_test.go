@@ -150,7 +150,7 @@ func TestRoutesDashboardToOwner(t *testing.T) {
 			na, nb := a.count.Load(), b.count.Load()
 			req, _ := http.NewRequest(http.MethodGet, e.url+tc.path, nil)
 			req.Header.Set("Accept", "application/json")
-			req.Header.Set("Authorization", "Bearer user-supplied")
+			req.Header.Set("Authorization", "Bearer "+testAdminToken)
 			req.Header.Set(HeaderEpoch, "999")
 			res := do(t, req)
 			if res.status != tc.wantStatus {
@@ -169,8 +169,8 @@ func TestRoutesDashboardToOwner(t *testing.T) {
 			if got := r.URL.RequestURI(); got != tc.path {
 				t.Fatalf("pod saw %q, want %q", got, tc.path)
 			}
-			if got := r.Header.Get("Authorization"); got != "Bearer secret" {
-				t.Fatalf("Authorization %q, want the internal token", got)
+			if got := r.Header.Get("Authorization"); got != "Bearer "+testInternalToken {
+				t.Fatalf("Authorization %q, want the internal token (never the client's admin token)", got)
 			}
 			if got := r.Header.Get(HeaderEpoch); got != tc.wantEpoch {
 				t.Fatalf("epoch %q, want %s", got, tc.wantEpoch)
@@ -250,12 +250,14 @@ func TestFollowsMapChange(t *testing.T) {
 	e.m.addPod("gateway-0", 0, a.addr(), fsm.PodActive)
 	e.m.addPod("gateway-1", 1, b.addr(), fsm.PodActive)
 	e.m.place(7, "gateway-0", fsm.GuildActive)
-	for _, owner := range []string{"gateway-0", "gateway-1", "gateway-0"} {
+	for i, owner := range []string{"gateway-0", "gateway-1", "gateway-0"} {
 		e.m.place(7, owner, fsm.GuildActive)
 		if got := get(t, e.url+"/guild/7/dashboard").header.Get("X-Pod"); got != owner {
 			t.Fatalf("dashboard answered by %s, want %s", got, owner)
 		}
-		if got := do(t, e.signed(t, strings.Replace(cmdBody, `"42"`, `"7"`, 1))).body; !strings.Contains(got, owner) {
+		// A new interaction each time (the same signed one twice is a replay).
+		body := strings.Replace(strings.Replace(cmdBody, `"42"`, `"7"`, 1), `"id":"1"`, `"id":"`+strconv.Itoa(100+i)+`"`, 1)
+		if got := do(t, e.signed(t, body)).body; !strings.Contains(got, owner) {
 			t.Fatalf("interaction answered %s, want from %s", got, owner)
 		}
 	}
@@ -366,8 +368,8 @@ func TestInteractionRouting(t *testing.T) {
 			if err != nil || ms <= 0 || ms > 2500 {
 				t.Fatalf("deadline header %q", r.Header.Get(HeaderDeadlineMs))
 			}
-			if r.Header.Get("Authorization") != "Bearer secret" {
-				t.Fatal("no internal token")
+			if got := r.Header.Get("Authorization"); got != "Bearer "+testInternalToken {
+				t.Fatalf("Authorization %q, want the internal token", got)
 			}
 		})
 	}
@@ -462,7 +464,7 @@ func TestHealthReadyMetrics(t *testing.T) {
 	m := newMemMap()
 	m.synced = make(chan struct{})
 	pub, _, _ := ed25519.GenerateKey(nil)
-	p, err := New(Config{Map: m, PublicKey: pub, Logger: quietLogger()})
+	p, err := New(Config{Map: m, PublicKey: pub, Token: testAdminToken, Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,12 +18,15 @@ import (
 
 func runProxy(args []string) error {
 	fs := flag.NewFlagSet("proxy", flag.ContinueOnError)
-	cli.Usage(fs, "modbot proxy --http-addr 127.0.0.1:8080 --config http://HOST:PORT[,…] --discord-public-key HEX [--token T]")
+	cli.Usage(fs, "modbot proxy --http-addr 127.0.0.1:8080 --config http://HOST:PORT[,…] --discord-public-key HEX [--token T] [--internal-token T] [--webhook-max-skew 5m]")
 	var c proxy.Config
 	addr := fs.String("http-addr", "127.0.0.1:8080", "listen address host:port (Discord webhooks, dashboards, health, metrics)")
 	configURLs := fs.String("config", "", "comma-separated config node URLs to watch the guild → pod map from")
 	keyHex := fs.String("discord-public-key", "", "the application's Ed25519 public key (hex, from the Discord developer portal)")
-	fs.StringVar(&c.Token, "token", "", "bearer token of the config nodes and the gateway pods' internal API")
+	fs.StringVar(&c.Token, "token", "", "the admin token: the only credential that may read a /guild/{id}/… dashboard (Authorization: Bearer …); also the internal token unless --internal-token is set")
+	fs.StringVar(&c.InternalToken, "internal-token", "", "bearer token the proxy sends to the gateway pods' internal API and the config nodes' watch (default: --token)")
+	fs.DurationVar(&c.WebhookMaxSkew, "webhook-max-skew", 5*time.Minute, "refuse (401) a signed interaction whose X-Signature-Timestamp is further than this from this host's clock, either way")
+	fs.IntVar(&c.ReplayCacheSize, "webhook-replay-cache-size", 100_000, "accepted interaction signatures remembered (per replica) to refuse replays within the window")
 	fs.DurationVar(&c.InteractionBudget, "interaction-budget", 2500*time.Millisecond, "time to wait for the owner's interaction answer before answering Discord with a deferred response (Discord allows 3s)")
 	fs.DurationVar(&c.InteractionHold, "interaction-hold", time.Second, "part of the budget an interaction for a migrating guild waits for the move to finish")
 	fs.DurationVar(&c.HoldTimeout, "hold-timeout", 5*time.Second, "how long a dashboard request for a migrating guild is held before 503")
@@ -46,7 +49,17 @@ func runProxy(args []string) error {
 		return fmt.Errorf("--discord-public-key: %w", err)
 	}
 	c.PublicKey = key
-	client, err := assignments.NewClient(cli.SplitList(*configURLs), c.Token)
+	if c.WebhookMaxSkew <= 0 {
+		return fmt.Errorf("--webhook-max-skew %s: must be positive (the default is 5m)", c.WebhookMaxSkew)
+	}
+	if c.ReplayCacheSize <= 0 {
+		return fmt.Errorf("--webhook-replay-cache-size %d: must be positive (the default is 100000)", c.ReplayCacheSize)
+	}
+	internalToken := c.InternalToken
+	if internalToken == "" {
+		internalToken = c.Token
+	}
+	client, err := assignments.NewClient(cli.SplitList(*configURLs), internalToken)
 	if err != nil {
 		return err
 	}
@@ -80,7 +93,8 @@ func runProxy(args []string) error {
 		return fmt.Errorf("%w (is another process on %s? choose another with --http-addr)", err, *addr)
 	}
 	c.Logger.Info("proxy listening; ready once the assignment map is loaded", "url", url, "config", client.URLs(),
-		"webhook", url+"/webhooks/discord", "interaction_budget", c.InteractionBudget)
+		"webhook", url+"/webhooks/discord", "interaction_budget", c.InteractionBudget, "webhook_max_skew", c.WebhookMaxSkew,
+		"separate_internal_token", c.InternalToken != "" && c.InternalToken != c.Token)
 	<-ctx.Done()
 	c.Logger.Info("signal received; draining in-flight requests")
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -7,9 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -233,6 +232,11 @@ func cmdWatch(ctx context.Context, c *ctl, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if *from != "" {
+		if _, err := strconv.ParseUint(*from, 10, 64); err != nil {
+			return fmt.Errorf("--from must be a revision number, got %q", *from)
+		}
+	}
 	pos := *from
 	urls := c.client.URLs()
 	for attempt := 0; ctx.Err() == nil; attempt++ {
@@ -242,7 +246,7 @@ func cmdWatch(ctx context.Context, c *ctl, args []string) error {
 			return nil
 		}
 		var apiErr *assignments.APIError
-		if errors.As(err, &apiErr) && apiErr.Status != http.StatusServiceUnavailable {
+		if errors.As(err, &apiErr) && !assignments.IsUnavailable(err) {
 			return err
 		}
 		fmt.Fprintf(c.errOut(), "watch: %v; reconnecting\n", err)
@@ -267,67 +271,67 @@ func watchOnce(ctx context.Context, c *ctl, base string, pos *string) error {
 // errStreamDone ends streamEvents without error.
 var errStreamDone = errors.New("done")
 
-// streamEvents reads the change stream from *pos, calling fn for each event
-// until fn says done; *pos follows the last revision seen.
+// watchStaleAfter: a stream that brings no proof that its node is current
+// for this long is left for another node (five progress intervals). A
+// variable for tests.
+var watchStaleAfter = 10 * time.Second
+
+// streamEvents reads the change stream of the node at base from *pos ("":
+// from now), calling fn for each event until fn says done; *pos follows the
+// last revision seen. It returns an error when the stream ends, when the
+// node answers 410 or sends `event: gone` (an *assignments.APIError with
+// Status 410), when the node sends nothing for watchStaleAfter, or when it
+// has not proven for watchStaleAfter that it is current (it knows no leader,
+// or is behind), so that the caller tries another node.
 func streamEvents(ctx context.Context, c *ctl, base string, pos *string, fn func(fsm.Event) (bool, error)) error {
-	q := url.Values{}
-	if *pos != "" {
-		q.Set("from", *pos)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/watch?"+q.Encode(), nil)
-	if err != nil {
-		return err
-	}
-	if tok := c.client.Token(); tok != "" {
-		req.Header.Set("Authorization", "Bearer "+tok)
-	}
-	resp, err := c.client.HTTP().Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return assignments.DecodeError(resp)
-	}
-	rd := assignments.NewSSEReader(resp.Body)
-	for {
-		m, err := rd.Next()
+	var learned assignments.Learned
+	o := assignments.StreamOptions{FromNow: *pos == "", IdleTimeout: watchStaleAfter}
+	if !o.FromNow {
+		from, err := strconv.ParseUint(*pos, 10, 64)
 		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return errors.New("stream closed")
-			}
+			return fmt.Errorf("bad revision %q: %w", *pos, err)
+		}
+		o.From = from
+		learned.Note(from, 0)
+	}
+	s, err := c.client.OpenStream(ctx, base, o)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	lastProof := time.Now()
+	for {
+		m, err := s.Next()
+		if err != nil {
 			return err
 		}
-		switch m.Event {
-		case "change":
-			var ch struct {
-				Revision uint64      `json:"revision"`
-				Events   []fsm.Event `json:"events"`
-			}
-			if err := json.Unmarshal([]byte(m.Data), &ch); err != nil {
-				return fmt.Errorf("bad change message: %w", err)
-			}
-			for _, e := range ch.Events {
+		switch {
+		case m.Change != nil:
+			rev := strconv.FormatUint(m.Change.Revision, 10)
+			learned.Note(m.Change.Revision, 0)
+			for _, e := range m.Change.Events {
 				done, err := fn(e)
 				if err != nil {
 					return err
 				}
 				if done {
-					*pos = m.ID
+					*pos = rev
 					return errStreamDone
 				}
 			}
-			*pos = m.ID
-		case "progress":
+			*pos = rev
+		case m.Progress != nil:
+			p := *m.Progress
 			if *pos == "" {
-				var p struct {
-					Revision uint64 `json:"revision"`
-				}
-				_ = json.Unmarshal([]byte(m.Data), &p)
-				*pos = fmt.Sprint(p.Revision)
+				*pos = strconv.FormatUint(p.Revision, 10)
 			}
-		case "gone":
-			return &assignments.APIError{Status: http.StatusGone, Body: assignments.ErrorBody{Error: m.Data}, URL: base}
+			cerr := p.CheckCurrent(learned, watchStaleAfter)
+			learned.Note(p.StateRevision(), p.Term)
+			if cerr == nil {
+				lastProof = time.Now()
+			} else if time.Since(lastProof) >= watchStaleAfter {
+				return fmt.Errorf("%s gave no proof for %s that it is current (%v)", base, watchStaleAfter, cerr)
+			}
 		}
 	}
 }

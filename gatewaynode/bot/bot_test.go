@@ -420,10 +420,36 @@ func TestStaleEpochWriteIsRejected(t *testing.T) {
 	mustHandle(t, h, msgCreate(2, general, bob, "ok"), 3)
 }
 
-// TestMigrationCarriesHeldEventsInOrder walks the §7 flow: the source holds
-// events while it exports, the target imports (identical checksum and
-// dashboard), then processes the held events in order.
-func TestMigrationCarriesHeldEventsInOrder(t *testing.T) {
+func drainHeld(t *testing.T, s *guildstore.Store) []Event {
+	t.Helper()
+	var out []Event
+	var after int64
+	for {
+		page, err := s.HeldPage(context.Background(), guild, after, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) == 0 {
+			return out
+		}
+		for _, h := range page {
+			out = append(out, Event{Type: h.Type, Data: h.Payload})
+		}
+		after = page[len(page)-1].Seq
+		if err := s.DropHeld(context.Background(), guild, after); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestMigrationLeavesHeldEventsWithTheReceivingPod walks the §7 flow with
+// held events owned by the pod that received them: the source holds events
+// while it exports, the target — the shard holder — holds events of its own
+// (a forward to the source failed); the export carries neither, the target
+// imports (identical checksum and dashboard, but for held events) and keeps
+// its own; the source's and then the target's held events are handled on
+// the target in order, and every one of them counts.
+func TestMigrationLeavesHeldEventsWithTheReceivingPod(t *testing.T) {
 	ctx := context.Background()
 	src, srcStore := newHandler(t, "src.db")
 	dst, dstStore := newHandler(t, "dst.db")
@@ -433,10 +459,16 @@ func TestMigrationCarriesHeldEventsInOrder(t *testing.T) {
 	if err := srcStore.Fence(ctx, guild, 2); err != nil { // migrating{epoch 2}
 		t.Fatal(err)
 	}
-	held := []Event{msgCreate(201, general, bob, "during move"), msgUpdate(201, "edited during move", now.Add(time.Minute)), msgDelete(101)}
-	for _, e := range held {
-		if _, err := srcStore.Hold(ctx, guild, e.Type, e.Data); err != nil {
-			t.Fatal(err)
+	srcHeld := []Event{msgCreate(201, general, bob, "during move"), msgUpdate(201, "edited during move", now.Add(time.Minute)), msgDelete(101)}
+	dstHeld := []Event{msgCreate(202, general, carol, "forward failed"), msgDelete(201)}
+	for _, h := range []struct {
+		s   *guildstore.Store
+		evs []Event
+	}{{srcStore, srcHeld}, {dstStore, dstHeld}} {
+		for _, e := range h.evs {
+			if _, err := h.s.Hold(ctx, guild, e.Type, e.Data); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	var buf bytes.Buffer
@@ -452,32 +484,36 @@ func TestMigrationCarriesHeldEventsInOrder(t *testing.T) {
 	}
 	ds, _ := srcStore.Dashboard(ctx, guild)
 	dd, _ := dstStore.Dashboard(ctx, guild)
+	if ds.HeldEvents != int64(len(srcHeld)) || dd.HeldEvents != int64(len(dstHeld)) {
+		t.Fatalf("held events: source %d, target %d; want %d, %d (each keeps its own)", ds.HeldEvents, dd.HeldEvents, len(srcHeld), len(dstHeld))
+	}
+	ds.HeldEvents, dd.HeldEvents = 0, 0
 	if !reflect.DeepEqual(ds, dd) {
-		t.Fatalf("dashboards differ")
+		t.Fatalf("dashboards differ:\n%+v\n%+v", ds, dd)
 	}
-	// The target drains the buffer in order, then deletes it.
-	hs, err := dstStore.Held(ctx, guild)
-	if err != nil || len(hs) != len(held) {
-		t.Fatalf("held on target: %d, %v", len(hs), err)
-	}
+	// Each pod delivers what it holds, in order: the source's go to the
+	// target (a forward, handled there at the new epoch), then the target's.
 	var in []Input
-	for k, e := range hs {
-		if e.Type != held[k].Type {
-			t.Fatalf("held order: %s at %d", e.Type, k)
+	for _, e := range append(drainHeld(t, srcStore), drainHeld(t, dstStore)...) {
+		in = append(in, Input{Event: e, Epoch: 2})
+	}
+	if len(in) != len(srcHeld)+len(dstHeld) || in[0].Event.Type != EventMessageCreate || in[3].Event.Type != EventMessageCreate {
+		t.Fatalf("held events out of order: %+v", in)
+	}
+	res, err := dst.HandleBatch(ctx, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res {
+		if r.Err != nil || !r.Applied {
+			t.Fatalf("held event %d: %+v", i, r)
 		}
-		in = append(in, Input{Event: Event{Type: e.Type, Data: e.Payload}, Epoch: 2})
-	}
-	if _, err := dst.HandleBatch(ctx, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := dstStore.DropHeld(ctx, guild, hs[len(hs)-1].Seq); err != nil {
-		t.Fatal(err)
 	}
 	if err := srcStore.DeleteGuild(ctx, guild, 1<<62); err != nil {
 		t.Fatal(err)
 	}
 	d, _ := dstStore.Dashboard(ctx, guild)
-	if d.Messages != 2 || d.MessagesDeleted != 2 || d.MessagesEdited != 1 || d.HeldEvents != 0 || d.Epoch != 2 {
+	if d.Messages != 2 || d.MessagesDeleted != 3 || d.MessagesEdited != 0 || d.HeldEvents != 0 || d.Epoch != 2 {
 		t.Fatalf("target after drain: %+v", d)
 	}
 	// The old owner is fenced: its late writes fail.

@@ -11,11 +11,20 @@ import (
 type Event struct {
 	Type string          `json:"t"`
 	Data json.RawMessage `json:"d"`
-	// DeliveryID optionally identifies this delivery stably across replays,
-	// e.g. "<session_id>:<seq>" (a RESUME replays with the same pair). It is
-	// used as the idempotency key of events that carry no id of their own
-	// (GUILD_BAN_ADD/REMOVE, GUILD_MEMBER_REMOVE). Empty is allowed.
+	// DeliveryID optionally identifies this delivery stably across replays:
+	// "<session_id>:<seq>" (a RESUME replays with the same pair). It is used
+	// as the idempotency key of events that carry no id of their own
+	// (GUILD_BAN_ADD/REMOVE, GUILD_MEMBER_REMOVE); with that form two events
+	// of one session are known to be distinct, so their order does not
+	// matter (see guildstore.AddModAction). Empty is allowed.
 	DeliveryID string `json:"delivery_id,omitempty"`
+	// ReceivedAt is when the pod first read the dispatch from its session.
+	// Set it once, where the event is received, and keep it through holds,
+	// forwards and dead letters: time-dependent decisions (is a timeout still
+	// active, when was a message deleted, when did a ban happen) use it, so a
+	// held event handled late, or a replay, decides as the original would
+	// have. Zero: the handler's clock at handling time is used instead.
+	ReceivedAt time.Time `json:"received_at,omitzero"`
 	// Guild caches GuildOf's answer (0: not computed). Routing computes it
 	// once per event; decoding a large payload several times is what a busy
 	// pod would otherwise spend its CPU on.

@@ -51,8 +51,19 @@ type PostMessage struct {
 	ReportID        uint64 // set for mod-log report posts (for AckPosted)
 }
 
+// ErrMalformedEvent marks a per-event error caused by the event itself (it
+// does not decode, lacks a required id): handling it again fails the same
+// way, so a caller dead-letters it at once instead of retrying.
+var ErrMalformedEvent = errors.New("malformed event")
+
+func malformed(err error) error { return fmt.Errorf("%w: %w", ErrMalformedEvent, err) }
+
 // Result is what handling one event produced.
 type Result struct {
+	// Event is the event this result is for, exactly as it was passed in, so
+	// a failed one (Err != nil) can be retried or dead-lettered as it is
+	// (see NewDeadLetter).
+	Event   Event
 	GuildID uint64
 	// Response answers an INTERACTION_CREATE (nil for other events).
 	Response *discordgo.InteractionResponse
@@ -64,8 +75,31 @@ type Result struct {
 	Duplicate bool
 	// Ignored is true for events the bot does not act on.
 	Ignored bool
-	// Err is the per-event error in HandleBatch (Handle returns it instead).
+	// Err is the per-event error in HandleBatch (Handle returns it as its
+	// error too). It wraps guildstore.ErrStaleEpoch when the guild moved on
+	// (hold the event for the new owner: not a failure), ErrMalformedEvent
+	// when retrying cannot help, and otherwise a store failure that a retry
+	// may fix. The event's writes were rolled back in every case.
 	Err error
+}
+
+// NewDeadLetter is the dead letter of an event that failed attempts times
+// with err (the last failure, at failedAt): what guildstore.AddDeadLetter
+// stores. EventFromDeadLetter gives the event back for a replay.
+func NewDeadLetter(ev Event, err error, attempts int, failedAt time.Time) guildstore.DeadLetter {
+	g, _ := GuildOf(ev)
+	msg := "unknown error"
+	if err != nil {
+		msg = err.Error()
+	}
+	return guildstore.DeadLetter{GuildID: g, Type: ev.Type, Payload: ev.Data, DeliveryID: ev.DeliveryID, ReceivedAt: ev.ReceivedAt,
+		Error: msg, Attempts: attempts, FirstFailedAt: failedAt, LastFailedAt: failedAt}
+}
+
+// EventFromDeadLetter is the event a dead letter holds, ready to be routed
+// and handled again.
+func EventFromDeadLetter(d guildstore.DeadLetter) Event {
+	return Event{Type: d.Type, Data: d.Payload, DeliveryID: d.DeliveryID, ReceivedAt: d.ReceivedAt, Guild: d.GuildID}
 }
 
 func (h *Handler) now() time.Time {
@@ -73,6 +107,15 @@ func (h *Handler) now() time.Time {
 		return h.Now()
 	}
 	return time.Now()
+}
+
+// at is the time of ev for time-dependent decisions: when it was received,
+// or now if the caller did not say.
+func (h *Handler) at(ev Event) time.Time {
+	if !ev.ReceivedAt.IsZero() {
+		return ev.ReceivedAt
+	}
+	return h.now()
 }
 
 func (h *Handler) log() *slog.Logger {
@@ -126,7 +169,7 @@ func (h *Handler) HandleBatch(ctx context.Context, items []Input) ([]Result, err
 	}
 	for i, in := range items {
 		g, _ := GuildOf(in.Event)
-		results[i].GuildID = g
+		results[i].Event, results[i].GuildID = in.Event, g
 		if in.Event.Type == EventInteractionCreate {
 			if err := flush(); err != nil {
 				return nil, err
@@ -135,7 +178,7 @@ func (h *Handler) HandleBatch(ctx context.Context, items []Input) ([]Result, err
 			if err != nil {
 				r.Err = fmt.Errorf("%s in guild %d: %w", in.Event.Type, g, err)
 			}
-			r.GuildID = g
+			r.Event, r.GuildID = in.Event, g
 			results[i] = r
 			continue
 		}
@@ -197,14 +240,14 @@ func (h *Handler) interpret(ev Event) ([]guildstore.Op, error) {
 		// whole discordgo.Message costs several times more).
 		var m messageStats
 		if err := json.Unmarshal(ev.Data, &m); err != nil {
-			return nil, fmt.Errorf("decode: %w", err)
+			return nil, malformed(fmt.Errorf("decode: %w", err))
 		}
 		if m.GuildID == "" || m.Author == nil || m.Author.Bot || m.WebhookID != "" {
 			return nil, nil
 		}
 		ids, err := parseIDs(m.GuildID, m.ID, m.ChannelID, m.Author.ID)
 		if err != nil {
-			return nil, err
+			return nil, malformed(err)
 		}
 		created := m.Timestamp
 		if created.IsZero() {
@@ -215,43 +258,43 @@ func (h *Handler) interpret(ev Event) ([]guildstore.Op, error) {
 	case EventMessageUpdate:
 		var m discordgo.Message
 		if err := json.Unmarshal(ev.Data, &m); err != nil {
-			return nil, fmt.Errorf("decode: %w", err)
+			return nil, malformed(fmt.Errorf("decode: %w", err))
 		}
 		if m.GuildID == "" || m.EditedTimestamp == nil || (m.Author != nil && m.Author.Bot) {
 			return nil, nil
 		}
 		ids, err := parseIDs(m.GuildID, m.ID)
 		if err != nil {
-			return nil, err
+			return nil, malformed(err)
 		}
 		return []guildstore.Op{guildstore.MessageEdit{GuildID: ids[0], MessageID: ids[1], EditedAt: *m.EditedTimestamp,
 			ContentLength: utf8.RuneCountInString(m.Content)}}, nil
 	case EventMessageDelete:
 		var m discordgo.Message
 		if err := json.Unmarshal(ev.Data, &m); err != nil {
-			return nil, fmt.Errorf("decode: %w", err)
+			return nil, malformed(fmt.Errorf("decode: %w", err))
 		}
 		if m.GuildID == "" {
 			return nil, nil
 		}
 		ids, err := parseIDs(m.GuildID, m.ID)
 		if err != nil {
-			return nil, err
+			return nil, malformed(err)
 		}
-		return []guildstore.Op{guildstore.MessageDelete{GuildID: ids[0], MessageID: ids[1], DeletedAt: h.now()}}, nil
+		return []guildstore.Op{guildstore.MessageDelete{GuildID: ids[0], MessageID: ids[1], DeletedAt: h.at(ev)}}, nil
 	case EventMessageDeleteBulk:
 		var d discordgo.MessageDeleteBulk
 		if err := json.Unmarshal(ev.Data, &d); err != nil {
-			return nil, fmt.Errorf("decode: %w", err)
+			return nil, malformed(fmt.Errorf("decode: %w", err))
 		}
 		if d.GuildID == "" {
 			return nil, nil
 		}
 		ids, err := parseIDs(append([]string{d.GuildID}, d.Messages...)...)
 		if err != nil {
-			return nil, err
+			return nil, malformed(err)
 		}
-		now := h.now()
+		now := h.at(ev)
 		ops := make([]guildstore.Op, 0, len(d.Messages))
 		for _, id := range ids[1:] {
 			ops = append(ops, guildstore.MessageDelete{GuildID: ids[0], MessageID: id, DeletedAt: now})
@@ -263,18 +306,18 @@ func (h *Handler) interpret(ev Event) ([]guildstore.Op, error) {
 			User    *discordgo.User `json:"user"`
 		}
 		if err := json.Unmarshal(ev.Data, &d); err != nil {
-			return nil, fmt.Errorf("decode: %w", err)
+			return nil, malformed(fmt.Errorf("decode: %w", err))
 		}
 		if d.User == nil {
-			return nil, errors.New("event without user")
+			return nil, malformed(errors.New("event without user"))
 		}
 		ids, err := parseIDs(d.GuildID, d.User.ID)
 		if err != nil {
-			return nil, err
+			return nil, malformed(err)
 		}
 		kind := map[string]string{EventGuildBanAdd: guildstore.ActionBan, EventGuildBanRemove: guildstore.ActionUnban,
 			EventGuildMemberRemove: guildstore.ActionLeave}[ev.Type]
-		a := guildstore.ModAction{GuildID: ids[0], Kind: kind, UserID: ids[1], CreatedAt: h.now()}
+		a := guildstore.ModAction{GuildID: ids[0], Kind: kind, UserID: ids[1], CreatedAt: h.at(ev)}
 		if ev.DeliveryID != "" {
 			a.DedupeKey = kind + ":" + idString(ids[1]) + ":" + ev.DeliveryID
 		}
@@ -282,18 +325,21 @@ func (h *Handler) interpret(ev Event) ([]guildstore.Op, error) {
 	case EventGuildMemberUpdate:
 		var m discordgo.Member
 		if err := json.Unmarshal(ev.Data, &m); err != nil {
-			return nil, fmt.Errorf("decode: %w", err)
+			return nil, malformed(fmt.Errorf("decode: %w", err))
 		}
-		if m.User == nil || m.CommunicationDisabledUntil == nil || !m.CommunicationDisabledUntil.After(h.now()) {
+		// Judged at receipt: a held event handled after the timeout ended
+		// still records it.
+		at := h.at(ev)
+		if m.User == nil || m.CommunicationDisabledUntil == nil || !m.CommunicationDisabledUntil.After(at) {
 			return nil, nil
 		}
 		ids, err := parseIDs(m.GuildID, m.User.ID)
 		if err != nil {
-			return nil, err
+			return nil, malformed(err)
 		}
 		until := m.CommunicationDisabledUntil.UTC()
 		return []guildstore.Op{guildstore.AddModAction{Action: guildstore.ModAction{GuildID: ids[0], Kind: guildstore.ActionTimeout,
-			UserID: ids[1], CreatedAt: h.now(), Reason: "timed out until " + until.Format(time.RFC3339),
+			UserID: ids[1], CreatedAt: at, Reason: "timed out until " + until.Format(time.RFC3339),
 			DedupeKey: "timeout:" + idString(ids[1]) + ":" + strconv.FormatInt(until.UnixMilli(), 10)}}}, nil
 	}
 	return nil, nil

@@ -3,6 +3,7 @@ package bot
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -51,7 +52,7 @@ func truncate(s string, runes int) string {
 func (h *Handler) interaction(ctx context.Context, ev Event, epoch uint64) (Result, error) {
 	var i discordgo.Interaction
 	if err := json.Unmarshal(ev.Data, &i); err != nil {
-		return Result{Response: ephemeral("Sorry, I could not read that request.")}, fmt.Errorf("decode interaction: %w", err)
+		return Result{Response: ephemeral("Sorry, I could not read that request.")}, malformed(fmt.Errorf("decode interaction: %w", err))
 	}
 	if i.Type == discordgo.InteractionPing {
 		return Result{Response: &discordgo.InteractionResponse{Type: discordgo.InteractionResponsePong}, Ignored: true}, nil
@@ -64,8 +65,11 @@ func (h *Handler) interaction(ctx context.Context, ev Event, epoch uint64) (Resu
 		return Result{Response: ephemeral("Please use my commands inside a server."), Ignored: true}, nil
 	}
 	interactionID, err := parseID(i.ID)
-	if err != nil || interactionID == 0 {
-		return Result{Response: ephemeral("Sorry, I could not read that request.")}, fmt.Errorf("interaction id %q: %w", i.ID, err)
+	if err == nil && interactionID == 0 {
+		err = errors.New("missing interaction id")
+	}
+	if err != nil {
+		return Result{Response: ephemeral("Sorry, I could not read that request.")}, malformed(err)
 	}
 	data := i.ApplicationCommandData()
 	c := &command{h: h, epoch: epoch, guildID: guildID, interactionID: interactionID, i: &i, data: data}
@@ -146,7 +150,12 @@ func (c *command) isModerator(st guildstore.Settings) bool {
 	return false
 }
 
-// setup: /setup mod_role:<role> modlog_channel:<channel> (both optional; omitted ones are kept).
+// setup: /setup mod_role:<role> modlog_channel:<channel> (both optional;
+// omitted ones are kept). Only the options given are written, each versioned
+// by this interaction's id: the store keeps, per field, the value of the
+// newest /setup that set it, so an older /setup handled late (a replayed
+// webhook, a held event) changes nothing a newer one set. The answer shows
+// the settings as stored after the write.
 func (c *command) setup(ctx context.Context) (Result, error) {
 	if !c.isManager() {
 		return Result{Response: ephemeral("Sorry, you need the Manage Server permission to run /setup.")}, nil
@@ -156,20 +165,18 @@ func (c *command) setup(ctx context.Context) (Result, error) {
 	if err1 != nil || err2 != nil {
 		return Result{Response: ephemeral("Sorry, I could not read those options.")}, nil
 	}
+	applied := false
+	if role != 0 || ch != 0 {
+		out, err := c.apply(ctx, guildstore.PutSettings{GuildID: c.guildID, ModRoleID: role, ModlogChannelID: ch,
+			Version: c.interactionID, UpdatedAt: snowflakeTime(c.interactionID)})
+		if err != nil {
+			return Result{Response: ephemeral("Sorry, I could not save the settings. Please try again.")}, err
+		}
+		applied = out[0].Applied
+	}
 	st, err := c.h.Store.Settings(ctx, c.guildID)
 	if err != nil {
 		return Result{Response: ephemeral("Sorry, something went wrong. Please try again.")}, err
-	}
-	if role != 0 {
-		st.ModRoleID = role
-	}
-	if ch != 0 {
-		st.ModlogChannelID = ch
-	}
-	out, err := c.apply(ctx, guildstore.PutSettings{GuildID: c.guildID, ModRoleID: st.ModRoleID, ModlogChannelID: st.ModlogChannelID,
-		UpdatedAt: snowflakeTime(c.interactionID)})
-	if err != nil {
-		return Result{Response: ephemeral("Sorry, I could not save the settings. Please try again.")}, err
 	}
 	msg := "Settings saved."
 	if st.ModRoleID != 0 {
@@ -180,7 +187,7 @@ func (c *command) setup(ctx context.Context) (Result, error) {
 	} else {
 		msg += " No mod-log channel yet: reports are stored but not posted."
 	}
-	return Result{Response: ephemeral(msg), Applied: out[0].Applied}, nil
+	return Result{Response: ephemeral(msg), Applied: applied}, nil
 }
 
 // reportUser: /report user:<user> reason:<text>.

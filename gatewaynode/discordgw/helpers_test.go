@@ -56,7 +56,7 @@ func newFake(t *testing.T, cfg fakediscord.Config) *fake {
 			t.Errorf("fakediscord.Close: %v", err)
 		}
 	})
-	client, dialer, err := fakediscord.ClientFor(base)
+	client, dialer, err := ClientFor(base)
 	if err != nil {
 		t.Fatalf("ClientFor: %v", err)
 	}

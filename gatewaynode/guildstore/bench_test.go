@@ -127,3 +127,55 @@ func BenchmarkImport(b *testing.B) {
 	elapsed := time.Since(start)
 	b.ReportMetric(float64(rounds*benchRows)/elapsed.Seconds(), "rows/s")
 }
+
+// BenchmarkHeldDrain drains a held buffer of 20k events the way the outbox
+// does — read a page of 1000, deliver it (nothing here), drop it — reading
+// pages with HeldPage (linear) or the whole buffer each round (the removed
+// Held, quadratic). ns/op is per event drained.
+func BenchmarkHeldDrain(b *testing.B) {
+	const events, page = 20_000, 1000
+	for _, mode := range []string{"page", "whole"} {
+		b.Run(mode, func(b *testing.B) {
+			ctx := context.Background()
+			s := openTest(b, "held.db")
+			payload := bytes.Repeat([]byte("x"), 300)
+			rounds := (b.N + events - 1) / events
+			var elapsed time.Duration
+			for r := 0; r < rounds; r++ {
+				b.StopTimer()
+				unit := make([]Write, events)
+				for i := range unit {
+					unit[i] = Write{Op: HoldEvent{GuildID: 1, Type: "MESSAGE_CREATE", Payload: payload, ReceivedAt: t0}}
+				}
+				if _, err := s.Apply(ctx, unit...); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				start := time.Now()
+				var after int64
+				for {
+					var hs []HeldEvent
+					var err error
+					if mode == "page" {
+						hs, err = s.HeldPage(ctx, 1, after, page)
+					} else {
+						hs, err = s.heldPage(ctx, 1, 0, -1) // LIMIT -1: the whole buffer
+						hs = hs[:min(len(hs), page)]
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+					if len(hs) == 0 {
+						break
+					}
+					after = hs[len(hs)-1].Seq
+					if err := s.DropHeld(ctx, 1, after); err != nil {
+						b.Fatal(err)
+					}
+				}
+				elapsed += time.Since(start)
+			}
+			b.ReportMetric(float64(rounds*events)/elapsed.Seconds(), "events/s")
+		})
+	}
+}

@@ -19,9 +19,9 @@ import (
 	"strings"
 )
 
-// Export format ("modbot-guild-export" version 1), newline-delimited JSON:
+// Export format ("modbot-guild-export" version 2), newline-delimited JSON:
 //
-//	{"format":"modbot-guild-export","version":1,"guild_id":"<id>"}      header
+//	{"format":"modbot-guild-export","version":2,"guild_id":"<id>"}      header
 //	["<table>",v1,v2,...]                                               one line per row
 //	{"end":true,"rows":{"<table>":n,...},"checksum":"sha256:<hex>"}   trailer
 //
@@ -32,8 +32,18 @@ import (
 // the concatenation of the canonical row lines, each with its trailing "\n".
 // Header and trailer are not hashed. Internal row ids that do not travel
 // (mod_actions.id) are not exported; their order is the export order.
+//
+// Only the guild's data travels (exportTables): the held-event buffer
+// (held_events, held_cursor) and dead letters belong to the pod that received
+// those events and never appear in an export. Version 1 (before 0002/0003)
+// carried the held buffer and settings without versions; a pod reads only
+// its own version and refuses others with ErrBadExport (a move between pods
+// of two releases aborts, leaving the guild on its source).
 
-const exportFormat = "modbot-guild-export"
+const (
+	exportFormat  = "modbot-guild-export"
+	exportVersion = 2
+)
 
 // ExportInfo describes an export or import.
 type ExportInfo struct {
@@ -59,20 +69,25 @@ type tableSpec struct {
 	order string
 }
 
-// exportTables lists every guild-keyed table in canonical order. Read-only.
+// exportTables lists every table of a guild's data, in canonical order: what
+// Export ships, Import replaces, Checksum and Counts cover and DeleteGuild
+// removes (but the epoch). Not the pod's own per-guild tables (held_events,
+// held_cursor, dead_letters). Read-only.
 var exportTables = []tableSpec{
 	{"guild_epochs", []string{"guild_id", "epoch"}, []colType{cInt, cInt}, "guild_id"},
-	{"guild_settings", []string{"guild_id", "mod_role_id", "modlog_channel_id", "updated_at"},
-		[]colType{cInt, cNullInt, cNullInt, cInt}, "guild_id"},
+	{"guild_settings", []string{"guild_id", "mod_role_id", "mod_role_version", "modlog_channel_id", "modlog_channel_version", "updated_at"},
+		[]colType{cInt, cNullInt, cInt, cNullInt, cInt, cInt}, "guild_id"},
 	{"messages", []string{"guild_id", "message_id", "channel_id", "author_id", "created_at", "edited_at", "deleted_at", "content_length"},
 		[]colType{cInt, cInt, cInt, cInt, cInt, cNullInt, cNullInt, cInt}, "message_id"},
+	{"unseen_messages", []string{"guild_id", "message_id", "edited_at", "content_length", "deleted_at"},
+		[]colType{cInt, cInt, cNullInt, cInt, cNullInt}, "message_id"},
 	{"reports", []string{"guild_id", "id", "reporter_id", "target_user_id", "message_id", "channel_id", "message_content", "reason",
 		"created_at", "modlog_channel_id", "modlog_posted_at"},
 		[]colType{cInt, cInt, cInt, cInt, cNullInt, cNullInt, cNullText, cText, cInt, cNullInt, cNullInt}, "id"},
+	// In the order the actions happened, not the order they were processed
+	// (mod_actions.id), so a reordered delivery exports the same lines.
 	{"mod_actions", []string{"guild_id", "kind", "user_id", "moderator_id", "reason", "created_at", "dedupe_key"},
-		[]colType{cInt, cText, cInt, cNullInt, cText, cInt, cText}, "id"},
-	{"held_cursor", []string{"guild_id", "last_seq"}, []colType{cInt, cInt}, "guild_id"},
-	{"held_events", []string{"guild_id", "seq", "type", "payload", "received_at"}, []colType{cInt, cInt, cText, cBlob, cInt}, "seq"},
+		[]colType{cInt, cText, cInt, cNullInt, cText, cInt, cText}, "created_at, dedupe_key"},
 }
 
 func tableIndex(name string) int {
@@ -193,7 +208,9 @@ func (rs *rowScanner) scan(rows *sql.Rows) ([]any, error) {
 	return rs.vals, nil
 }
 
-// Export streams every row of the guild, from one consistent read snapshot.
+// Export streams the guild's data rows (exportTables), from one consistent
+// read snapshot. The pod's held events and dead letters for the guild are
+// not included: they stay with this pod.
 func (s *Store) Export(ctx context.Context, guildID uint64, w io.Writer) (ExportInfo, error) {
 	info, err := s.export(ctx, guildID, w, true)
 	if err != nil {
@@ -225,7 +242,7 @@ func exportTx(ctx context.Context, q queryer, guildID uint64, w io.Writer, frame
 	bw := bufio.NewWriterSize(w, 256<<10)
 	h := sha256.New()
 	if framed {
-		fmt.Fprintf(bw, `{"format":%q,"version":1,"guild_id":"%d"}`+"\n", exportFormat, guildID)
+		fmt.Fprintf(bw, `{"format":%q,"version":%d,"guild_id":"%d"}`+"\n", exportFormat, exportVersion, guildID)
 	}
 	var buf []byte
 	for _, t := range exportTables {
@@ -304,8 +321,12 @@ func newExportReader(r io.Reader, guildID uint64) (*exportReader, error) {
 		return nil, fmt.Errorf("%w: header: %v", ErrBadExport, err)
 	}
 	var hd header
-	if err := json.Unmarshal(line, &hd); err != nil || hd.Format != exportFormat || hd.Version != 1 {
+	if err := json.Unmarshal(line, &hd); err != nil || hd.Format != exportFormat {
 		return nil, fmt.Errorf("%w: bad header %.100q", ErrBadExport, line)
+	}
+	if hd.Version != exportVersion {
+		return nil, fmt.Errorf("%w: export format version %d, this pod reads version %d (exported by a pod of another release?)",
+			ErrBadExport, hd.Version, exportVersion)
 	}
 	if hd.GuildID != guildID {
 		return nil, fmt.Errorf("%w: export is for guild %d, not %d", ErrBadExport, hd.GuildID, guildID)
@@ -487,13 +508,18 @@ func (er *exportReader) finish(wantChecksum string) (ExportInfo, error) {
 	return info, nil
 }
 
-// Import replaces the guild's rows with the export read from r, in one
-// transaction that commits only if the rows hash to wantChecksum (and match
-// the stream's trailer). On any error nothing changes. Re-importing the same
-// export is a no-op in effect. The stream is first validated into a local
-// spool file, so the write lock is not held while the network transfers it.
-// An export whose epoch is lower than the guild's stored epoch fails with
-// ErrStaleEpoch.
+// Import replaces the guild's data rows (exportTables) with the export read
+// from r, in one transaction that commits only if the rows hash to
+// wantChecksum (and match the stream's trailer). On any error nothing
+// changes. Re-importing the same export is a no-op in effect. The stream is
+// first validated into a local spool file, so the write lock is not held
+// while the network transfers it. An export whose epoch is lower than the
+// guild's stored epoch fails with ErrStaleEpoch.
+//
+// This pod's held events and dead letters for the guild are neither deleted
+// nor replaced: they are events this pod received (e.g. as the shard holder,
+// after a forward to the old owner failed) and still has to deliver, in
+// their order, after the import.
 func (s *Store) Import(ctx context.Context, guildID uint64, r io.Reader, wantChecksum string) (ExportInfo, error) {
 	info, err := s.importGuild(ctx, guildID, r, wantChecksum)
 	if err != nil {
@@ -517,7 +543,7 @@ func (s *Store) importGuild(ctx context.Context, guildID uint64, r io.Reader, wa
 		return ExportInfo{}, err
 	}
 	sw := bufio.NewWriterSize(spool, 256<<10)
-	fmt.Fprintf(sw, `{"format":%q,"version":1,"guild_id":"%d"}`+"\n", exportFormat, guildID)
+	fmt.Fprintf(sw, `{"format":%q,"version":%d,"guild_id":"%d"}`+"\n", exportFormat, exportVersion, guildID)
 	for {
 		if err := ctx.Err(); err != nil {
 			return ExportInfo{}, err
@@ -605,15 +631,16 @@ const deleteChunk = 5000
 // stops with ErrStaleEpoch if the guild's stored epoch rises above atEpoch
 // while it runs (the guild was moved back here and imported again).
 //
-// The held-event buffer (held_events, held_cursor) is kept: on a pod that no
-// longer owns the guild it is that pod's outbox, still being appended to by
-// events routed with a stale map, and the outbox delivers and drops it.
+// The held-event buffer (held_events, held_cursor) and dead letters are
+// kept: they are not the guild's data but this pod's. On a pod that no
+// longer owns the guild the buffer is that pod's outbox, still being appended
+// to by events routed with a stale map, and the outbox delivers and drops it.
 // Deleting it here lost events held between the outbox's last delivery and
 // the delete (e2e TestMoveUnderTrafficLosesNothing).
 func (s *Store) DeleteGuild(ctx context.Context, guildID, atEpoch uint64) error {
-	keys := map[string]string{"messages": "message_id", "held_events": "seq"}
+	keys := map[string]string{"messages": "message_id", "unseen_messages": "message_id"}
 	for _, tb := range exportTables {
-		if tb.name == "guild_epochs" || tb.name == "held_events" || tb.name == "held_cursor" {
+		if tb.name == "guild_epochs" {
 			continue
 		}
 		key, ok := keys[tb.name]

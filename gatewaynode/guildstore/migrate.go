@@ -6,6 +6,7 @@ import (
 	"embed"
 	"fmt"
 	"io/fs"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -54,6 +55,11 @@ func loadMigrations() ([]migration, error) {
 // migrate applies every embedded migration not yet recorded in
 // schema_migrations, each in its own transaction. Running it twice is a no-op.
 func migrate(ctx context.Context, db *sql.DB) error {
+	return migrateTo(ctx, db, math.MaxInt)
+}
+
+// migrateTo is migrate up to (and including) version upTo (tests of upgrades).
+func migrateTo(ctx context.Context, db *sql.DB, upTo int) error {
 	ms, err := loadMigrations()
 	if err != nil {
 		return err
@@ -66,6 +72,9 @@ func migrate(ctx context.Context, db *sql.DB) error {
 		return fmt.Errorf("create schema_migrations: %w", err)
 	}
 	for _, m := range ms {
+		if m.version > upTo {
+			break
+		}
 		if err := applyMigration(ctx, db, m); err != nil {
 			return err
 		}

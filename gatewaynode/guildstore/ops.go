@@ -5,7 +5,9 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -34,34 +36,51 @@ type Outcome struct {
 }
 
 // MessageCreate records a message for stats (MESSAGE_CREATE). Key: message id.
-// A replay never undoes a later edit or delete.
+// A replay never undoes a later edit or delete, and an edit or delete handled
+// before the create (parked in unseen_messages) is applied to the new row, so
+// the row is the same whatever order the three arrived in.
 type MessageCreate struct {
 	GuildID, MessageID, ChannelID, AuthorID uint64
 	CreatedAt                               time.Time
 	ContentLength                           int
 }
 
-// MessageEdit records an edit (MESSAGE_UPDATE with edited_timestamp). Edits of
-// messages the store never saw are ignored. Only an edit at least as new as the
-// stored one changes the row, so replays and reordering converge.
+// MessageEdit records an edit (MESSAGE_UPDATE with edited_timestamp). The
+// newest edit wins: an edit changes the row only if its EditedAt is later than
+// the stored one, or equal with a larger ContentLength (a deterministic tie
+// break), so replays and reordering converge. An edit of a message whose
+// create was not handled yet is parked in unseen_messages for the create.
 type MessageEdit struct {
 	GuildID, MessageID uint64
 	EditedAt           time.Time
 	ContentLength      int
 }
 
-// MessageDelete marks a message deleted (MESSAGE_DELETE / _BULK). The first
-// deletion time wins; deletes of unknown messages are ignored.
+// MessageDelete marks a message deleted (MESSAGE_DELETE / _BULK). The
+// earliest DeletedAt wins (Discord's payload has no time: it is the receipt
+// time), so replays converge. A delete of a message whose create was not
+// handled yet records a tombstone in unseen_messages: the create, when it
+// comes, stores the message as deleted.
 type MessageDelete struct {
 	GuildID, MessageID uint64
 	DeletedAt          time.Time
 }
 
-// PutSettings replaces the guild's settings (/setup). 0 ids are stored as NULL.
+// PutSettings sets guild settings (/setup). Each field is a last-writer-wins
+// register ordered by Version, not by arrival: a field changes only if
+// Version is higher than the version that set its stored value (or equal with
+// a larger id, a deterministic tie break), so an older /setup handled after a
+// newer one changes nothing the newer one set, yet still sets a field the
+// newer one left alone. A zero id leaves its field as it is (the /setup
+// option was omitted); settings cannot be cleared. updated_at becomes the
+// latest UpdatedAt of the writes that changed something.
 type PutSettings struct {
 	GuildID                    uint64
-	ModRoleID, ModlogChannelID uint64
-	UpdatedAt                  time.Time
+	ModRoleID, ModlogChannelID uint64 // 0: not set by this write
+	// Version orders settings writes: the /setup interaction's id (a
+	// snowflake, so it sorts by creation time). Required.
+	Version   uint64
+	UpdatedAt time.Time
 }
 
 // AddReport stores a report. Key: Report.ID (the interaction id). A replay is
@@ -69,7 +88,7 @@ type PutSettings struct {
 type AddReport struct{ Report Report }
 
 // MarkReportPosted records that the report's mod-log message was posted
-// (the outbox acknowledgement). Idempotent; first time wins.
+// (the outbox acknowledgement). Idempotent; the earliest PostedAt wins.
 type MarkReportPosted struct {
 	GuildID, ReportID uint64
 	PostedAt          time.Time
@@ -87,6 +106,13 @@ type MarkReportPosted struct {
 // assigns the key "<kind>:<user>:<n>". That makes replays of the latest state
 // no-ops, but a replayed sequence spanning a state flip (ban, unban, ban
 // replayed) cannot be told apart from new actions without a delivery id.
+//
+// Delivery keys have the form "<kind>:<user>:<session>:<seq>". Two keys of
+// the same session are always two distinct actions (a replay within a
+// session repeats the key), so the state rule above, which catches the same
+// action delivered by two overlapping sessions, is applied only against an
+// action of another session. Within one session the stored set of actions is
+// therefore the set of distinct keys, whatever order they arrived in.
 type AddModAction struct{ Action ModAction }
 
 // HoldEvent appends an event to the guild's durable held buffer; Outcome.Seq
@@ -142,9 +168,18 @@ func applied(res sql.Result, err error) (Outcome, error) {
 }
 
 func (o MessageCreate) apply(ctx context.Context, t *wtx) (Outcome, error) {
+	// An edit or delete handled before this create was parked; take it over.
+	var edited, deleted sql.NullInt64
+	var editLen int64
+	err := t.queryRow(ctx, `DELETE FROM unseen_messages WHERE guild_id = ? AND message_id = ?
+		RETURNING edited_at, content_length, deleted_at`, int64(o.GuildID), int64(o.MessageID)).Scan(&edited, &editLen, &deleted)
+	early := err == nil
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return Outcome{}, fmt.Errorf("read unseen message: %w", err)
+	}
 	// The message's immutable facts are (re)written; content_length only
 	// while the message was never edited, so a replayed create cannot undo an edit.
-	return applied(t.exec(ctx, `INSERT INTO messages (guild_id, message_id, channel_id, author_id, created_at, content_length)
+	out, err := applied(t.exec(ctx, `INSERT INTO messages (guild_id, message_id, channel_id, author_id, created_at, content_length)
 		VALUES (?, ?, ?, ?, ?, ?)
 		ON CONFLICT (guild_id, message_id) DO UPDATE SET
 			channel_id = excluded.channel_id, author_id = excluded.author_id, created_at = excluded.created_at,
@@ -153,26 +188,123 @@ func (o MessageCreate) apply(ctx context.Context, t *wtx) (Outcome, error) {
 			OR messages.created_at != excluded.created_at
 			OR (messages.edited_at IS NULL AND messages.content_length != excluded.content_length)`,
 		int64(o.GuildID), int64(o.MessageID), int64(o.ChannelID), int64(o.AuthorID), ms(o.CreatedAt), o.ContentLength))
+	if err != nil || !early {
+		return out, err
+	}
+	if edited.Valid {
+		if _, err := editRow(ctx, t, o.GuildID, o.MessageID, edited.Int64, editLen); err != nil {
+			return Outcome{}, fmt.Errorf("apply the edit seen before the create: %w", err)
+		}
+	}
+	if deleted.Valid {
+		if _, err := deleteRow(ctx, t, o.GuildID, o.MessageID, deleted.Int64); err != nil {
+			return Outcome{}, fmt.Errorf("apply the delete seen before the create: %w", err)
+		}
+	}
+	return Outcome{Applied: true}, nil
+}
+
+// editRow applies an edit to a stored message: the newest edit wins, ties
+// broken by the larger content length. It returns the rows changed.
+func editRow(ctx context.Context, t *wtx, guildID, messageID uint64, editedAt, contentLength int64) (int64, error) {
+	return rowsChanged(t.exec(ctx, `UPDATE messages SET edited_at = ?1, content_length = ?2
+		WHERE guild_id = ?3 AND message_id = ?4
+			AND (edited_at IS NULL OR edited_at < ?1 OR (edited_at = ?1 AND content_length < ?2))`,
+		editedAt, contentLength, int64(guildID), int64(messageID)))
+}
+
+// deleteRow marks a stored message deleted: the earliest time wins.
+func deleteRow(ctx context.Context, t *wtx, guildID, messageID uint64, deletedAt int64) (int64, error) {
+	return rowsChanged(t.exec(ctx, `UPDATE messages SET deleted_at = ?1
+		WHERE guild_id = ?2 AND message_id = ?3 AND (deleted_at IS NULL OR deleted_at > ?1)`,
+		deletedAt, int64(guildID), int64(messageID)))
+}
+
+// messageSeen reports whether the message has a row (its create was handled).
+func messageSeen(ctx context.Context, t *wtx, guildID, messageID uint64) (bool, error) {
+	var one int
+	err := t.queryRow(ctx, `SELECT 1 FROM messages WHERE guild_id = ? AND message_id = ?`, int64(guildID), int64(messageID)).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("look up message: %w", err)
+	}
+	return true, nil
+}
+
+func rowsChanged(res sql.Result, err error) (int64, error) {
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
 }
 
 func (o MessageEdit) apply(ctx context.Context, t *wtx) (Outcome, error) {
-	return applied(t.exec(ctx, `UPDATE messages SET edited_at = ?, content_length = ?
-		WHERE guild_id = ? AND message_id = ? AND (edited_at IS NULL OR edited_at < ? OR (edited_at = ? AND content_length != ?))`,
-		ms(o.EditedAt), o.ContentLength, int64(o.GuildID), int64(o.MessageID), ms(o.EditedAt), ms(o.EditedAt), o.ContentLength))
+	n, err := editRow(ctx, t, o.GuildID, o.MessageID, ms(o.EditedAt), int64(o.ContentLength))
+	if err != nil || n > 0 {
+		return Outcome{Applied: n > 0}, err
+	}
+	if seen, err := messageSeen(ctx, t, o.GuildID, o.MessageID); err != nil || seen {
+		return Outcome{}, err // seen: the stored edit is at least as new
+	}
+	return applied(t.exec(ctx, `INSERT INTO unseen_messages (guild_id, message_id, edited_at, content_length) VALUES (?1, ?2, ?3, ?4)
+		ON CONFLICT (guild_id, message_id) DO UPDATE SET edited_at = excluded.edited_at, content_length = excluded.content_length
+		WHERE unseen_messages.edited_at IS NULL OR unseen_messages.edited_at < excluded.edited_at
+			OR (unseen_messages.edited_at = excluded.edited_at AND unseen_messages.content_length < excluded.content_length)`,
+		int64(o.GuildID), int64(o.MessageID), ms(o.EditedAt), o.ContentLength))
 }
 
 func (o MessageDelete) apply(ctx context.Context, t *wtx) (Outcome, error) {
-	return applied(t.exec(ctx, `UPDATE messages SET deleted_at = ? WHERE guild_id = ? AND message_id = ? AND deleted_at IS NULL`,
-		ms(o.DeletedAt), int64(o.GuildID), int64(o.MessageID)))
+	n, err := deleteRow(ctx, t, o.GuildID, o.MessageID, ms(o.DeletedAt))
+	if err != nil || n > 0 {
+		return Outcome{Applied: n > 0}, err
+	}
+	if seen, err := messageSeen(ctx, t, o.GuildID, o.MessageID); err != nil || seen {
+		return Outcome{}, err // seen: already deleted, at an earlier or equal time
+	}
+	// A tombstone for the create still to come.
+	return applied(t.exec(ctx, `INSERT INTO unseen_messages (guild_id, message_id, deleted_at) VALUES (?1, ?2, ?3)
+		ON CONFLICT (guild_id, message_id) DO UPDATE SET deleted_at = excluded.deleted_at
+		WHERE unseen_messages.deleted_at IS NULL OR unseen_messages.deleted_at > excluded.deleted_at`,
+		int64(o.GuildID), int64(o.MessageID), ms(o.DeletedAt)))
 }
 
+// newerSetting is the condition under which PutSettings replaces one stored
+// field: a higher version, or the same version with a larger id.
+func newerSetting(col string) string {
+	return `(excluded.` + col + `_version > guild_settings.` + col + `_version OR (excluded.` + col + `_version != 0
+		AND excluded.` + col + `_version = guild_settings.` + col + `_version AND excluded.` + col + `_id > guild_settings.` + col + `_id))`
+}
+
+var putSettingsSQL = func() string {
+	role, ch := newerSetting("mod_role"), newerSetting("modlog_channel")
+	return `INSERT INTO guild_settings (guild_id, mod_role_id, mod_role_version, modlog_channel_id, modlog_channel_version, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?)
+		ON CONFLICT (guild_id) DO UPDATE SET
+			mod_role_id = CASE WHEN ` + role + ` THEN excluded.mod_role_id ELSE guild_settings.mod_role_id END,
+			mod_role_version = CASE WHEN ` + role + ` THEN excluded.mod_role_version ELSE guild_settings.mod_role_version END,
+			modlog_channel_id = CASE WHEN ` + ch + ` THEN excluded.modlog_channel_id ELSE guild_settings.modlog_channel_id END,
+			modlog_channel_version = CASE WHEN ` + ch + ` THEN excluded.modlog_channel_version ELSE guild_settings.modlog_channel_version END,
+			updated_at = max(guild_settings.updated_at, excluded.updated_at)
+		WHERE ` + role + ` OR ` + ch
+}()
+
 func (o PutSettings) apply(ctx context.Context, t *wtx) (Outcome, error) {
-	return applied(t.exec(ctx, `INSERT INTO guild_settings (guild_id, mod_role_id, modlog_channel_id, updated_at) VALUES (?, ?, ?, ?)
-		ON CONFLICT (guild_id) DO UPDATE SET mod_role_id = excluded.mod_role_id,
-			modlog_channel_id = excluded.modlog_channel_id, updated_at = excluded.updated_at
-		WHERE guild_settings.mod_role_id IS NOT excluded.mod_role_id
-			OR guild_settings.modlog_channel_id IS NOT excluded.modlog_channel_id`,
-		int64(o.GuildID), nullID(o.ModRoleID), nullID(o.ModlogChannelID), ms(o.UpdatedAt)))
+	if o.Version == 0 || o.Version > math.MaxInt64 {
+		return Outcome{}, fmt.Errorf("settings write with version %d (want the /setup interaction id)", o.Version)
+	}
+	if o.ModRoleID == 0 && o.ModlogChannelID == 0 {
+		return Outcome{}, nil // sets nothing
+	}
+	version := func(id uint64) int64 {
+		if id == 0 {
+			return 0
+		}
+		return int64(o.Version)
+	}
+	return applied(t.exec(ctx, putSettingsSQL, int64(o.GuildID), nullID(o.ModRoleID), version(o.ModRoleID),
+		nullID(o.ModlogChannelID), version(o.ModlogChannelID), ms(o.UpdatedAt)))
 }
 
 func (o AddReport) apply(ctx context.Context, t *wtx) (Outcome, error) {
@@ -192,7 +324,8 @@ func (o AddReport) apply(ctx context.Context, t *wtx) (Outcome, error) {
 }
 
 func (o MarkReportPosted) apply(ctx context.Context, t *wtx) (Outcome, error) {
-	return applied(t.exec(ctx, `UPDATE reports SET modlog_posted_at = ? WHERE guild_id = ? AND id = ? AND modlog_posted_at IS NULL`,
+	return applied(t.exec(ctx, `UPDATE reports SET modlog_posted_at = ?1
+		WHERE guild_id = ?2 AND id = ?3 AND (modlog_posted_at IS NULL OR modlog_posted_at > ?1)`,
 		ms(o.PostedAt), int64(o.GuildID), int64(o.ReportID)))
 }
 
@@ -213,19 +346,22 @@ func (o AddModAction) apply(ctx context.Context, t *wtx) (Outcome, error) {
 		// under different keys, so also drop what cannot be a new action: a
 		// ban of a user whose last ban-family action is a ban (or unban after
 		// unban), or a leave/kick repeated within overlapWindow.
-		q := `SELECT kind, created_at FROM mod_actions WHERE guild_id = ? AND user_id = ? AND kind IN ('ban', 'unban') ORDER BY id DESC LIMIT 1`
+		// Two keys of one session are two actions: the rule is only for
+		// another session's copy of this one.
+		q := `SELECT kind, created_at, dedupe_key FROM mod_actions WHERE guild_id = ? AND user_id = ? AND kind IN ('ban', 'unban') ORDER BY id DESC LIMIT 1`
 		if a.Kind == ActionKick || a.Kind == ActionLeave {
-			q = `SELECT kind, created_at FROM mod_actions WHERE guild_id = ? AND user_id = ? AND kind IN ('leave', 'kick') ORDER BY id DESC LIMIT 1`
+			q = `SELECT kind, created_at, dedupe_key FROM mod_actions WHERE guild_id = ? AND user_id = ? AND kind IN ('leave', 'kick') ORDER BY id DESC LIMIT 1`
 		}
 		if a.Kind != ActionTimeout {
-			var last string
+			var last, lastKey string
 			var at int64
-			err := t.queryRow(ctx, q, int64(a.GuildID), int64(a.UserID)).Scan(&last, &at)
+			err := t.queryRow(ctx, q, int64(a.GuildID), int64(a.UserID)).Scan(&last, &at, &lastKey)
 			if err != nil && !errors.Is(err, sql.ErrNoRows) {
 				return Outcome{}, err
 			}
 			switch {
 			case err != nil:
+			case sameSession(lastKey, key):
 			case (a.Kind == ActionBan || a.Kind == ActionUnban) && last == a.Kind:
 				return Outcome{}, nil
 			case (a.Kind == ActionKick || a.Kind == ActionLeave) && ms(a.CreatedAt)-at < overlapWindow.Milliseconds():
@@ -261,6 +397,29 @@ func (o AddModAction) apply(ctx context.Context, t *wtx) (Outcome, error) {
 	return applied(t.exec(ctx, `INSERT INTO mod_actions (guild_id, kind, user_id, moderator_id, reason, created_at, dedupe_key)
 		VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (guild_id, dedupe_key) DO NOTHING`,
 		int64(a.GuildID), a.Kind, int64(a.UserID), nullID(a.ModeratorID), a.Reason, ms(a.CreatedAt), key))
+}
+
+// keySession is the session part of a delivery key
+// "<kind>:<user>:<session>:<seq>" ("" for keys without one, e.g. the
+// store-assigned "<kind>:<user>:<n>").
+func keySession(key string) string {
+	for range 2 {
+		_, rest, ok := strings.Cut(key, ":")
+		if !ok {
+			return ""
+		}
+		key = rest
+	}
+	i := strings.LastIndexByte(key, ':')
+	if i <= 0 {
+		return ""
+	}
+	return key[:i]
+}
+
+func sameSession(a, b string) bool {
+	sa := keySession(a)
+	return sa != "" && sa == keySession(b)
 }
 
 func (o HoldEvent) apply(ctx context.Context, t *wtx) (Outcome, error) {

@@ -120,10 +120,12 @@ func scanActions(rows *sql.Rows) ([]ModAction, error) {
 	return out, rows.Err()
 }
 
-// ModActionsForUser returns the actions against userID, newest first.
+// ModActionsForUser returns the actions against userID, newest first (by
+// the time they happened, then key: the same order whatever order they were
+// processed in).
 func (s *Store) ModActionsForUser(ctx context.Context, guildID, userID uint64) ([]ModAction, error) {
 	rows, err := s.rdb.QueryContext(ctx, `SELECT guild_id, kind, user_id, moderator_id, reason, created_at, dedupe_key
-		FROM mod_actions WHERE guild_id = ? AND user_id = ? ORDER BY id DESC`, int64(guildID), int64(userID))
+		FROM mod_actions WHERE guild_id = ? AND user_id = ? ORDER BY created_at DESC, dedupe_key DESC`, int64(guildID), int64(userID))
 	if err != nil {
 		return nil, fmt.Errorf("mod actions for user %d in guild %d: %w", userID, guildID, err)
 	}
@@ -134,13 +136,15 @@ func (s *Store) ModActionsForUser(ctx context.Context, guildID, userID uint64) (
 	return as, nil
 }
 
-// GuildIDs lists the guilds that have any data besides a fencing epoch, ascending.
+// GuildIDs lists the guilds that have any data rows besides a fencing epoch,
+// ascending. Held events and dead letters are the pod's, not guild data: a
+// guild with only those is not listed (see HeldGuilds, DeadLetters).
 func (s *Store) GuildIDs(ctx context.Context) ([]uint64, error) {
 	rows, err := s.rdb.QueryContext(ctx, `SELECT guild_id FROM guild_settings
 		UNION SELECT DISTINCT guild_id FROM messages
+		UNION SELECT DISTINCT guild_id FROM unseen_messages
 		UNION SELECT DISTINCT guild_id FROM reports
 		UNION SELECT DISTINCT guild_id FROM mod_actions
-		UNION SELECT DISTINCT guild_id FROM held_events
 		ORDER BY 1`)
 	if err != nil {
 		return nil, fmt.Errorf("guild ids: %w", err)
@@ -160,7 +164,9 @@ func (s *Store) GuildIDs(ctx context.Context) ([]uint64, error) {
 	return out, nil
 }
 
-// Counts returns the number of rows the guild has in each guild-keyed table.
+// Counts returns the number of rows the guild has in each table of its data
+// (exportTables: the rows Export ships and Checksum covers; not the pod's
+// held events or dead letters, see HeldCount and DeadLetterCount).
 func (s *Store) Counts(ctx context.Context, guildID uint64) (map[string]int64, error) {
 	out := map[string]int64{}
 	for _, t := range exportTables {
@@ -256,7 +262,7 @@ func (s *Store) dashboard(ctx context.Context, guildID uint64) (Dashboard, error
 	}
 	d.RecentReports = append(d.RecentReports, rs...)
 	arows, err := tx.QueryContext(ctx, `SELECT guild_id, kind, user_id, moderator_id, reason, created_at, dedupe_key
-		FROM mod_actions WHERE guild_id = ? ORDER BY id DESC LIMIT ?`, g, dashboardListLimit)
+		FROM mod_actions WHERE guild_id = ? ORDER BY created_at DESC, dedupe_key DESC LIMIT ?`, g, dashboardListLimit)
 	if err != nil {
 		return d, fmt.Errorf("recent actions: %w", err)
 	}

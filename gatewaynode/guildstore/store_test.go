@@ -46,7 +46,7 @@ func mustChecksum(t testing.TB, s *Store, g uint64) string {
 // sampleWrites covers every op type for guild g.
 func sampleWrites(g uint64, epoch uint64) []Write {
 	ops := []Op{
-		PutSettings{GuildID: g, ModRoleID: 11, ModlogChannelID: 12, UpdatedAt: t0},
+		PutSettings{GuildID: g, ModRoleID: 11, ModlogChannelID: 12, Version: snowflakeAt(t0, 1), UpdatedAt: t0},
 		MessageCreate{GuildID: g, MessageID: 100, ChannelID: 1, AuthorID: 7, CreatedAt: t0, ContentLength: 5},
 		MessageCreate{GuildID: g, MessageID: 101, ChannelID: 1, AuthorID: 8, CreatedAt: t0, ContentLength: 6},
 		MessageCreate{GuildID: g, MessageID: 102, ChannelID: 2, AuthorID: 7, CreatedAt: t0, ContentLength: 7},
@@ -68,21 +68,31 @@ func sampleWrites(g uint64, epoch uint64) []Write {
 	return ws
 }
 
+// snowflakeAt is a snowflake created at t (n in its low bits).
+func snowflakeAt(t time.Time, n uint64) uint64 {
+	return uint64(t.UnixMilli()-discordEpochMS)<<22 | n
+}
+
 func TestOpenMigratesOnceAndUsesWAL(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "pod.db")
+	all, err := loadMigrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	latest := all[len(all)-1].version
 	for i := 0; i < 2; i++ {
 		s, err := Open(ctx, path)
 		if err != nil {
 			t.Fatal(err)
 		}
 		v, err := s.SchemaVersion(ctx)
-		if err != nil || v != 1 {
-			t.Fatalf("schema version = %d, %v", v, err)
+		if err != nil || v != latest {
+			t.Fatalf("schema version = %d, %v; want %d", v, err, latest)
 		}
 		var n int
 		var mode string
-		if err := s.rdb.QueryRowContext(ctx, `SELECT count(*) FROM schema_migrations`).Scan(&n); err != nil || n != 1 {
+		if err := s.rdb.QueryRowContext(ctx, `SELECT count(*) FROM schema_migrations`).Scan(&n); err != nil || n != len(all) {
 			t.Fatalf("schema_migrations rows = %d, %v", n, err)
 		}
 		if err := s.rdb.QueryRowContext(ctx, `PRAGMA journal_mode`).Scan(&mode); err != nil || mode != "wal" {
@@ -258,7 +268,7 @@ func TestHeldEventsRoundTripInOrder(t *testing.T) {
 	if seq != 6 {
 		t.Fatalf("seq after drop = %d, want 6 (never reused)", seq)
 	}
-	held, err := s.Held(ctx, 3)
+	held, err := s.HeldPage(ctx, 3, 0, 100)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -36,7 +36,9 @@ type ModAction struct {
 	DedupeKey   string    `json:"dedupe_key,omitempty"`
 }
 
-// HeldEvent is an event buffered while its guild migrates.
+// HeldEvent is an event this pod buffered (its guild migrating, its owner
+// unreachable) and still has to deliver. It belongs to the pod, not to the
+// guild's data.
 type HeldEvent struct {
 	GuildID    uint64    `json:"guild_id,string"`
 	Seq        int64     `json:"seq"`
@@ -62,10 +64,27 @@ type Dashboard struct {
 	Reports          int64            `json:"reports"`
 	ModActions       int64            `json:"mod_actions"`
 	ModActionsByKind map[string]int64 `json:"mod_actions_by_kind"`
-	HeldEvents       int64            `json:"held_events"`
+	HeldEvents       int64            `json:"held_events"` // this pod's held events for the guild (not guild data)
 	TopChannels      []IDCount        `json:"top_channels"`
 	TopAuthors       []IDCount        `json:"top_authors"`
 	RecentReports    []Report         `json:"recent_reports"`
 	RecentActions    []ModAction      `json:"recent_actions"`
 	Settings         Settings         `json:"settings"`
+}
+
+// DeadLetter is an event whose handler kept failing (with an error other than
+// a stale epoch), kept durably until an operator replays or discards it.
+type DeadLetter struct {
+	ID         int64     `json:"id"` // local to this pod
+	GuildID    uint64    `json:"guild_id,string"`
+	Type       string    `json:"type"`
+	Payload    []byte    `json:"payload"` // the dispatch's d, as received
+	DeliveryID string    `json:"delivery_id,omitempty"`
+	ReceivedAt time.Time `json:"received_at,omitzero"` // when the pod received it (zero: unknown)
+	// Error is the last failure's message.
+	Error string `json:"error"`
+	// Attempts counts every handling that failed, over all rounds.
+	Attempts      int       `json:"attempts"`
+	FirstFailedAt time.Time `json:"first_failed_at"`
+	LastFailedAt  time.Time `json:"last_failed_at"`
 }

@@ -1,4 +1,4 @@
-package benchmarks
+package systest
 
 import (
 	"context"
@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -30,15 +30,17 @@ type SystemOptions struct {
 	// (default 10000).
 	HistoryLimit int
 	Logger       *slog.Logger // default: discard
+	// Proxy starts a proxy once the gateways are up (System.Proxy); more
+	// with StartProxy.
+	Proxy bool
 	// TweakConfig and TweakGateway adjust each node's configuration.
 	TweakConfig  func(*confignode.Config)
 	TweakGateway func(*gatewaynode.Config)
 }
 
 // System is the whole of modbot on loopback in this process: three config
-// nodes, the fake Discord and gateway pods with their own SQLite files. It
-// mirrors e2e's test harness for the benchmarks (which cannot import test
-// helpers).
+// nodes, the fake Discord, gateway pods with their own SQLite files and,
+// optionally, proxies.
 type System struct {
 	Dir        string
 	Cluster    *Cluster
@@ -47,13 +49,16 @@ type System struct {
 	DiscordURL string
 	Cfgs       []gatewaynode.Config
 	Gateways   []*gatewaynode.Node // nil while stopped
+	Proxy      *Proxy              // started by SystemOptions.Proxy, else nil
 	opts       SystemOptions
 	dbMu       sync.Mutex
 	dbs        map[int]*sql.DB
+	proxyMu    sync.Mutex
+	proxies    []*Proxy
 }
 
 // StartSystem starts the config cluster, the fake Discord and o.Gateways
-// gateway pods in dir.
+// gateway pods in dir (and a proxy if o.Proxy).
 func StartSystem(ctx context.Context, dir string, o SystemOptions) (*System, error) {
 	if o.Shards <= 0 {
 		o.Shards = 4
@@ -80,13 +85,14 @@ func StartSystem(ctx context.Context, dir string, o SystemOptions) (*System, err
 	}
 	s.Client = s.Cluster.Client()
 	s.Discord, err = fakediscord.New(fakediscord.Config{
-		Token: "fake-token", Shards: o.Shards, MaxConcurrency: 16, HistoryLimit: o.HistoryLimit,
+		Token: discordToken, Shards: o.Shards, MaxConcurrency: 16, HistoryLimit: o.HistoryLimit,
 		IdentifyInterval: 50 * time.Millisecond, HeartbeatInterval: time.Second, Logger: o.Logger,
 	})
 	if err != nil {
 		s.Close()
 		return nil, err
 	}
+	// Port 0: the kernel picks a free port while binding, nothing to retry.
 	if s.DiscordURL, err = s.Discord.Start("127.0.0.1:0"); err != nil {
 		s.Close()
 		return nil, err
@@ -97,51 +103,101 @@ func StartSystem(ctx context.Context, dir string, o SystemOptions) (*System, err
 			return nil, err
 		}
 	}
+	if o.Proxy {
+		if s.Proxy, err = s.StartProxy(ctx); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
-// AddGateway starts a new gateway pod (gateway-N) and returns its index.
-func (s *System) AddGateway() (int, error) {
-	i := len(s.Cfgs)
-	addr, err := freeAddr()
-	if err != nil {
-		return -1, err
-	}
+// gatewayConfig is gateway i's configuration on addr.
+func (s *System) gatewayConfig(i int, addr string) gatewaynode.Config {
 	id := fmt.Sprintf("gateway-%d", i)
 	cfg := gatewaynode.Config{
 		ID: id, Ordinal: -1, DataDir: filepath.Join(s.Dir, id),
-		HTTPAddr: addr, ConfigURLs: s.Cluster.URLs(), Token: benchToken,
-		DiscordToken: "fake-token", DiscordURL: s.DiscordURL,
+		HTTPAddr: addr, ConfigURLs: s.Cluster.URLs(), Token: Token,
+		DiscordToken: discordToken, DiscordURL: s.DiscordURL,
 		HeartbeatInterval: 200 * time.Millisecond, CheckpointInterval: 200 * time.Millisecond,
 		HandoffTimeout: 10 * time.Second, Logger: s.opts.Logger.With("pod", id),
 	}
 	if s.opts.TweakGateway != nil {
 		s.opts.TweakGateway(&cfg)
 	}
-	s.Cfgs = append(s.Cfgs, cfg)
-	s.Gateways = append(s.Gateways, nil)
-	return i, s.StartGateway(i)
+	return cfg
 }
 
-// StartGateway (re)starts gateway i with its configuration and data.
-func (s *System) StartGateway(i int) error {
-	var err error
-	for attempt := 0; attempt < 100; attempt++ {
-		if s.Gateways[i], err = gatewaynode.Start(s.Cfgs[i]); err == nil {
-			return nil
+// AddGateway starts a new gateway pod (gateway-N) and returns its index. A
+// port taken between picking and binding is retried on a fresh one.
+func (s *System) AddGateway() (int, error) {
+	i := len(s.Cfgs)
+	s.Cfgs = append(s.Cfgs, gatewaynode.Config{})
+	s.Gateways = append(s.Gateways, nil)
+	created := "" // the data directory the last attempt created
+	err := retryAddrInUse(startAttempts, startRetryDelay, func(int) error {
+		if created != "" {
+			if err := os.RemoveAll(created); err != nil {
+				return err
+			}
+			created = ""
 		}
-		time.Sleep(100 * time.Millisecond) // the previous incarnation's port may linger
+		addr, err := freeAddr()
+		if err != nil {
+			return err
+		}
+		cfg := s.gatewayConfig(i, addr)
+		if freshDir(cfg.DataDir) {
+			created = cfg.DataDir
+		}
+		s.Cfgs[i] = cfg
+		s.Gateways[i], err = gatewaynode.Start(cfg)
+		return err
+	})
+	if err != nil {
+		return i, fmt.Errorf("start gateway %d: %w", i, err)
 	}
-	return fmt.Errorf("start gateway %d: %w", i, err)
+	return i, nil
+}
+
+// StartGateway restarts gateway i with its configuration and data. It
+// retries while the previous incarnation's port is still bound.
+func (s *System) StartGateway(i int) error {
+	err := retryAddrInUse(startAttempts, startRetryDelay, func(int) error {
+		var err error
+		s.Gateways[i], err = gatewaynode.Start(s.Cfgs[i])
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("start gateway %d: %w", i, err)
+	}
+	return nil
+}
+
+// StartPod starts one gateway pod outside a System (the ingest benchmark
+// runs a single pod with its own configuration). An empty cfg.HTTPAddr
+// takes a free loopback port, and a fresh one if it is taken before the pod
+// binds it; an explicit address is retried while it is in use.
+func StartPod(cfg gatewaynode.Config) (*gatewaynode.Node, error) {
+	pick := cfg.HTTPAddr == ""
+	var n *gatewaynode.Node
+	err := retryAddrInUse(startAttempts, startRetryDelay, func(int) error {
+		c := cfg
+		if pick {
+			addr, err := freeAddr()
+			if err != nil {
+				return err
+			}
+			c.HTTPAddr = addr
+		}
+		var err error
+		n, err = gatewaynode.Start(c)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start gateway %s: %w", cfg.ID, err)
+	}
+	return n, nil
 }
 
 // KillGateway hard-stops gateway i, as a crash would.
@@ -154,6 +210,12 @@ func (s *System) KillGateway(i int) {
 
 // Close stops everything.
 func (s *System) Close() {
+	s.proxyMu.Lock()
+	for _, p := range s.proxies {
+		p.Close()
+	}
+	s.proxies = nil
+	s.proxyMu.Unlock()
 	for i := range s.Gateways {
 		s.KillGateway(i)
 	}
@@ -185,7 +247,7 @@ func (s *System) PodIndex(id string) int {
 // session has checkpointed, every fake guild is placed and every running
 // gateway is ready.
 func (s *System) WaitSettled(ctx context.Context, d time.Duration) error {
-	return poll(ctx, d, "shards held and guilds placed", func() bool {
+	return Poll(ctx, d, "shards held and guilds placed", func() bool {
 		st, err := s.Client.Status(ctx)
 		if err != nil || st.Guilds < len(s.Discord.Guilds()) {
 			return false
@@ -200,7 +262,7 @@ func (s *System) WaitSettled(ctx context.Context, d time.Duration) error {
 			}
 		}
 		for _, g := range s.Gateways {
-			if g != nil && !httpOK("http://"+g.Addr()+"/readyz") {
+			if g != nil && !Ready("http://"+g.Addr()) {
 				return false
 			}
 		}

@@ -1,4 +1,4 @@
-package fakediscord
+package discordgw
 
 import (
 	"context"
@@ -15,16 +15,17 @@ import (
 
 // ClientFor returns an HTTP client and a websocket dialer that send
 // everything discordgo would send to Discord (https://discord.com/api/…,
-// wss://gateway.discord.gg, or the ws:// URL the fake hands out) to the fake
-// Discord at baseURL (e.g. "http://127.0.0.1:7900"). It changes no global
+// wss://gateway.discord.gg, or the ws:// URL a test double hands out) to the
+// Discord-speaking server at baseURL (`--discord-url`; the fake Discord in
+// tests and dev) (e.g. "http://127.0.0.1:7900"). It changes no global
 // state, so other sessions in the process keep talking to whatever they talk to.
 func ClientFor(baseURL string) (*http.Client, *websocket.Dialer, error) {
 	u, err := url.Parse(baseURL)
 	if err != nil {
-		return nil, nil, fmt.Errorf("fakediscord: parse base URL %q: %w", baseURL, err)
+		return nil, nil, fmt.Errorf("discordgw: parse base URL %q: %w", baseURL, err)
 	}
 	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
-		return nil, nil, fmt.Errorf("fakediscord: base URL %q must be http(s)://host:port", baseURL)
+		return nil, nil, fmt.Errorf("discordgw: base URL %q must be http(s)://host:port", baseURL)
 	}
 	hostport := u.Host
 	if u.Port() == "" {
@@ -53,7 +54,7 @@ func ClientFor(baseURL string) (*http.Client, *websocket.Dialer, error) {
 	return client, dialer, nil
 }
 
-// ConfigureSession points a discordgo session at the fake Discord at baseURL
+// ConfigureSession points a discordgo session at the server at baseURL
 // by setting Session.Client and Session.Dialer (see ClientFor). It does not
 // touch discordgo's package-level endpoint variables.
 func ConfigureSession(sess *discordgo.Session, baseURL string) error {

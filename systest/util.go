@@ -1,0 +1,109 @@
+package systest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"syscall"
+	"time"
+)
+
+// Token is the bearer token of every cluster and pod the harness starts.
+const Token = "bench-token"
+
+// discordToken is the bot token the fake Discord accepts.
+const discordToken = "fake-token"
+
+// Start retries: at most startAttempts attempts, startRetryDelay apart, and
+// only while the start fails with address-in-use.
+const (
+	startAttempts   = 50
+	startRetryDelay = 100 * time.Millisecond
+)
+
+// addrInUse reports whether err is, somewhere in its chain, a listen that
+// failed because the address is taken.
+func addrInUse(err error) bool { return errors.Is(err, syscall.EADDRINUSE) }
+
+// retryAddrInUse calls start(0), start(1), … until it succeeds, fails with
+// an error other than address-in-use (returned at once, unwrapped), or has
+// been called attempts times.
+func retryAddrInUse(attempts int, delay time.Duration, start func(attempt int) error) error {
+	var err error
+	for a := 0; a < attempts; a++ {
+		if a > 0 {
+			time.Sleep(delay)
+		}
+		if err = start(a); err == nil || !addrInUse(err) {
+			return err
+		}
+	}
+	return fmt.Errorf("address still in use after %d attempts: %w", attempts, err)
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// Poll checks cond every 5 ms until it holds, d has passed or ctx ends.
+func Poll(ctx context.Context, d time.Duration, what string, cond func() bool) error {
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %s waiting for %s", d, what)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// TempDir makes a scratch directory outside a test (benchmarks); the
+// function returned removes it.
+func TempDir(name string) (string, func(), error) {
+	d, err := os.MkdirTemp("", "modbot-bench-"+name+"-")
+	if err != nil {
+		return "", nil, err
+	}
+	return d, func() { _ = os.RemoveAll(d) }, nil
+}
+
+// Ready reports whether the server at base (a URL such as
+// http://127.0.0.1:9000) answers GET /readyz with 200.
+func Ready(base string) bool {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(base + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// freshDir reports whether dir does not exist yet: a failed first start may
+// then remove what it created before retrying.
+func freshDir(dir string) bool {
+	_, err := os.Stat(dir)
+	return errors.Is(err, os.ErrNotExist)
+}
