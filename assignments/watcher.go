@@ -660,7 +660,6 @@ func (w *Watcher) list(ctx context.Context) error {
 		w.preferred = idx
 		w.m.relists.Inc()
 		w.replace(mapFromSnapshot(&snap))
-		w.settleProofs()
 		w.log.Debug("listed", "node", eps[idx], "revision", snap.Revision, "guilds", len(snap.Guilds))
 		return nil
 	}
@@ -737,7 +736,6 @@ func (w *Watcher) watch(ctx context.Context) error {
 		case msg.Change != nil:
 			w.learned.Note(msg.Change.Revision, 0)
 			w.applyChange(msg.Change.Revision, msg.Change.Events)
-			w.settleProofs()
 			delivered = true
 		case msg.Progress != nil:
 			p := *msg.Progress
@@ -775,12 +773,12 @@ func (w *Watcher) addProof(p proof) {
 		// Dropping the furthest proof can only make Staleness read higher.
 		w.proofs = w.proofs[:maxProofs]
 	}
-	w.settleProofs()
+	w.settleProofs(w.Revision())
 }
 
-// settleProofs moves Staleness to the newest proof the map has reached.
-func (w *Watcher) settleProofs() {
-	rev := w.Revision()
+// settleProofs moves Staleness to the newest proof a map at rev has
+// reached. Run's goroutine only (it alone applies changes and lists).
+func (w *Watcher) settleProofs(rev uint64) {
 	n := 0
 	for n < len(w.proofs) && w.proofs[n].rev <= rev {
 		if at := w.proofs[n].at; w.provenAt.Load() == nil || at.After(*w.provenAt.Load()) {
@@ -824,9 +822,11 @@ func (w *Watcher) replace(m *localMap) {
 	}
 }
 
-// publish tells subscribers, then waiters, of a new map. Called with mu
-// held for writing; delivery never blocks.
+// publish tells subscribers, then waiters, of a new map, and counts the
+// proofs of currency it reaches. Called with mu held for writing; delivery
+// never blocks.
 func (w *Watcher) publish(c Change) {
+	w.settleProofs(c.Revision)
 	w.subsMu.Lock()
 	w.deliver(c)
 	w.subsMu.Unlock()

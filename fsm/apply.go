@@ -194,9 +194,24 @@ func (s *State) Apply(index uint64, c Command) ([]Event, error) {
 			a.emit(Event{Type: EventConfigNode, ConfigNode: &n})
 		}
 	case CmdSaveCheckpoints:
-		for shard, cp := range c.Checkpoints {
+		shards := make([]int, 0, len(c.Checkpoints))
+		for shard := range c.Checkpoints {
+			shards = append(shards, shard)
+		}
+		slices.Sort(shards)
+		for _, shard := range shards {
+			cp := c.Checkpoints[shard]
 			cp.Holder, cp.At, cp.Epoch = c.PodID, c.At, s.ShardEpochs[shard]
+			prev, had := s.Checkpoints[shard]
 			s.Checkpoints[shard] = cp
+			// The first checkpoint of a session in a tenure is news: it says
+			// the holder's session is up and committing (a shard's old
+			// holder hands over on it). Later seqs of the same session are
+			// bookkeeping and emit nothing.
+			if c.Version >= 2 && (!had || prev.SessionID != cp.SessionID || prev.Holder != cp.Holder || prev.Epoch != cp.Epoch) {
+				saved := cp
+				a.emit(Event{Type: EventShard, Shard: &ShardAssignment{Shard: shard, Holder: s.Shards[shard], Epoch: s.ShardEpochs[shard], Checkpoint: &saved}})
+			}
 		}
 	case CmdRemoveConfigNode:
 		n := s.ConfigNodes[c.PodID]

@@ -36,8 +36,11 @@
 //     the shard's current holder and every checkpoint's Epoch is the shard's
 //     current holder epoch. A saved checkpoint records its holder and epoch,
 //     so a stored checkpoint with the shard's current epoch is the current
-//     holder's own. Checkpoints are bookkeeping outside the map: saving one
-//     emits no event and leaves the revision alone.
+//     holder's own. A later seq of the same session is bookkeeping: it
+//     emits no event and leaves the revision alone. The first checkpoint of a
+//     session in a tenure (a new session id, holder or epoch) emits one
+//     EventShard carrying it: the stream then says "the holder's session is up
+//     and committing", which a shard's previous holder hands over on.
 //   - A drain survives down time (TestDrainSurvivesDownTime): a draining pod
 //     that is marked down and heard from again (CmdPodAlive) comes back
 //     draining, not active; Pod.Drain remembers it, and is set only while the

@@ -49,7 +49,8 @@ type State struct {
 	Guilds      map[uint64]*Guild
 	ConfigNodes map[string]ConfigNode
 	// Checkpoints are the shards' resume points. They are bookkeeping, not
-	// part of the map: saving one emits no event and leaves the revision.
+	// part of the map: a later seq of a session emits no event and leaves the
+	// revision; the first checkpoint of a session in a tenure emits EventShard.
 	Checkpoints map[int]Checkpoint
 
 	// Derived, rebuilt on Restore.

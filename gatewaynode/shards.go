@@ -41,8 +41,10 @@ type shardRunner struct {
 	// leaving is set while the shard is being handed off: a session that
 	// ends then is not reopened (the shard is no longer ours to touch).
 	leaving atomic.Bool
-	// ended is set when the session stopped delivering for good.
-	ended atomic.Bool
+	// ended is set (and endedCh closed) when the session stopped
+	// delivering for good during a handoff.
+	ended   atomic.Bool
+	endedCh chan struct{}
 
 	mu    sync.Mutex
 	shard session // nil until open
@@ -146,7 +148,7 @@ func (s *shardSet) reconcile() {
 			continue
 		}
 		ctx, cancel := context.WithCancel(n.ctx)
-		r := &shardRunner{id: id, cancel: cancel, done: make(chan struct{}), reclaim: make(chan struct{}), epoch: epoch}
+		r := &shardRunner{id: id, cancel: cancel, done: make(chan struct{}), reclaim: make(chan struct{}), endedCh: make(chan struct{}), epoch: epoch}
 		s.running[id] = r
 		go s.runShard(ctx, r)
 	}
@@ -182,60 +184,75 @@ func (r *shardRunner) session() (session, uint64) {
 //   - A shard nobody holds (no active pod) is detached at once, to stay
 //     resumable.
 //
-// Every decision reads the shard linearizably, so it never acts on a
-// lagging follower's copy; no clocks are compared.
+// It learns of the new holder's checkpoint from the change stream (the FSM
+// announces the first checkpoint of every session), waking on map changes
+// only; a checkpoint on the stream is committed, so acting on it is safe.
+// No clocks are compared: the holder epoch names the tenure.
 func (s *shardSet) handoff(r *shardRunner, reclaimed <-chan struct{}) {
 	n := s.n
 	lost := time.Now()
-	warned := lost
-	how := ""
 	newHolder := n.watch.ShardHolder(r.id)
-	for how == "" && n.ctx.Err() == nil {
+	// Wake on the map's changes, on a reclaim and when our session ends.
+	ctx, cancel := context.WithCancel(n.ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-reclaimed:
+		case <-r.endedCh:
+		case <-ctx.Done():
+		}
+		cancel()
+	}()
+	how := ""
+	decide := func() bool {
 		if p, ok := n.watch.Pod(n.cfg.ID); ok && p.State == fsm.PodDown {
-			how = "detached"
-			n.log.Warn("this pod is marked down: leaving the shard's session to its new holder", "shard", r.id, "to", newHolder)
-			break
+			how = "detached" // the new holder resumes our session from the checkpoint
+			return true
 		}
 		if r.ended.Load() {
 			how = "ended"
-			break
+			return true
 		}
-		ctx, cancel := context.WithTimeout(n.ctx, 2*time.Second)
-		sl, err := n.client.ConsistentShards(ctx)
-		cancel()
-		if err == nil && r.id < len(sl.Shards) {
-			sh := sl.Shards[r.id]
-			newHolder = sh.Holder
-			switch cp := sh.Checkpoint; {
-			case sh.Holder == "":
-				how = "released"
-			case sh.Holder == n.cfg.ID:
-				// It came back; reconcile will reclaim it.
-			case cp != nil && cp.Holder == sh.Holder && cp.Epoch == sh.Epoch:
-				if sess, _ := r.session(); sess != nil {
-					if sid, _ := sess.Received(); sid == cp.SessionID {
-						how = "detached"
-						n.log.Warn("the new holder resumed this pod's session: detaching without closing it", "shard", r.id, "to", sh.Holder, "session", sid)
-						break
-					}
+		sa, ok := n.watch.Shard(r.id)
+		if !ok {
+			return false
+		}
+		newHolder = sa.Holder
+		switch cp := sa.Checkpoint; {
+		case sa.Holder == "":
+			how = "released"
+		case sa.Holder == n.cfg.ID:
+			// It came back: reconcile reclaims it.
+		case cp != nil && cp.Holder == sa.Holder && cp.Epoch == sa.Epoch:
+			how = "closed"
+			if sess, _ := r.session(); sess != nil {
+				if sid, _ := sess.Received(); sid == cp.SessionID {
+					how = "detached" // they resumed our session: it is theirs now
 				}
-				how = "closed"
 			}
 		}
-		if how != "" {
-			break
-		}
-		if time.Since(warned) > n.cfg.HandoffTimeout {
-			warned = time.Now()
-			n.log.Warn("still serving a shard that moved away: its new holder has not taken it over yet", "shard", r.id, "to", newHolder, "for", time.Since(lost).Round(time.Second))
-		}
+		return how != ""
+	}
+	for how == "" && n.ctx.Err() == nil {
+		wctx, wcancel := context.WithTimeout(ctx, n.cfg.HandoffTimeout)
+		err := waitMap(wctx, n.watch, decide)
+		wcancel()
 		select {
-		case <-n.ctx.Done():
 		case <-reclaimed:
 			n.log.Info("shard came back before its handoff finished; keeping the session", "shard", r.id)
 			return
-		case <-time.After(250 * time.Millisecond):
+		default:
 		}
+		if err != nil && how == "" && ctx.Err() == nil {
+			n.log.Warn("still serving a shard that moved away: its new holder has not taken it over yet", "shard", r.id, "to", newHolder, "for", time.Since(lost).Round(time.Second))
+		}
+		if r.ended.Load() && how == "" {
+			how = "ended"
+		}
+	}
+	if how == "detached" {
+		n.log.Warn("leaving the shard's session to its new holder without closing it", "shard", r.id, "to", newHolder,
+			"reason", "this pod is marked down, or the new holder resumed this pod's session")
 	}
 	if how == "closed" {
 		s.drain(r, reclaimed)
@@ -457,6 +474,7 @@ func (s *shardSet) runShard(ctx context.Context, r *shardRunner) {
 		}
 		if r.leaving.Load() {
 			r.ended.Store(true)
+			close(r.endedCh)
 			log.Info("shard session ended during its handoff; not reopening it", "err", sh.Err())
 			_ = sh.Detach()
 			return
