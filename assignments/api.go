@@ -112,13 +112,36 @@ type IdentifyRequest struct {
 	Pod            string `json:"pod"`
 	Shard          int    `json:"shard"`
 	MaxConcurrency int    `json:"max_concurrency"`
+	// Epoch is the holder epoch the pod holds the shard at (the shard's
+	// "epoch" in /v1/shards and the watch stream). When sent, the slot is
+	// refused (409) unless the pod holds the shard at exactly that epoch.
+	Epoch uint64 `json:"epoch,omitempty"`
+	// SessionStartLimit is Discord's daily identify budget as the pod read
+	// it from GET /gateway/bot, and SessionStartLimitAt when (unix ms; 0:
+	// just now). The leader keeps the newest report and refuses slots (429)
+	// below its reserve.
+	SessionStartLimit   *SessionStartLimit `json:"session_start_limit,omitempty"`
+	SessionStartLimitAt int64              `json:"session_start_limit_at,omitempty"`
 }
 
-// IdentifySlot says when the pod may send IDENTIFY.
+// SessionStartLimit is Discord's session_start_limit object.
+type SessionStartLimit struct {
+	Total          int   `json:"total"`
+	Remaining      int   `json:"remaining"`
+	ResetAfter     int64 `json:"reset_after"` // milliseconds
+	MaxConcurrency int   `json:"max_concurrency"`
+}
+
+// IdentifySlot says when the pod may send IDENTIFY, and what is left of the
+// day's identify budget after it.
 type IdentifySlot struct {
-	Bucket int   `json:"bucket"`
-	WaitMs int64 `json:"wait_ms"`
-	At     int64 `json:"at"` // unix ms
+	Bucket          int   `json:"bucket"`
+	WaitMs          int64 `json:"wait_ms"`
+	At              int64 `json:"at"` // unix ms
+	BudgetTotal     int   `json:"budget_total"`
+	BudgetRemaining int   `json:"budget_remaining"` // after this identify
+	BudgetReserve   int   `json:"budget_reserve"`
+	BudgetResetAt   int64 `json:"budget_reset_at,omitempty"` // unix ms
 }
 
 // MoveRequest is POST /v1/guilds/{id}/move.
@@ -180,6 +203,8 @@ type APIError struct {
 	Status int
 	Body   ErrorBody
 	URL    string
+	// RetryAfter is the answer's Retry-After (0 when absent).
+	RetryAfter time.Duration
 }
 
 func (e *APIError) Error() string {

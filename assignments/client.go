@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -158,6 +159,9 @@ func (c *Client) doOne(ctx context.Context, base, method, path string, body []by
 // DecodeError turns a non-2xx response into an *APIError.
 func DecodeError(resp *http.Response) error {
 	e := &APIError{Status: resp.StatusCode, URL: resp.Request.URL.String()}
+	if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && secs > 0 {
+		e.RetryAfter = time.Duration(secs) * time.Second
+	}
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if json.Unmarshal(b, &e.Body) != nil || e.Body.Error == "" {
 		e.Body.Error = strings.TrimSpace(string(b))

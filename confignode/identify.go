@@ -105,12 +105,7 @@ func newIdentifyBudget(total, reserve int) *identifyBudget {
 
 // sessionStartLimit is Discord's session_start_limit object, as a pod read
 // it from GET /gateway/bot.
-type sessionStartLimit struct {
-	Total          int   `json:"total"`
-	Remaining      int   `json:"remaining"`
-	ResetAfter     int64 `json:"reset_after"` // milliseconds
-	MaxConcurrency int   `json:"max_concurrency"`
-}
+type sessionStartLimit = assignments.SessionStartLimit
 
 // observe records a pod's reading of Discord's budget, taken at at.
 func (b *identifyBudget) observe(l sessionStartLimit, at, now time.Time) error {
@@ -207,35 +202,6 @@ func (b *identifyBudget) retryAfterLocked(st budgetStatus, now time.Time) time.D
 	return max(at.Sub(now), time.Second)
 }
 
-// identifyRequest is POST /v1/identify as the leader reads it: the fields
-// of assignments.IdentifyRequest (pod, shard, max_concurrency) and the
-// optional ones pods may send: the shard's holder epoch, and the
-// session_start_limit they read from GET /gateway/bot with when they read it.
-type identifyRequest struct {
-	Pod            string `json:"pod"`
-	Shard          int    `json:"shard"`
-	MaxConcurrency int    `json:"max_concurrency"`
-	// Epoch is the holder epoch the pod holds the shard at (the shard's
-	// "epoch" in /v1/shards and the watch stream). When sent, the slot is
-	// refused unless the pod holds the shard at exactly that epoch.
-	Epoch uint64 `json:"epoch,omitempty"`
-	// SessionStartLimit is Discord's figure, as the pod read it.
-	SessionStartLimit *sessionStartLimit `json:"session_start_limit,omitempty"`
-	// SessionStartLimitAt is when the pod read it (unix milliseconds; 0:
-	// just now). Reports older than the newest one the leader has are
-	// ignored.
-	SessionStartLimitAt int64 `json:"session_start_limit_at,omitempty"`
-}
-
-// identifySlot is the answer: assignments.IdentifySlot and the budget.
-type identifySlot struct {
-	assignments.IdentifySlot
-	BudgetTotal     int   `json:"budget_total"`
-	BudgetRemaining int   `json:"budget_remaining"` // after this identify
-	BudgetReserve   int   `json:"budget_reserve"`
-	BudgetResetAt   int64 `json:"budget_reset_at,omitempty"` // unix ms
-}
-
 // budgetExhausted is the 429 body: the error and when to ask again.
 type budgetExhausted struct {
 	assignments.ErrorBody
@@ -250,7 +216,7 @@ type budgetExhausted struct {
 // its epoch, when the pod names one), within the daily budget (429 with
 // Retry-After below the reserve), at most one per bucket per interval.
 func (n *Node) handleIdentify(w http.ResponseWriter, r *http.Request) {
-	var req identifyRequest
+	var req assignments.IdentifyRequest
 	if err := n.decodeBody(w, r, &req); err != nil {
 		n.fail(w, r, err)
 		return
@@ -324,9 +290,7 @@ func (n *Node) handleIdentify(w http.ResponseWriter, r *http.Request) {
 	bucket := req.Shard % req.MaxConcurrency
 	at := n.identify.reserve(bucket, now)
 	n.metrics.identifySlots.Inc()
-	out := identifySlot{
-		IdentifySlot: assignments.IdentifySlot{Bucket: bucket, WaitMs: at.Sub(now).Milliseconds(), At: at.UnixMilli()},
-		BudgetTotal:  st.Total, BudgetRemaining: st.Remaining, BudgetReserve: st.Reserve, BudgetResetAt: st.ResetAt.UnixMilli(),
-	}
+	out := assignments.IdentifySlot{Bucket: bucket, WaitMs: at.Sub(now).Milliseconds(), At: at.UnixMilli(),
+		BudgetTotal: st.Total, BudgetRemaining: st.Remaining, BudgetReserve: st.Reserve, BudgetResetAt: st.ResetAt.UnixMilli()}
 	httpapi.WriteJSON(w, http.StatusOK, out)
 }

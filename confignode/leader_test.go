@@ -17,6 +17,7 @@ import (
 
 	"github.com/modbot/modbot/assignments"
 	"github.com/modbot/modbot/fsm"
+	"github.com/modbot/modbot/internal/podapi"
 )
 
 // metricValue reads one sample (counter or gauge) from a registry; labels
@@ -72,7 +73,7 @@ func newRecordingPod(t *testing.T, block bool) *recordingPod {
 	p := &recordingPod{block: block, started: make(chan struct{}), cancelled: make(chan struct{})}
 	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.mu.Lock()
-		p.calls = append(p.calls, podCall{r.Header.Get(hdrConfigNode), r.Method, r.URL.Path})
+		p.calls = append(p.calls, podCall{r.Header.Get(podapi.HeaderConfigNode), r.Method, r.URL.Path})
 		p.mu.Unlock()
 		if r.Method == http.MethodPost && p.block {
 			p.once.Do(func() { close(p.started) })

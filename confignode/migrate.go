@@ -2,10 +2,8 @@ package confignode
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -17,6 +15,7 @@ import (
 	"github.com/modbot/modbot/assignments"
 	"github.com/modbot/modbot/fsm"
 	"github.com/modbot/modbot/internal/httpapi"
+	"github.com/modbot/modbot/internal/podapi"
 )
 
 // The leader drives guild moves (DESIGN §7). The protocol's state lives in
@@ -152,13 +151,8 @@ func (m *mover) run(ctx context.Context, mv assignments.MoveResponse) {
 		}
 		cctx, cancel := context.WithTimeout(ctx, n.cfg.MoveTimeout)
 		defer cancel()
-		url := fmt.Sprintf("http://%s/internal/guilds/%d/import?epoch=%d", target, mv.Guild, mv.Epoch)
-		var imp struct {
-			Rows     map[string]int `json:"rows"`
-			Checksum string         `json:"checksum"`
-			TookMs   int64          `json:"took_ms"`
-		}
-		if err := m.call(cctx, http.MethodPost, url, &imp); err != nil {
+		imp, err := m.api().Import(cctx, target, mv.Guild, mv.Epoch)
+		if err != nil {
 			return commitFailed, fmt.Errorf("copy to %s: %w", mv.To, err)
 		}
 		log.Info("guild copied", "rows", imp.Rows, "checksum", imp.Checksum, "took_ms", imp.TookMs)
@@ -353,12 +347,11 @@ func (m *mover) dropCopy(ctx context.Context, pod string, guild, epoch uint64, l
 		if !ok {
 			return
 		}
-		err := m.call(ctx, http.MethodDelete, fmt.Sprintf("http://%s/internal/guilds/%d?epoch=%d", addr, guild, epoch), nil)
+		err := m.api().DropCopy(ctx, addr, guild, epoch)
 		if err == nil {
 			return
 		}
-		var pe *podError
-		if errors.As(err, &pe) && pe.status < 500 {
+		if podapi.Refused(err) {
 			log.Warn("the pod refused to drop its old copy", "pod", pod, "err", err)
 			return
 		}
@@ -373,14 +366,6 @@ func (m *mover) dropCopy(ctx context.Context, pod string, guild, epoch uint64, l
 // dropCopyFor bounds the retries of one copy's drop.
 const dropCopyFor = 2 * time.Minute
 
-// podError is a pod's non-2xx answer to the mover.
-type podError struct {
-	status int
-	msg    string
-}
-
-func (e *podError) Error() string { return fmt.Sprintf("%d %s", e.status, e.msg) }
-
 func (m *mover) podAddr(id string) (string, bool) {
 	var addr string
 	m.n.store.View(func(s *fsm.State) {
@@ -391,33 +376,9 @@ func (m *mover) podAddr(id string) (string, bool) {
 	return addr, addr != ""
 }
 
-// hdrConfigNode names the config node that calls a pod.
-const hdrConfigNode = "X-Modbot-Config-Node"
-
-func (m *mover) call(ctx context.Context, method, url string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, url, nil)
-	if err != nil {
-		return fmt.Errorf("build %s %s: %w", method, url, err)
-	}
-	if m.n.cfg.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+m.n.cfg.Token)
-	}
-	req.Header.Set(hdrConfigNode, m.n.cfg.ID)
-	resp, err := m.n.pods.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, url, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("%s %s: %w", method, url, &podError{status: resp.StatusCode, msg: string(b)})
-	}
-	if out != nil {
-		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-			return fmt.Errorf("decode the answer of %s %s: %w", method, url, err)
-		}
-	}
-	return nil
+// api is the pods' internal API, as this config node calls it.
+func (m *mover) api() podapi.Client {
+	return podapi.Client{HTTP: m.n.pods, Token: m.n.cfg.Token, Caller: m.n.cfg.ID}
 }
 
 // orphanReason is the abort reason of a move no task of the leader runs.

@@ -19,6 +19,7 @@ import (
 	"github.com/modbot/modbot/gatewaynode/bot"
 	"github.com/modbot/modbot/internal/httpapi"
 	"github.com/modbot/modbot/internal/httpmetrics"
+	"github.com/modbot/modbot/internal/podapi"
 )
 
 const maxBody = 8 << 20
@@ -40,16 +41,16 @@ func (n *Node) routes(reg *prometheus.Registry) http.Handler {
 	auth := func(path string, h http.HandlerFunc, method string) {
 		r.Handle(path, httpapi.RequireBearer(n.cfg.Token, h)).Methods(method)
 	}
-	auth("/guild/{id}/dashboard", n.handleDashboard, "GET")
-	auth("/internal/events", n.handleEvents, "POST")
-	auth("/internal/interactions", n.handleInteraction, "POST")
-	auth("/internal/status", n.handleStatus, "GET")
-	auth("/internal/guilds/{id}/export", n.handleExport, "GET")
-	auth("/internal/guilds/{id}/import", n.handleImport, "POST")
-	auth("/internal/guilds/{id}", n.handleDropCopy, "DELETE")
-	auth("/internal/shards/{id}/released", n.handleShardReleased, "GET")
-	auth("/internal/dead-letters", n.handleDeadLetters, "GET")
-	auth("/internal/dead-letters/{id}/replay", n.handleReplayDeadLetter, "POST")
+	auth(podapi.RouteDashboard, n.handleDashboard, "GET")
+	auth(podapi.PathEvents, n.handleEvents, "POST")
+	auth(podapi.PathInteractions, n.handleInteraction, "POST")
+	auth(podapi.PathStatus, n.handleStatus, "GET")
+	auth(podapi.RouteExport, n.handleExport, "GET")
+	auth(podapi.RouteImport, n.handleImport, "POST")
+	auth(podapi.RouteGuild, n.handleDropCopy, "DELETE")
+	auth(podapi.RouteShardReleased, n.handleShardReleased, "GET")
+	auth(podapi.PathDeadLetters, n.handleDeadLetters, "GET")
+	auth(podapi.RouteReplayDeadLetter, n.handleReplayDeadLetter, "POST")
 	return r
 }
 
@@ -114,7 +115,7 @@ func (n *Node) handleDashboard(w http.ResponseWriter, r *http.Request) {
 // every event it accepted is committed, listing the ones it refused; the
 // holder keeps those in its own outbox before acknowledging them to Discord.
 func (n *Node) handleEvents(w http.ResponseWriter, r *http.Request) {
-	var req forwardRequest
+	var req podapi.ForwardRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	if err := dec.Decode(&req); err != nil {
 		httpapi.WriteError(w, http.StatusBadRequest, "malformed events: %v", err)
@@ -122,7 +123,7 @@ func (n *Node) handleEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	evs := make([]bot.Event, 0, len(req.Events))
 	for _, e := range req.Events {
-		ev := e.event()
+		ev := fromWire(e)
 		if _, ok := bot.GuildOf(ev); !ok {
 			httpapi.WriteError(w, http.StatusBadRequest, "event %s has no guild", e.Type)
 			return
@@ -134,7 +135,7 @@ func (n *Node) handleEvents(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, http.StatusServiceUnavailable, "commit forwarded events: %v", err)
 		return
 	}
-	httpapi.WriteJSON(w, http.StatusOK, forwardResponse{Accepted: len(evs) - len(refused), Refused: refused})
+	httpapi.WriteJSON(w, http.StatusOK, podapi.ForwardResponse{Accepted: len(evs) - len(refused), Refused: refused})
 }
 
 // handleInteraction answers an interaction the proxy received over the
@@ -225,5 +226,5 @@ func (n *Node) handleShardReleased(w http.ResponseWriter, r *http.Request) {
 		}
 		wait = min(time.Duration(ms)*time.Millisecond, 30*time.Second)
 	}
-	httpapi.WriteJSON(w, http.StatusOK, releasedResponse{Shard: shard, Released: n.shards.shardReleased(r.Context(), shard, wait)})
+	httpapi.WriteJSON(w, http.StatusOK, podapi.ReleasedResponse{Shard: shard, Released: n.shards.shardReleased(r.Context(), shard, wait)})
 }

@@ -331,7 +331,9 @@ func newMemDiscord() *memDiscord {
 	return &memDiscord{sessions: map[string]*memSessionState{}, conns: map[int][]*memConn{}}
 }
 
-func (d *memDiscord) Gateway() (string, int, error) { return "ws://mem", 16, nil }
+func (d *memDiscord) Gateway() (gatewayInfo, error) {
+	return gatewayInfo{URL: "ws://mem", MaxConcurrency: 16, Limit: &assignments.SessionStartLimit{Total: 1000, Remaining: 1000, MaxConcurrency: 16}}, nil
+}
 
 func (d *memDiscord) Open(ctx context.Context, cfg discordgw.Config) (session, error) {
 	if err := ctx.Err(); err != nil {

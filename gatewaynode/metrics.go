@@ -21,6 +21,7 @@ type metrics struct {
 	deadLetters     prometheus.Counter
 	eventRetries    prometheus.Counter
 	resumeFailed    prometheus.Counter
+	identifyRefused prometheus.Counter
 	handoffs        *prometheus.CounterVec
 	held            prometheus.Counter
 	outboxDelivered prometheus.Counter
@@ -58,6 +59,8 @@ func newMetrics(reg *prometheus.Registry, n *Node) *metrics {
 			Help: "Re-runs of an event whose handler failed (before it succeeded or was dead-lettered)."}),
 		resumeFailed: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_resume_failed_total",
 			Help: "Shard sessions whose RESUME Discord refused (a fresh IDENTIFY followed: dispatches in between were not replayed)."}),
+		identifyRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_identify_refused_total",
+			Help: "Identify slots the config leader refused because Discord's daily identify budget is at its reserve."}),
 		handoffs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "modbot_gateway_shard_handoffs_total",
 			Help: "Shards this pod gave up, by how: closed (the new holder had its own session), detached (the new holder resumed ours, or we were marked down), released (nobody holds it)."}, []string{"how"}),
 		held:            prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_held_events_total", Help: "Events written to the durable buffer."}),
@@ -73,7 +76,7 @@ func newMetrics(reg *prometheus.Registry, n *Node) *metrics {
 			Help: "Duration of this pod's part of guild moves (export, import).", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"step"}),
 	}
 	reg.MustRegister(m.httpLatency, m.events, m.restErrors, m.processDuration, m.batchDuration, m.forwardDuration,
-		m.dispatches, m.forwarded, m.forwardErrors, m.forwardRefused, m.deadLetters, m.eventRetries, m.resumeFailed, m.handoffs, m.held, m.outboxDelivered, m.outboxGuilds, m.placed, m.checkpoints,
+		m.dispatches, m.forwarded, m.forwardErrors, m.forwardRefused, m.deadLetters, m.eventRetries, m.resumeFailed, m.identifyRefused, m.handoffs, m.held, m.outboxDelivered, m.outboxGuilds, m.placed, m.checkpoints,
 		m.identifies, m.sessionErrors, m.heartbeatErrors, m.shardsHeld, m.migrationSteps,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "modbot_gateway_guilds_owned", Help: "Guilds this pod owns per its map."},
 			func() float64 { return float64(len(n.watch.GuildsOwnedBy(n.cfg.ID))) }),

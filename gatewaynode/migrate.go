@@ -15,6 +15,7 @@ import (
 	"github.com/modbot/modbot/fsm"
 	"github.com/modbot/modbot/gatewaynode/guildstore"
 	"github.com/modbot/modbot/internal/httpapi"
+	"github.com/modbot/modbot/internal/podapi"
 )
 
 // The gateway side of a guild move (DESIGN §7; the leader drives it, see
@@ -28,8 +29,6 @@ import (
 // source to the target, so a stale orchestrator cannot move data under a
 // newer move. Fencing the source's store at E first means any write still in
 // flight with the old epoch fails instead of slipping in after the export.
-
-const hdrChecksum = "X-Modbot-Checksum"
 
 // migrationFor waits briefly (5 s) for the map to show the guild migrating
 // at epoch, woken by the map's changes.
@@ -120,7 +119,7 @@ func (n *Node) handleExport(w http.ResponseWriter, r *http.Request) {
 	}
 	n.metrics.migrationSteps.WithLabelValues("export").Observe(time.Since(start).Seconds())
 	n.log.Info("exported guild for a move", "guild", g, "epoch", epoch, "rows", info.Rows, "bytes", size, "took", time.Since(start).Round(time.Millisecond))
-	w.Header().Set(hdrChecksum, info.Checksum)
+	w.Header().Set(podapi.HeaderChecksum, info.Checksum)
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
 	_, _ = io.Copy(w, tmp)
@@ -137,25 +136,17 @@ func (n *Node) handleImport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	start := time.Now()
-	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet,
-		fmt.Sprintf("http://%s/internal/guilds/%d/export?epoch=%d", src.Addr, g, epoch), nil)
-	if err != nil {
-		httpapi.WriteError(w, http.StatusInternalServerError, "%v", err)
+	resp, err := n.pods.Export(r.Context(), src.Addr, g, epoch)
+	if podapi.Refused(err) {
+		httpapi.WriteError(w, http.StatusBadGateway, "source %s refused the export: %v", src.ID, err)
 		return
 	}
-	req.Header.Set("Authorization", "Bearer "+n.cfg.Token)
-	resp, err := n.pull.Do(req)
 	if err != nil {
 		httpapi.WriteError(w, http.StatusBadGateway, "pull export of guild %d from %s: %v", g, src.ID, err)
 		return
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		httpapi.WriteError(w, http.StatusBadGateway, "source %s refused the export: %d %s", src.ID, resp.StatusCode, b)
-		return
-	}
-	want := resp.Header.Get(hdrChecksum)
+	want := resp.Header.Get(podapi.HeaderChecksum)
 	info, err := n.store.Import(r.Context(), g, resp.Body, want)
 	if err != nil {
 		status := http.StatusBadGateway
@@ -166,8 +157,8 @@ func (n *Node) handleImport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	n.metrics.migrationSteps.WithLabelValues("import").Observe(time.Since(start).Seconds())
-	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"guild_id": strconv.FormatUint(g, 10), "rows": info.Rows, "checksum": info.Checksum,
-		"took_ms": time.Since(start).Milliseconds()})
+	httpapi.WriteJSON(w, http.StatusOK, podapi.ImportResponse{GuildID: strconv.FormatUint(g, 10), Rows: info.Rows, Checksum: info.Checksum,
+		TookMs: time.Since(start).Milliseconds()})
 }
 
 // handleDropCopy deletes this pod's copy of a guild it does not own after a

@@ -22,6 +22,7 @@ import (
 	"github.com/modbot/modbot/gatewaynode/bot"
 	"github.com/modbot/modbot/gatewaynode/discordgw"
 	"github.com/modbot/modbot/gatewaynode/guildstore"
+	"github.com/modbot/modbot/internal/podapi"
 )
 
 // Config configures a gateway pod.
@@ -104,7 +105,7 @@ type Node struct {
 	peers   peerLink     // events to owner pods
 	discord discord      // Discord's gateway (sessions, /gateway/bot)
 	rest    *discordgo.Session
-	pull    *http.Client // bulk pod-to-pod transfers (move exports)
+	pods    podapi.Client // other pods' internal API (move exports)
 	metrics *metrics
 	outbox  *outbox
 	shards  *shardSet
@@ -191,12 +192,13 @@ func Start(cfg Config) (*Node, error) {
 		MaxIdleConnsPerHost: 32,
 		IdleConnTimeout:     90 * time.Second,
 	}}
+	pods := podapi.Client{HTTP: pull, Token: cfg.Token}
 	n, err := newNode(cfg, deps{watch: watcher, client: configClient{client}, reg: reg,
-		peers: httpPeers{client: pull, token: cfg.Token, timeout: cfg.ForwardTimeout}})
+		peers: httpPeers{api: pods, timeout: cfg.ForwardTimeout}})
 	if err != nil {
 		return nil, err
 	}
-	n.watcher, n.pull = watcher, pull
+	n.watcher, n.pods = watcher, pods
 
 	n.ln, err = net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {

@@ -1,12 +1,10 @@
 package gatewaynode
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"slices"
 	"strconv"
 	"sync"
@@ -15,6 +13,7 @@ import (
 	"github.com/modbot/modbot/fsm"
 	"github.com/modbot/modbot/gatewaynode/bot"
 	"github.com/modbot/modbot/gatewaynode/guildstore"
+	"github.com/modbot/modbot/internal/podapi"
 )
 
 // errNotOwner answers a forwarded event or request for a guild this pod does
@@ -279,26 +278,19 @@ func outcome(r bot.Result) string {
 	return "applied"
 }
 
-// wireEvent is how events travel between pods and sit in the outbox.
-type wireEvent struct {
-	Type       string          `json:"t"`
-	Data       json.RawMessage `json:"d"`
-	DeliveryID string          `json:"delivery_id,omitempty"`
-	// ReceivedAt is when the shard holder read it from Discord (unix ms):
-	// handlers judge time-dependent effects by it, not by when a held or
-	// forwarded event is finally handled.
-	ReceivedAt int64 `json:"received_at,omitempty"`
-}
-
-func toWire(ev bot.Event) wireEvent {
-	w := wireEvent{Type: ev.Type, Data: ev.Data, DeliveryID: ev.DeliveryID}
+// toWire and fromWire convert events to and from how they travel between
+// pods and sit in the outbox (podapi.Event). ReceivedAt travels along:
+// handlers judge time-dependent effects by when the holder read the event
+// from Discord, not by when a held or forwarded event is finally handled.
+func toWire(ev bot.Event) podapi.Event {
+	w := podapi.Event{Type: ev.Type, Data: ev.Data, DeliveryID: ev.DeliveryID}
 	if !ev.ReceivedAt.IsZero() {
 		w.ReceivedAt = ev.ReceivedAt.UnixMilli()
 	}
 	return w
 }
 
-func (w wireEvent) event() bot.Event {
+func fromWire(w podapi.Event) bot.Event {
 	ev := bot.Event{Type: w.Type, Data: w.Data, DeliveryID: w.DeliveryID}
 	if w.ReceivedAt != 0 {
 		ev.ReceivedAt = time.UnixMilli(w.ReceivedAt)
@@ -312,99 +304,39 @@ func encodeEvent(ev bot.Event) []byte {
 }
 
 func decodeEvent(b []byte) (bot.Event, error) {
-	var w wireEvent
+	var w podapi.Event
 	if err := json.Unmarshal(b, &w); err != nil {
 		return bot.Event{}, err
 	}
-	return w.event(), nil
+	return fromWire(w), nil
 }
 
-// forwardRequest is POST /internal/events.
-type forwardRequest struct {
-	Events []wireEvent `json:"events"`
-}
-
-// forwardResponse answers it: how many events the owner committed, and the
-// indexes (ascending) of those it refused and the sender keeps.
-type forwardResponse struct {
-	Accepted int   `json:"accepted"`
-	Refused  []int `json:"refused,omitempty"`
-}
-
-// httpPeers is the production peerLink: POST /internal/events on the owner.
+// httpPeers is the production peerLink: the pods' internal API.
 type httpPeers struct {
-	client  *http.Client
-	token   string
+	api     podapi.Client
 	timeout time.Duration
 }
 
 func (h httpPeers) Forward(ctx context.Context, p fsm.Pod, evs []bot.Event) ([]int, error) {
-	req := forwardRequest{Events: make([]wireEvent, len(evs))}
+	wire := make([]podapi.Event, len(evs))
 	for i, ev := range evs {
-		req.Events[i] = toWire(ev)
-	}
-	body, err := json.Marshal(req)
-	if err != nil {
-		return nil, fmt.Errorf("encode %d events for %s: %w", len(evs), p.ID, err)
+		wire[i] = toWire(ev)
 	}
 	fctx, cancel := context.WithTimeout(ctx, h.timeout)
 	defer cancel()
-	hr, err := http.NewRequestWithContext(fctx, http.MethodPost, "http://"+p.Addr+"/internal/events", bytes.NewReader(body))
+	res, err := h.api.Forward(fctx, p.Addr, wire)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("forward %d events to %s: %w", len(evs), p.ID, err)
 	}
-	hr.Header.Set("Authorization", "Bearer "+h.token)
-	hr.Header.Set("Content-Type", "application/json")
-	resp, err := h.client.Do(hr)
-	if err != nil {
-		return nil, fmt.Errorf("forward %d events to %s at %s: %w", len(evs), p.ID, p.Addr, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		var e struct {
-			Error string `json:"error"`
-		}
-		_ = json.NewDecoder(resp.Body).Decode(&e)
-		return nil, fmt.Errorf("forward %d events to %s: %d %s", len(evs), p.ID, resp.StatusCode, e.Error)
-	}
-	var fr forwardResponse
-	if err := json.NewDecoder(resp.Body).Decode(&fr); err != nil {
-		return nil, fmt.Errorf("forward %d events to %s: read the answer: %w", len(evs), p.ID, err)
-	}
-	for k, i := range fr.Refused {
-		if i < 0 || i >= len(evs) || (k > 0 && i <= fr.Refused[k-1]) {
-			return nil, fmt.Errorf("forward %d events to %s: bad refused index %d", len(evs), p.ID, i)
-		}
-	}
-	return fr.Refused, nil
-}
-
-// releasedResponse answers GET /internal/shards/{id}/released.
-type releasedResponse struct {
-	Shard    int  `json:"shard"`
-	Released bool `json:"released"`
+	return res.Refused, nil
 }
 
 func (h httpPeers) Released(ctx context.Context, p fsm.Pod, shard int, wait time.Duration) (bool, error) {
 	rctx, cancel := context.WithTimeout(ctx, wait+h.timeout)
 	defer cancel()
-	url := fmt.Sprintf("http://%s/internal/shards/%d/released?wait_ms=%d", p.Addr, shard, wait.Milliseconds())
-	hr, err := http.NewRequestWithContext(rctx, http.MethodGet, url, nil)
-	if err != nil {
-		return false, err
-	}
-	hr.Header.Set("Authorization", "Bearer "+h.token)
-	resp, err := h.client.Do(hr)
+	ok, err := h.api.Released(rctx, p.Addr, shard, wait)
 	if err != nil {
 		return false, fmt.Errorf("ask %s whether it released shard %d: %w", p.ID, shard, err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return false, fmt.Errorf("ask %s whether it released shard %d: status %d", p.ID, shard, resp.StatusCode)
-	}
-	var rr releasedResponse
-	if err := json.NewDecoder(resp.Body).Decode(&rr); err != nil {
-		return false, fmt.Errorf("ask %s whether it released shard %d: %w", p.ID, shard, err)
-	}
-	return rr.Released, nil
+	return ok, nil
 }

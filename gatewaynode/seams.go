@@ -80,8 +80,16 @@ type session interface {
 // many identifies may run at once (REST GET /gateway/bot), and opening one
 // shard session.
 type discord interface {
-	Gateway() (url string, maxConcurrency int, err error)
+	Gateway() (gatewayInfo, error)
 	Open(ctx context.Context, cfg discordgw.Config) (session, error)
+}
+
+// gatewayInfo is GET /gateway/bot: the URL, how many identifies may run at
+// once, and the day's identify budget (nil when not reported).
+type gatewayInfo struct {
+	URL            string
+	MaxConcurrency int
+	Limit          *assignments.SessionStartLimit
 }
 
 // realDiscord is discordgo's REST client plus discordgw sessions.
@@ -90,12 +98,14 @@ type realDiscord struct {
 	dialer *websocket.Dialer
 }
 
-func (d realDiscord) Gateway() (string, int, error) {
+func (d realDiscord) Gateway() (gatewayInfo, error) {
 	gb, err := d.rest.GatewayBot()
 	if err != nil {
-		return "", 0, fmt.Errorf("GET /gateway/bot: %w", err)
+		return gatewayInfo{}, fmt.Errorf("GET /gateway/bot: %w", err)
 	}
-	return gb.URL, gb.SessionStartLimit.MaxConcurrency, nil
+	l := gb.SessionStartLimit
+	return gatewayInfo{URL: gb.URL, MaxConcurrency: l.MaxConcurrency, Limit: &assignments.SessionStartLimit{
+		Total: l.Total, Remaining: l.Remaining, ResetAfter: int64(l.ResetAfter), MaxConcurrency: l.MaxConcurrency}}, nil
 }
 
 func (d realDiscord) Open(ctx context.Context, cfg discordgw.Config) (session, error) {

@@ -2,7 +2,9 @@ package gatewaynode
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -422,11 +424,11 @@ func (s *shardSet) gateway() (string, int, error) {
 	if url != "" {
 		return url, mc, nil
 	}
-	url, mc, err := s.n.discord.Gateway()
+	gi, err := s.n.discord.Gateway()
 	if err != nil {
 		return "", 0, err
 	}
-	mc = max(mc, 1)
+	url, mc = gi.URL, max(gi.MaxConcurrency, 1)
 	s.mu.Lock()
 	s.gatewayURL, s.maxConcurrency = url, mc
 	s.mu.Unlock()
@@ -506,7 +508,30 @@ func (s *shardSet) open(ctx context.Context, r *shardRunner) (session, error) {
 		Token: n.cfg.DiscordToken, ShardID: shardID, ShardCount: n.watch.ShardCount(), Intents: n.cfg.Intents,
 		GatewayURL: url, Logger: n.log.With("shard", shardID),
 		IdentifyGate: func(ctx context.Context, shard int) error {
-			slot, err := n.client.IdentifySlot(ctx, assignments.IdentifyRequest{Pod: n.cfg.ID, Shard: shard, MaxConcurrency: mc})
+			_, epoch := r.session()
+			req := assignments.IdentifyRequest{Pod: n.cfg.ID, Shard: shard, MaxConcurrency: mc, Epoch: epoch}
+			// Report Discord's identify budget as read just now, so the
+			// leader's reserve check uses Discord's own count.
+			if gi, err := n.discord.Gateway(); err == nil && gi.Limit != nil {
+				req.SessionStartLimit, req.SessionStartLimitAt = gi.Limit, time.Now().UnixMilli()
+			}
+			slot, err := n.client.IdentifySlot(ctx, req)
+			if assignments.IsStatus(err, http.StatusTooManyRequests) {
+				// Below the day's reserve: wait (the leader says how long),
+				// then ask again; never identify without a slot.
+				n.metrics.identifyRefused.Inc()
+				n.log.Error("identify refused: Discord's daily identify budget is at its reserve", "shard", shard, "err", err)
+				wait := time.Minute
+				var ae *assignments.APIError
+				if errors.As(err, &ae) && ae.RetryAfter > 0 {
+					wait = ae.RetryAfter
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(wait):
+				}
+				return fmt.Errorf("identify slot: %w", err)
+			}
 			if err != nil {
 				return fmt.Errorf("identify slot: %w", err)
 			}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/modbot/modbot/fsm"
 	"github.com/modbot/modbot/internal/httpapi"
+	"github.com/modbot/modbot/internal/podapi"
 )
 
 // Discord interaction and response types the proxy needs.
@@ -30,7 +31,7 @@ var (
 )
 
 // InternalInteractionsPath is the gateway pods' endpoint for interactions.
-const InternalInteractionsPath = "/internal/interactions"
+const InternalInteractionsPath = podapi.PathInteractions
 
 // verify checks Discord's signature headers over timestamp+body. It returns
 // the decoded signature, and the reason for a refusal ("" when valid). With a

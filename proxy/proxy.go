@@ -29,13 +29,14 @@ import (
 	"github.com/modbot/modbot/assignments"
 	"github.com/modbot/modbot/fsm"
 	"github.com/modbot/modbot/internal/httpapi"
+	"github.com/modbot/modbot/internal/podapi"
 )
 
 // Header names of the internal API between the proxy and the gateway pods.
 const (
-	HeaderEpoch      = "X-Modbot-Epoch"
-	HeaderRevision   = "X-Modbot-Revision"
-	HeaderDeadlineMs = "X-Modbot-Deadline-Ms"
+	HeaderEpoch      = podapi.HeaderEpoch
+	HeaderRevision   = podapi.HeaderRevision
+	HeaderDeadlineMs = podapi.HeaderDeadlineMs
 	// HeaderSignature and HeaderTimestamp are Discord's webhook signature headers.
 	HeaderSignature = "X-Signature-Ed25519"
 	HeaderTimestamp = "X-Signature-Timestamp"

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"strings"
 	"time"
@@ -104,7 +103,7 @@ func cmdMoveGuild(ctx context.Context, c *ctl, args []string) error {
 			break
 		}
 		var apiErr *assignments.APIError
-		if errors.As(err, &apiErr) && apiErr.Status != http.StatusServiceUnavailable {
+		if errors.As(err, &apiErr) && !assignments.IsUnavailable(err) {
 			return err
 		}
 		select {
