@@ -27,6 +27,7 @@ import (
 // if it is, the old holder lets the resumed session go without closing it.
 // Either way every message is stored exactly once.
 func TestLivePodWronglyMarkedDownLosesNothing(t *testing.T) {
+	fullSuite(t)
 	for _, failover := range []bool{true, false} {
 		name := map[bool]string{true: "client-fails-over", false: "only-the-faulty-node"}[failover]
 		t.Run(name, func(t *testing.T) { wronglyDownCase(t, failover) })

@@ -122,3 +122,13 @@ func (s *system) podIndex(id string) int {
 	}
 	return i
 }
+
+// fullSuite skips a long scenario in the inner loop (go test -short); make
+// test runs it. The short tier keeps one test of each promise: every
+// message lands once, slash commands, a move in dispatch order, a killed pod.
+func fullSuite(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("long scenario: runs in the full suite (make test), not with -short")
+	}
+}

@@ -361,6 +361,7 @@ type dashboardHit struct {
 // owner once the new one had answered, nor showed fewer messages than an
 // earlier answer.
 func TestMoveUnderTrafficLosesNothing(t *testing.T) {
+	fullSuite(t)
 	s := newSystem(t, 2)
 	s.Discord.Seed(3)
 	s.addGateway()
@@ -584,6 +585,7 @@ func (f *faultSetup) finish(t *testing.T, events func() []fsm.Event, reason stri
 // meanwhile (held by the shard holders' outboxes) exactly once; the target
 // has none.
 func TestSourceKilledMidExportAbortsAndLosesNothing(t *testing.T) {
+	fullSuite(t)
 	f := startFaultyMove(t)
 	s := f.s
 	events := guildEvents(t, s.Gateways[f.dst].Watcher(), f.g)
@@ -602,6 +604,7 @@ func TestSourceKilledMidExportAbortsAndLosesNothing(t *testing.T) {
 // spools the import. The move aborts, the guild stays active on the source
 // with every row and message; the restarted target holds none of it.
 func TestTargetKilledMidImportAbortsAndLosesNothing(t *testing.T) {
+	fullSuite(t)
 	f := startFaultyMove(t)
 	s := f.s
 	events := guildEvents(t, s.Gateways[f.src].Watcher(), f.g)
@@ -621,6 +624,7 @@ func TestTargetKilledMidImportAbortsAndLosesNothing(t *testing.T) {
 // ("the leader changed mid-move") and has the target drop whatever it
 // imported; the guild stays the source's with every row and message.
 func TestLeaderKilledMidMoveAbortsAndLosesNothing(t *testing.T) {
+	fullSuite(t)
 	f := startFaultyMove(t)
 	s := f.s
 	events := guildEvents(t, s.Gateways[f.src].Watcher(), f.g)
@@ -644,6 +648,7 @@ func TestLeaderKilledMidMoveAbortsAndLosesNothing(t *testing.T) {
 // TestMoveRejectsInvalidRequests: the move API refuses what it cannot do
 // safely, with the status that says why.
 func TestMoveRejectsInvalidRequests(t *testing.T) {
+	fullSuite(t)
 	s := newSystem(t, 2)
 	s.Discord.Seed(2)
 	for i := 0; i < 3; i++ {

@@ -246,8 +246,8 @@ func moveOrderCase(t *testing.T, fault moveFault) {
 func TestMoveCommitsEveryEventOnceInDispatchOrder(t *testing.T) {
 	for _, f := range []moveFault{faultNone, faultStalledSource, faultStalledTarget, faultFailedForward, faultKilledSource} {
 		t.Run(string(f), func(t *testing.T) {
-			if testing.Short() && f != faultNone {
-				t.Skip("fault cases run in the full suite (make test)")
+			if f != faultNone {
+				fullSuite(t)
 			}
 			moveOrderCase(t, f)
 		})
@@ -259,9 +259,7 @@ func TestMoveCommitsEveryEventOnceInDispatchOrder(t *testing.T) {
 // disk stalled; its import used to wipe them): 120,000 rows, the source's
 // writer blocked 6 s from its export on.
 func TestMoveKeepsEventsTheTargetHeldWhenTheSourceStalls(t *testing.T) {
-	if testing.Short() {
-		t.Skip("a 120,000-row move with a 6 s stall; runs in make test")
-	}
+	fullSuite(t) // a 120,000-row move with a 6 s stall
 	s := newSystemTweak(t, 2, nil)
 	s.Discord.Seed(2)
 	s.addGateway()

@@ -13,6 +13,7 @@ import (
 // completes, the four pods end within one guild of each other, and every
 // message is in its guild's final owner exactly once and nowhere else.
 func TestRebalanceToAFourthPodWhileTrafficFlows(t *testing.T) {
+	fullSuite(t)
 	s := newSystem(t, 4)
 	s.Discord.Seed(300)
 	for i := 0; i < 3; i++ {
@@ -106,6 +107,7 @@ func TestRebalanceToAFourthPodWhileTrafficFlows(t *testing.T) {
 // guild it owns to the others while messages flow; it ends owning none and
 // every message is in its guild's owner exactly once.
 func TestDrainEmptiesAPodWithoutLosingMessages(t *testing.T) {
+	fullSuite(t)
 	s := newSystem(t, 3)
 	s.Discord.Seed(60)
 	for i := 0; i < 3; i++ {
