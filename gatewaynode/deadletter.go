@@ -14,6 +14,7 @@ import (
 	"github.com/modbot/modbot/gatewaynode/bot"
 	"github.com/modbot/modbot/gatewaynode/guildstore"
 	"github.com/modbot/modbot/internal/httpapi"
+	"github.com/modbot/modbot/internal/podapi"
 )
 
 // The policy for an event whose handler fails (an error other than a stale
@@ -113,7 +114,12 @@ func (n *Node) handleDeadLetters(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, http.StatusInternalServerError, "count dead letters: %v", err)
 		return
 	}
-	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"pod": n.cfg.ID, "total": total, "dead_letters": list})
+	out := podapi.DeadLetterList{Pod: n.cfg.ID, Total: total, DeadLetters: make([]podapi.DeadLetter, len(list))}
+	for i, d := range list {
+		out.DeadLetters[i] = podapi.DeadLetter{ID: d.ID, GuildID: d.GuildID, Type: d.Type, Payload: d.Payload, DeliveryID: d.DeliveryID,
+			Error: d.Error, Attempts: d.Attempts, FirstFailedAt: d.FirstFailedAt, LastFailedAt: d.LastFailedAt}
+	}
+	httpapi.WriteJSON(w, http.StatusOK, out)
 }
 
 // replaying marks the context of an operator's replay: a handler that fails
@@ -142,6 +148,6 @@ func (n *Node) handleReplayDeadLetter(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		httpapi.WriteError(w, http.StatusConflict, "%v (the dead letter stays)", err)
 	default:
-		httpapi.WriteJSON(w, http.StatusOK, map[string]any{"replayed": id, "guild_id": strconv.FormatUint(replayed.GuildID, 10), "type": replayed.Type})
+		httpapi.WriteJSON(w, http.StatusOK, podapi.ReplayResponse{Replayed: id, GuildID: strconv.FormatUint(replayed.GuildID, 10), Type: replayed.Type})
 	}
 }

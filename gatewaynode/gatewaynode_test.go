@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/gorilla/mux"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/modbot/modbot/fsm"
 )
@@ -312,5 +316,44 @@ func TestWronglyDownPodNeverClosesTheSessionItsSuccessorResumed(t *testing.T) {
 	}
 	if got := w.discord.liveSessions(0); got != 1 {
 		t.Fatalf("%d live sessions on shard 0, want 1", got)
+	}
+}
+
+// No event is silently lost: one the handlers cannot take (here a
+// MESSAGE_CREATE whose id is not a snowflake) is dead-lettered — stored, counted — and
+// acknowledged, so the events after it flow; replaying it while it is still
+// bad keeps it, with one more attempt.
+func TestPoisonEventIsDeadLetteredNotLost(t *testing.T) {
+	w, g := twoPods(t, 0)
+	owner := w.pods[0]
+	w.sendMessages(g, 1, 10, 0)
+	w.discord.dispatch(0, "MESSAGE_CREATE", map[string]any{"id": "not-a-snowflake", "guild_id": fmt.Sprint(g), "channel_id": "7",
+		"author": map[string]any{"id": "99"}, "content": "bad id"})
+	w.sendMessages(g, 11, 20, 0)
+	w.assertOrderedOnce(g, 20, true)
+	ctx := context.Background()
+	waitFor(t, 5*time.Second, "the poison event dead-lettered", func() bool {
+		k, _ := owner.store.DeadLetterCount(ctx, g)
+		return k == 1
+	})
+	var m dto.Metric
+	if err := owner.metrics.deadLetters.Write(&m); err != nil || m.GetCounter().GetValue() != 1 {
+		got := m.GetCounter().GetValue()
+		t.Fatalf("modbot_gateway_dead_letters_total = %v, want 1", got)
+	}
+	list, err := owner.store.DeadLetters(ctx, g, 0, 10)
+	if err != nil || len(list) != 1 || list[0].Type != "MESSAGE_CREATE" || list[0].Attempts != 1 {
+		t.Fatalf("dead letters %+v (%v): want the one MESSAGE_CREATE, tried once (malformed: no retries)", list, err)
+	}
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest("POST", fmt.Sprintf("/internal/dead-letters/%d/replay", list[0].ID), nil)
+	req = mux.SetURLVars(req, map[string]string{"id": fmt.Sprint(list[0].ID)})
+	owner.handleReplayDeadLetter(rec, req)
+	if rec.Code != 409 {
+		t.Fatalf("replay of a still-bad event: %d %s, want 409", rec.Code, rec.Body)
+	}
+	again, _ := owner.store.DeadLetters(ctx, g, 0, 10)
+	if len(again) != 1 || again[0].Attempts != 2 {
+		t.Fatalf("after a failed replay: %+v, want the dead letter kept with 2 attempts", again)
 	}
 }

@@ -255,8 +255,8 @@ func (n *Node) handleOwned(ctx context.Context, inputs []bot.Input) (stale []int
 			}
 		}
 		n.metrics.events.WithLabelValues(inputs[i].Event.Type, outcome(r)).Inc()
-		committed = append(committed, inputs[i].Event)
 		if r.Err == nil {
+			committed = append(committed, inputs[i].Event)
 			n.performEffects(ctx, inputs[i], r)
 		}
 	}

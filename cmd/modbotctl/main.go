@@ -41,6 +41,8 @@ var commands = []command{
 	{"rebalance", "[--dry-run]", "plan and apply moves until guild counts are even", cmdRebalance},
 	{"drain", "P", "move every guild off pod P", cmdDrain},
 	{"watch", "[--from REV]", "print the change stream", cmdWatch},
+	{"dead-letters", "[--pod P] [--guild G]", "list events the pods' handlers kept failing on", cmdDeadLetters},
+	{"replay-dead-letter", "P ID", "route a dead-lettered event again (it stays if it fails again)", cmdReplayDeadLetter},
 	{"config-node", "list | join --id ID --raft-addr ADDR | remove ID | transfer-leadership [--to ID]", "manage the control plane's voters", cmdConfigNode},
 }
 

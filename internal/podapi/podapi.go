@@ -97,6 +97,34 @@ type ImportResponse struct {
 	TookMs   int64          `json:"took_ms"`
 }
 
+// DeadLetter is one event a pod's handlers kept failing on (GET
+// /internal/dead-letters lists them; POST …/{id}/replay routes one again).
+type DeadLetter struct {
+	ID            int64           `json:"id"` // local to the pod
+	GuildID       uint64          `json:"guild_id,string"`
+	Type          string          `json:"type"`
+	Payload       json.RawMessage `json:"payload"`
+	DeliveryID    string          `json:"delivery_id,omitempty"`
+	Error         string          `json:"error"`
+	Attempts      int             `json:"attempts"`
+	FirstFailedAt time.Time       `json:"first_failed_at"`
+	LastFailedAt  time.Time       `json:"last_failed_at"`
+}
+
+// DeadLetterList answers GET /internal/dead-letters.
+type DeadLetterList struct {
+	Pod         string       `json:"pod"`
+	Total       int64        `json:"total"`
+	DeadLetters []DeadLetter `json:"dead_letters"`
+}
+
+// ReplayResponse answers POST /internal/dead-letters/{id}/replay.
+type ReplayResponse struct {
+	Replayed int64  `json:"replayed"`
+	GuildID  string `json:"guild_id"`
+	Type     string `json:"type"`
+}
+
 // StatusError is a non-2xx answer.
 type StatusError struct {
 	Status int
@@ -232,4 +260,23 @@ func (c Client) Export(ctx context.Context, addr string, guild, epoch uint64) (*
 // DropCopy asks a pod to delete its copy of a guild owned elsewhere.
 func (c Client) DropCopy(ctx context.Context, addr string, guild, epoch uint64) error {
 	return c.Do(ctx, http.MethodDelete, addr, GuildPath(guild, epoch), nil, nil)
+}
+
+// DeadLetters lists a pod's dead letters (guild 0: every guild), paged by id.
+func (c Client) DeadLetters(ctx context.Context, addr string, guild uint64, after int64, limit int) (DeadLetterList, error) {
+	var out DeadLetterList
+	path := fmt.Sprintf("%s?after=%d&limit=%d", PathDeadLetters, after, limit)
+	if guild != 0 {
+		path += fmt.Sprintf("&guild=%d", guild)
+	}
+	err := c.Do(ctx, http.MethodGet, addr, path, nil, &out)
+	return out, err
+}
+
+// ReplayDeadLetter routes one dead letter again; it leaves the pod's table
+// only once that is committed.
+func (c Client) ReplayDeadLetter(ctx context.Context, addr string, id int64) (ReplayResponse, error) {
+	var out ReplayResponse
+	err := c.Do(ctx, http.MethodPost, addr, fmt.Sprintf("%s/%d/replay", PathDeadLetters, id), nil, &out)
+	return out, err
 }
