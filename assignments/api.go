@@ -196,6 +196,11 @@ type ErrorBody struct {
 	Leader string `json:"leader,omitempty"`
 	// OldestRevision is set on 410 Gone from /v1/watch.
 	OldestRevision uint64 `json:"oldest_revision,omitempty"`
+	// MaybeApplied is set on a 503 for a write that reached the leader's log
+	// but was not committed in time: it may still be applied. The client
+	// does not send it to another node (that could apply it twice); the
+	// caller re-reads what it wrote, or retries an idempotent write.
+	MaybeApplied bool `json:"maybe_applied,omitempty"`
 }
 
 // APIError is a non-2xx answer from a config node.

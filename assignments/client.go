@@ -95,7 +95,7 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 			return err
 		}
 		var apiErr *APIError
-		if errors.As(err, &apiErr) && !unavailable(apiErr.Status) {
+		if errors.As(err, &apiErr) && (!unavailable(apiErr.Status) || apiErr.Body.MaybeApplied) {
 			// A final answer: this node serves requests, so keep using it.
 			c.last.Store(int32(idx))
 			return err

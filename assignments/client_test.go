@@ -2,6 +2,7 @@ package assignments
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -114,5 +115,22 @@ func TestClientReportsEveryNodesAnswerWhenNoneCanServe(t *testing.T) {
 	}
 	if aHits.Load() != 1 || bHits.Load() != 1 {
 		t.Fatalf("requests %d and %d, want one each", aHits.Load(), bHits.Load())
+	}
+}
+
+// A write the leader enqueued but could not commit in time may still be
+// applied: sending it to another node could apply it twice, so the client
+// hands the answer back (a 503 with maybe_applied) instead of failing over.
+func TestClientNeverSendsAMaybeAppliedWriteElsewhere(t *testing.T) {
+	first, firstHits := answering(t, http.StatusServiceUnavailable, `{"error":"no quorum: start_move was not committed within 5s; it may still be applied later","maybe_applied":true}`)
+	other, otherHits := answering(t, http.StatusOK, `{}`)
+	c, _ := NewClient([]string{first.URL, other.URL}, "")
+	err := c.Do(context.Background(), http.MethodPost, "/v1/guilds/1/move", MoveRequest{To: "1"}, nil)
+	var ae *APIError
+	if !errors.As(err, &ae) || !ae.Body.MaybeApplied || !IsUnavailable(err) {
+		t.Fatalf("error %v, want the maybe-applied 503 back", err)
+	}
+	if firstHits.Load() != 1 || otherHits.Load() != 0 {
+		t.Fatalf("requests: first node %d, other %d; want 1 and 0", firstHits.Load(), otherHits.Load())
 	}
 }

@@ -50,6 +50,7 @@ func (n *Node) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")
 		body.Leader = n.leaderID()
+		body.MaybeApplied = errors.Is(err, errNoQuorum)
 	}
 	if status >= 500 {
 		n.log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
