@@ -525,12 +525,8 @@ type faultSetup struct {
 const faultRows = 120_000
 
 func startFaultyMove(t *testing.T) *faultSetup {
-	s := newSystem(t, 2)
-	s.Discord.Seed(2)
-	s.addGateway()
-	s.addGateway()
-	s.waitSettled(30 * time.Second)
-	f := &faultSetup{s: s, d: newDBs(s), g: s.Discord.Guilds()[0].ID, rows: faultRows}
+	s, d := twoGateways(t, nil)
+	f := &faultSetup{s: s, d: d, g: s.Discord.Guilds()[0].ID, rows: faultRows}
 	f.src = s.podIndex(s.owner(f.g).Owner)
 	f.dst = 1 - f.src
 	s.fill(f.src, f.g, f.rows)

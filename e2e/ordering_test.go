@@ -98,14 +98,22 @@ func (c *commitRecorder) check(t *testing.T, sent []uint64) (inversions, dups in
 	return inversions, dups
 }
 
-func newSystemTweak(t *testing.T, shards int, tweak func(*gatewaynode.Config)) *system {
+// twoGateways starts the system with 2 shards, 2 seeded guilds and 2
+// gateways (each adjusted by tweak, if set), settled: the setup of every move
+// scenario here.
+func twoGateways(t *testing.T, tweak func(*gatewaynode.Config)) (*system, *dbs) {
 	t.Helper()
-	sys, err := systest.StartSystem(context.Background(), t.TempDir(), systest.SystemOptions{Shards: shards, Logger: quiet(), TweakGateway: tweak})
+	sys, err := systest.StartSystem(context.Background(), t.TempDir(), systest.SystemOptions{Shards: 2, Logger: quiet(), TweakGateway: tweak})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(sys.Close)
-	return &system{t: t, System: sys}
+	s := &system{t: t, System: sys}
+	s.Discord.Seed(2)
+	s.addGateway()
+	s.addGateway()
+	s.waitSettled(30 * time.Second)
+	return s, newDBs(s)
 }
 
 // lockDB takes SQLite's write lock on a pod's database from another
@@ -174,17 +182,12 @@ const (
 // and exactly-once guarantees on the final owner.
 func moveOrderCase(t *testing.T, fault moveFault) {
 	rec := &commitRecorder{}
-	s := newSystemTweak(t, 2, func(c *gatewaynode.Config) {
+	s, d := twoGateways(t, func(c *gatewaynode.Config) {
 		rec.tweak(c)
 		if fault == faultFailedForward {
 			c.ForwardTimeout = 300 * time.Millisecond
 		}
 	})
-	s.Discord.Seed(2)
-	s.addGateway()
-	s.addGateway()
-	s.waitSettled(30 * time.Second)
-	d := newDBs(s)
 	ctx := context.Background()
 	g := s.Discord.Guilds()[0].ID
 	holder, owner := movedToNonHolder(t, s, g, orderRows)
@@ -260,12 +263,7 @@ func TestMoveCommitsEveryEventOnceInDispatchOrder(t *testing.T) {
 // writer blocked 6 s from its export on.
 func TestMoveKeepsEventsTheTargetHeldWhenTheSourceStalls(t *testing.T) {
 	fullSuite(t) // a 120,000-row move with a 6 s stall
-	s := newSystemTweak(t, 2, nil)
-	s.Discord.Seed(2)
-	s.addGateway()
-	s.addGateway()
-	s.waitSettled(30 * time.Second)
-	d := newDBs(s)
+	s, d := twoGateways(t, nil)
 	ctx := context.Background()
 	g := s.Discord.Guilds()[0].ID
 	const rows = 120_000

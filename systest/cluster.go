@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -81,24 +80,18 @@ func StartCluster(ctx context.Context, dir string, size int, tweak func(*confign
 // removing the data directory the failed attempt created: it may have
 // bootstrapped Raft with the old address.
 func (c *Cluster) startNew(i int, newCfg func() (confignode.Config, error)) error {
-	created := "" // the data directory the last attempt created
-	err := retryAddrInUse(startAttempts, startRetryDelay, func(int) error {
-		if created != "" {
-			if err := os.RemoveAll(created); err != nil {
-				return err
-			}
-			created = ""
-		}
+	err := startFresh(func() (string, error) {
 		cfg, err := newCfg()
 		if err != nil {
-			return err
+			return "", err
 		}
+		dir := ""
 		if freshDir(cfg.DataDir) {
-			created = cfg.DataDir
+			dir = cfg.DataDir
 		}
 		c.Cfgs[i] = cfg
 		c.Nodes[i], err = confignode.Start(cfg)
-		return err
+		return dir, err
 	})
 	if err != nil {
 		return fmt.Errorf("start config node %d: %w", i, err)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -134,25 +133,19 @@ func (s *System) AddGateway() (int, error) {
 	i := len(s.Cfgs)
 	s.Cfgs = append(s.Cfgs, gatewaynode.Config{})
 	s.Gateways = append(s.Gateways, nil)
-	created := "" // the data directory the last attempt created
-	err := retryAddrInUse(startAttempts, startRetryDelay, func(int) error {
-		if created != "" {
-			if err := os.RemoveAll(created); err != nil {
-				return err
-			}
-			created = ""
-		}
+	err := startFresh(func() (string, error) {
 		addr, err := freeAddr()
 		if err != nil {
-			return err
+			return "", err
 		}
 		cfg := s.gatewayConfig(i, addr)
+		dir := ""
 		if freshDir(cfg.DataDir) {
-			created = cfg.DataDir
+			dir = cfg.DataDir
 		}
 		s.Cfgs[i] = cfg
 		s.Gateways[i], err = gatewaynode.Start(cfg)
-		return err
+		return dir, err
 	})
 	if err != nil {
 		return i, fmt.Errorf("start gateway %d: %w", i, err)

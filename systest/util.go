@@ -103,6 +103,28 @@ func Ready(base string) bool {
 
 // freshDir reports whether dir does not exist yet: a failed first start may
 // then remove what it created before retrying.
+// startFresh starts a new component, retrying on address-in-use with a
+// fresh configuration each time (fresh ports); before each retry it removes
+// the data directory the failed attempt created, since that attempt may have
+// written its old address into it (Raft's bootstrap). start returns the data
+// directory it used.
+func startFresh(start func() (dataDir string, err error)) error {
+	created := "" // the data directory the last attempt created
+	return retryAddrInUse(startAttempts, startRetryDelay, func(int) error {
+		if created != "" {
+			if err := os.RemoveAll(created); err != nil {
+				return err
+			}
+			created = ""
+		}
+		dir, err := start()
+		if err != nil && addrInUse(err) && dir != "" {
+			created = dir
+		}
+		return err
+	})
+}
+
 func freshDir(dir string) bool {
 	_, err := os.Stat(dir)
 	return errors.Is(err, os.ErrNotExist)
