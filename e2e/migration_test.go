@@ -205,6 +205,9 @@ func (s *system) waitPhase(g uint64, epoch uint64, phase string, d time.Duration
 		if err != nil {
 			return false
 		}
+		if v.Epoch < epoch {
+			return false // this node has not applied the move's start yet
+		}
 		if v.Migration == nil || v.Migration.Epoch != epoch {
 			return true // ended
 		}
@@ -541,9 +544,15 @@ func startFaultyMove(t *testing.T) *faultSetup {
 }
 
 // moveEnded reports whether the move has left the map (completed or aborted).
-func (f *faultSetup) moveEnded() bool {
-	v, err := f.s.Client.Guild(context.Background(), strconv.FormatUint(f.g, 10))
-	return err == nil && (v.Migration == nil || v.Migration.Epoch != f.mv.Epoch)
+func (f *faultSetup) moveEnded() bool { return f.s.moveEnded(f.g, f.mv.Epoch) }
+
+// moveEnded reports whether the move of g at epoch has settled (completed or
+// aborted) in the map of the config node the client reads. A follower that
+// has not applied the StartMove yet shows the guild at an older epoch and no
+// migration: that is "not started here yet", not "ended".
+func (s *system) moveEnded(g, epoch uint64) bool {
+	v, err := s.Client.Guild(context.Background(), strconv.FormatUint(g, 10))
+	return err == nil && v.Epoch >= epoch && (v.Migration == nil || v.Migration.Epoch != epoch)
 }
 
 // finish lets the traffic run out and checks the end state: the guild

@@ -204,10 +204,7 @@ func moveOrderCase(t *testing.T, fault moveFault) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	moveEnded := func() bool {
-		v, err := s.Client.Guild(ctx, strconv.FormatUint(g, 10))
-		return err == nil && (v.Migration == nil || v.Migration.Epoch != mv.Epoch)
-	}
+	moveEnded := func() bool { return s.moveEnded(g, mv.Epoch) }
 	final := holder
 	switch fault {
 	case faultStalledSource:
@@ -274,10 +271,7 @@ func TestMoveKeepsEventsTheTargetHeldWhenTheSourceStalls(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	moveEnded := func() bool {
-		v, err := s.Client.Guild(ctx, strconv.FormatUint(g, 10))
-		return err == nil && (v.Migration == nil || v.Migration.Epoch != mv.Epoch)
-	}
+	moveEnded := func() bool { return s.moveEnded(g, mv.Epoch) }
 	if !waitFile(t, s.Cfgs[b].DataDir, fmt.Sprintf("export-%d-*.tmp", g), 30*time.Second, moveEnded) {
 		t.Fatal("the move ended before the source exported")
 	}
