@@ -196,6 +196,24 @@ func (s *system) waitActiveOn(g uint64, pod string, d time.Duration) fsm.Guild {
 	return v
 }
 
+// waitMoveSettled waits until every running config node's map has the
+// guild active, with no migration, at an epoch at least the move's: the move
+// committed, or aborted — a leader lost to a starved process aborts it, and
+// the scenarios here assert what must hold either way.
+func (s *system) waitMoveSettled(g, epoch uint64, d time.Duration) fsm.Guild {
+	s.t.Helper()
+	var v fsm.Guild
+	waitFor(s.t, d, fmt.Sprintf("the move of guild %d at epoch %d settled in every config node's map", g, epoch), func() bool {
+		var ok bool
+		v, ok = s.guildEverywhere(g)
+		return ok && v.Epoch >= epoch && v.State == fsm.GuildActive && v.Migration == nil
+	})
+	if v.Epoch > epoch {
+		s.t.Logf("the move of guild %d at epoch %d aborted (now active on %s at epoch %d)", g, epoch, v.Owner, v.Epoch)
+	}
+	return v
+}
+
 // waitPhase polls the guild's move until it reaches phase (or has ended).
 func (s *system) waitPhase(g uint64, epoch uint64, phase string, d time.Duration) bool {
 	s.t.Helper()

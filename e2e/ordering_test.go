@@ -205,7 +205,6 @@ func moveOrderCase(t *testing.T, fault moveFault) {
 		t.Fatal(err)
 	}
 	moveEnded := func() bool { return s.moveEnded(g, mv.Epoch) }
-	final := holder
 	switch fault {
 	case faultStalledSource:
 		if !waitFile(t, s.Cfgs[owner].DataDir, fmt.Sprintf("export-%d-*.tmp", g), 30*time.Second, moveEnded) {
@@ -226,9 +225,12 @@ func moveOrderCase(t *testing.T, fault moveFault) {
 		waitFor(t, 30*time.Second, "the move aborted", moveEnded)
 		sd.waitForSent(t, sd.sent()+100) // traffic while the owner is down
 		s.startGateway(owner)
-		final = owner
 	}
-	s.waitActiveOn(g, s.Cfgs[final].ID, 60*time.Second)
+	v := s.waitMoveSettled(g, mv.Epoch, 60*time.Second)
+	if fault == faultKilledSource && v.Owner != s.Cfgs[owner].ID {
+		t.Fatalf("the source was killed mid-export, yet the guild is on %s", v.Owner)
+	}
+	final := s.podIndex(v.Owner)
 	sd.wait(t, 90*time.Second)
 	assertExactlyOnce(t, s, d, g, orderRows, sd, 60*time.Second)
 	inv, dups := rec.check(t, sd.sentTo(g))
@@ -281,8 +283,8 @@ func TestMoveKeepsEventsTheTargetHeldWhenTheSourceStalls(t *testing.T) {
 		maxHeld = max(maxHeld, d.count(a, "held_events", g))
 	}
 	release()
-	s.waitActiveOn(g, s.Cfgs[a].ID, 60*time.Second)
+	v := s.waitMoveSettled(g, mv.Epoch, 60*time.Second)
 	sd.wait(t, 90*time.Second)
 	assertExactlyOnce(t, s, d, g, rows, sd, 60*time.Second)
-	t.Logf("the target %s held up to %d events during the stall; all %d messages stored once", s.Cfgs[a].ID, maxHeld, len(sd.sentTo(g)))
+	t.Logf("the target %s held up to %d events during the stall; all %d messages stored once on %s", s.Cfgs[a].ID, maxHeld, len(sd.sentTo(g)), v.Owner)
 }
