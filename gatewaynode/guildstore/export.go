@@ -574,6 +574,7 @@ func (s *Store) importGuild(ctx context.Context, guildID uint64, r io.Reader, wa
 	// Phase 2: replace the guild's rows in one write transaction, hashing
 	// again what is inserted; commit only if it still matches.
 	err = s.w.job(ctx, func(ctx context.Context, t *wtx) error {
+		t.w.unseen[guildID] = true // the import may bring parked rows
 		var oldEpoch int64
 		err := t.queryRow(ctx, `SELECT epoch FROM guild_epochs WHERE guild_id = ?`, int64(guildID)).Scan(&oldEpoch)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {

@@ -171,11 +171,14 @@ func (o MessageCreate) apply(ctx context.Context, t *wtx) (Outcome, error) {
 	// An edit or delete handled before this create was parked; take it over.
 	var edited, deleted sql.NullInt64
 	var editLen int64
-	err := t.queryRow(ctx, `DELETE FROM unseen_messages WHERE guild_id = ? AND message_id = ?
-		RETURNING edited_at, content_length, deleted_at`, int64(o.GuildID), int64(o.MessageID)).Scan(&edited, &editLen, &deleted)
-	early := err == nil
-	if err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return Outcome{}, fmt.Errorf("read unseen message: %w", err)
+	early := false
+	if t.w.unseen[o.GuildID] {
+		err := t.queryRow(ctx, `DELETE FROM unseen_messages WHERE guild_id = ? AND message_id = ?
+			RETURNING edited_at, content_length, deleted_at`, int64(o.GuildID), int64(o.MessageID)).Scan(&edited, &editLen, &deleted)
+		early = err == nil
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return Outcome{}, fmt.Errorf("read unseen message: %w", err)
+		}
 	}
 	// The message's immutable facts are (re)written; content_length only
 	// while the message was never edited, so a replayed create cannot undo an edit.
@@ -248,6 +251,7 @@ func (o MessageEdit) apply(ctx context.Context, t *wtx) (Outcome, error) {
 	if seen, err := messageSeen(ctx, t, o.GuildID, o.MessageID); err != nil || seen {
 		return Outcome{}, err // seen: the stored edit is at least as new
 	}
+	t.w.unseen[o.GuildID] = true
 	return applied(t.exec(ctx, `INSERT INTO unseen_messages (guild_id, message_id, edited_at, content_length) VALUES (?1, ?2, ?3, ?4)
 		ON CONFLICT (guild_id, message_id) DO UPDATE SET edited_at = excluded.edited_at, content_length = excluded.content_length
 		WHERE unseen_messages.edited_at IS NULL OR unseen_messages.edited_at < excluded.edited_at
@@ -264,6 +268,7 @@ func (o MessageDelete) apply(ctx context.Context, t *wtx) (Outcome, error) {
 		return Outcome{}, err // seen: already deleted, at an earlier or equal time
 	}
 	// A tombstone for the create still to come.
+	t.w.unseen[o.GuildID] = true
 	return applied(t.exec(ctx, `INSERT INTO unseen_messages (guild_id, message_id, deleted_at) VALUES (?1, ?2, ?3)
 		ON CONFLICT (guild_id, message_id) DO UPDATE SET deleted_at = excluded.deleted_at
 		WHERE unseen_messages.deleted_at IS NULL OR unseen_messages.deleted_at > excluded.deleted_at`,

@@ -99,6 +99,12 @@ type writer struct {
 	exited chan struct{}
 	stmts  map[string]*sql.Stmt
 	once   sync.Once
+	// unseen holds the guilds that may have rows in unseen_messages (parked
+	// edits and tombstones of messages not created yet). Every create of a
+	// guild outside it skips the lookup; it is loaded at open, grows when
+	// a row is parked or a guild imported, and never shrinks (a stale entry
+	// only costs that lookup). Touched only by the writer's goroutine.
+	unseen map[uint64]bool
 
 	commits, requests, writes, maxWrites atomic.Uint64
 }
@@ -110,7 +116,24 @@ func newWriter(ctx context.Context, s *Store) (*writer, error) {
 	}
 	wctx, cancel := context.WithCancel(context.Background())
 	w := &writer{s: s, conn: conn, ctx: wctx, cancel: cancel, reqs: make(chan *request, 1024),
-		exited: make(chan struct{}), stmts: map[string]*sql.Stmt{}}
+		exited: make(chan struct{}), stmts: map[string]*sql.Stmt{}, unseen: map[uint64]bool{}}
+	rows, err := conn.QueryContext(ctx, `SELECT DISTINCT guild_id FROM unseen_messages`)
+	if err != nil {
+		cancel()
+		conn.Close()
+		return nil, fmt.Errorf("load guilds with unseen messages: %w", err)
+	}
+	for rows.Next() {
+		var g int64
+		if err := rows.Scan(&g); err != nil {
+			rows.Close()
+			cancel()
+			conn.Close()
+			return nil, fmt.Errorf("load guilds with unseen messages: %w", err)
+		}
+		w.unseen[uint64(g)] = true
+	}
+	rows.Close()
 	go w.run()
 	return w, nil
 }
