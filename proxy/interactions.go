@@ -120,6 +120,7 @@ func (p *Proxy) handleInteraction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var in struct {
+		ID      string `json:"id"`
 		Type    int    `json:"type"`
 		GuildID string `json:"guild_id"`
 	}
@@ -138,7 +139,7 @@ func (p *Proxy) handleInteraction(w http.ResponseWriter, r *http.Request) {
 	// Recorded before forwarding, so of two identical requests racing only
 	// one is forwarded. Kept even if the forward fails: Discord does not
 	// retry a webhook, only a replay would repeat it.
-	if !p.replay.firstUse(keyOf(sig), signedAt.Add(p.cfg.WebhookMaxSkew), now) {
+	if !p.replay.firstUse(keyOf(in.ID, sig), signedAt.Add(p.cfg.WebhookMaxSkew), now) {
 		p.log.Debug("webhook refused: replay of an interaction already accepted", "signed_at", signedAt.UTC())
 		p.refuseWebhook(w, "replayed", "this signed interaction was already accepted by this proxy; a replay is never forwarded")
 		return

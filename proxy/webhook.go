@@ -41,13 +41,21 @@ func freshness(ts, now time.Time, maxSkew time.Duration) string {
 	return ""
 }
 
-// replayKey identifies one signed request: the SHA-256 of its Ed25519
-// signature. Ed25519 signatures are deterministic and crypto/ed25519 accepts
-// only the canonical encoding, so the same (timestamp, body) always has this
-// key and a different one (almost) never does.
+// replayKey identifies one interaction: the SHA-256 of its id (Discord's
+// snowflake, unique per interaction), so the same interaction is refused
+// even if it comes back signed at another timestamp. A body without an id
+// is keyed by its Ed25519 signature: signatures are deterministic and
+// crypto/ed25519 accepts only the canonical encoding, so the same
+// (timestamp, body) always has that key and a different one (almost) never
+// does.
 type replayKey [sha256.Size]byte
 
-func keyOf(sig []byte) replayKey { return sha256.Sum256(sig) }
+func keyOf(interactionID string, sig []byte) replayKey {
+	if interactionID != "" {
+		return sha256.Sum256([]byte("interaction:" + interactionID))
+	}
+	return sha256.Sum256(sig)
+}
 
 // replayCache remembers the signed interactions this replica accepted, each
 // until its timestamp leaves the freshness window (after that the window

@@ -167,6 +167,23 @@ func TestWebhookReplayIsRefused(t *testing.T) {
 		}
 	})
 
+	t.Run("the same interaction id signed at another timestamp", func(t *testing.T) {
+		before := b.count.Load()
+		first := e.signed(t, commandWithID(5))
+		if res := do(t, first); res.status != 200 {
+			t.Fatalf("first delivery: %d %s", res.status, res.body)
+		}
+		ts, _ := strconv.ParseInt(first.Header.Get(HeaderTimestamp), 10, 64)
+		again := e.signedAt(t, commandWithID(5), strconv.FormatInt(ts-30, 10))
+		if again.Header.Get(HeaderSignature) == first.Header.Get(HeaderSignature) {
+			t.Fatal("test bug: the copy has the same signature")
+		}
+		wantRefused(t, do(t, again), "replayed")
+		if n := b.count.Load() - before; n != 1 {
+			t.Fatalf("forwarded %d times, want once", n)
+		}
+	})
+
 	t.Run("concurrent copies", func(t *testing.T) {
 		before := b.count.Load()
 		ts := strconv.FormatInt(time.Now().Unix(), 10)
@@ -238,7 +255,7 @@ func TestReplayCacheMemoryIsBounded(t *testing.T) {
 		const max = 64
 		c := newReplayCache(max)
 		now := time.Unix(1_700_000_000, 0)
-		key := func(i int) replayKey { return keyOf([]byte("signature-" + strconv.Itoa(i))) }
+		key := func(i int) replayKey { return keyOf("", []byte("signature-" + strconv.Itoa(i))) }
 		const n = 10_000
 		for i := 0; i < n; i++ {
 			// Later i, later expiry: the survivors are the last max keys.
@@ -304,20 +321,20 @@ func TestReplayCacheMemoryIsBounded(t *testing.T) {
 func TestReplayCacheForgetsEntriesOnceTheirWindowEnds(t *testing.T) {
 	c := newReplayCache(100)
 	now := time.Unix(1_700_000_000, 0)
-	a, b := keyOf([]byte("a")), keyOf([]byte("b"))
+	a, b := keyOf("", []byte("a")), keyOf("", []byte("b"))
 	c.firstUse(a, now.Add(time.Minute), now)
 	c.firstUse(b, now.Add(2*time.Minute), now)
 	if c.firstUse(a, now.Add(time.Minute), now.Add(time.Minute)) {
 		t.Fatal("a replay at the last instant of the window was accepted")
 	}
-	c.firstUse(keyOf([]byte("probe")), now.Add(3*time.Minute), now.Add(time.Minute+time.Second))
+	c.firstUse(keyOf("", []byte("probe")), now.Add(3*time.Minute), now.Add(time.Minute+time.Second))
 	if entries, evictions := c.stats(); entries != 2 || evictions != 0 {
 		t.Fatalf("after a's window: %d entries, %d evictions, want 2 (b, probe) and 0", entries, evictions)
 	}
 	if _, ok := c.keys[a]; ok {
 		t.Fatal("a is still held after its window ended")
 	}
-	c.firstUse(keyOf([]byte("late")), now.Add(time.Hour), now.Add(10*time.Minute))
+	c.firstUse(keyOf("", []byte("late")), now.Add(time.Hour), now.Add(10*time.Minute))
 	if entries, _ := c.stats(); entries != 1 {
 		t.Fatalf("after every window ended: %d entries, want only the new one", entries)
 	}
