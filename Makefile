@@ -4,7 +4,7 @@ BIN     ?= bin
 # -race needs cgo; go-sqlite3 needs it anyway.
 export CGO_ENABLED := 1
 
-.PHONY: build run test test-short bench vet fmt clean
+.PHONY: build run test test-short chaos fuzz bench vet fmt clean
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
@@ -20,9 +20,32 @@ test:
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 40m ./...
+	$(MAKE) --no-print-directory fuzz FUZZTIME=10s
 
 test-short:
 	$(GO) test -count=1 -short ./...
+
+# The long fault tier (docs/reliability.md): linearizability runs of the
+# control plane and whole-system chaos schedules, real processes in network
+# namespaces (root). make test runs a short version of both. A failing seed
+# replays with: go test ./chaos/ -run TestChaosSchedules -v -args -seed N
+LIN_RUNS ?= 10
+SEEDS    ?= 200
+chaos:
+	$(GO) test -count=1 -timeout 6h -v -run 'TestControlPlaneIsLinearizableUnderFaults|TestChaosSchedules' ./chaos/ \
+	  -args -lin-runs $(LIN_RUNS) -lin-duration 30s -seeds $(SEEDS) -report chaos-report.jsonl
+
+# Every Go fuzz target (func FuzzXxx in a _test.go file) for FUZZTIME each;
+# make test runs them for 10 s. Longer: make fuzz FUZZTIME=10m
+FUZZTIME ?= 1m
+fuzz:
+	@set -e; for file in $$(grep -l '^func Fuzz' $$(git ls-files '*_test.go' 2>/dev/null || find . -name '*_test.go')); do \
+	  pkg=./$$(dirname $$file); \
+	  for f in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$file); do \
+	    echo "fuzz $$pkg $$f for $(FUZZTIME)"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
 
 # Benchmarks: Go benchmarks for the hot paths, then the cluster benchmark
 # tables (docs/benchmarks.md explains each figure and how to reproduce it).
