@@ -28,6 +28,7 @@ const (
 
 	KillGateway        Fault = "kill -9 gateway"
 	KillGatewayMidMove Fault = "kill -9 gateway mid-move"
+	KillMidHandoff     Fault = "kill -9 gateway mid-handoff"
 	PauseGateway       Fault = "SIGSTOP gateway"
 	GatewayFromConfig  Fault = "partition gateway from config plane"
 	GatewayFromPeers   Fault = "partition gateway from other gateways"

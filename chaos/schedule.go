@@ -25,7 +25,7 @@ type Step struct {
 }
 
 var systemFaults = []Fault{
-	KillGateway, KillGatewayMidMove, PauseGateway, GatewayFromConfig, GatewayFromPeers,
+	KillGateway, KillGatewayMidMove, KillMidHandoff, PauseGateway, GatewayFromConfig, GatewayFromPeers,
 	SlowDisk, RestartProxy, KillLeader, IsolateLeader, PauseFollower, MoveDuringFaults,
 }
 
@@ -95,6 +95,24 @@ func (sc Schedule) inject(ctx context.Context, s *System, st Step, r *rand.Rand)
 			victim = to
 		}
 		sleep(ctx, time.Duration(r.IntN(50))*time.Millisecond)
+		return InjectNode(s, s.Gateways, victim, KillGateway)
+	case KillMidHandoff:
+		// Kill a gateway, let its shards be taken over, start it again:
+		// it takes its shards back in planned handoffs, and one of the two
+		// holders is killed while they hand over.
+		p := s.Gateways[gw]
+		if err := p.Kill(); err != nil {
+			return nil, err
+		}
+		sleep(ctx, s.Opts.PodTimeout+time.Second)
+		if err := p.Start(); err != nil {
+			return nil, err
+		}
+		sleep(ctx, jitter(r, 500*time.Millisecond, 3*time.Second))
+		victim := gw
+		if r.IntN(2) == 0 {
+			victim = (gw + 1 + r.IntN(len(s.Gateways)-1)) % len(s.Gateways)
+		}
 		return InjectNode(s, s.Gateways, victim, KillGateway)
 	case GatewayFromConfig:
 		var cfg []*Host
