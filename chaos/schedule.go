@@ -83,14 +83,14 @@ func (sc Schedule) inject(ctx context.Context, s *System, st Step, r *rand.Rand)
 	case KillGatewayMidMove:
 		// Move a guild of gateway gw's, then kill the source or the
 		// target while it copies.
-		g, to, err := s.pickMove(ctx, r, gw)
+		g, from, to, err := s.pickMove(ctx, r, gw)
 		if err != nil {
 			return nil, err
 		}
 		if _, err := s.Client.Move(ctx, fmt.Sprint(g), s.Gateways[to].Name); err != nil {
 			return nil, fmt.Errorf("start the move: %w", err)
 		}
-		victim := gw
+		victim := from
 		if r.IntN(2) == 0 {
 			victim = to
 		}
@@ -152,7 +152,7 @@ func (sc Schedule) inject(ctx context.Context, s *System, st Step, r *rand.Rand)
 		}
 		return InjectNode(s, s.Config, i, st.Fault)
 	case MoveDuringFaults:
-		g, to, err := s.pickMove(ctx, r, gw)
+		g, _, to, err := s.pickMove(ctx, r, gw)
 		if err != nil {
 			return nil, err
 		}
@@ -164,24 +164,33 @@ func (sc Schedule) inject(ctx context.Context, s *System, st Step, r *rand.Rand)
 	return nil, fmt.Errorf("no such system fault %q", st.Fault)
 }
 
-// pickMove picks a guild owned by gateway from and another gateway to move
-// it to.
-func (s *System) pickMove(ctx context.Context, r *rand.Rand, from int) (uint64, int, error) {
-	gl, err := s.Client.Guilds(ctx, s.Gateways[from].Name)
+// pickMove picks a guild owned by gateway from (or, if it owns none, by
+// the gateway that owns most) and another gateway to move it to. It
+// returns the source's index in from's place.
+func (s *System) pickMove(ctx context.Context, r *rand.Rand, from int) (uint64, int, int, error) {
+	gl, err := s.Client.Guilds(ctx, "")
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
-	var ids []uint64
+	by := map[int][]uint64{}
 	for _, g := range gl.Guilds {
-		if g.Migration == nil {
-			ids = append(ids, g.ID)
+		if i := s.GatewayIndex(g.Owner); i >= 0 && g.Migration == nil {
+			by[i] = append(by[i], g.ID)
 		}
 	}
+	if len(by[from]) == 0 {
+		for i, ids := range by {
+			if len(ids) > len(by[from]) {
+				from = i
+			}
+		}
+	}
+	ids := by[from]
 	if len(ids) == 0 {
-		return 0, 0, fmt.Errorf("%s owns no guild to move", s.Gateways[from].Name)
+		return 0, 0, 0, fmt.Errorf("no gateway owns a guild that is not migrating")
 	}
 	to := (from + 1 + r.IntN(len(s.Gateways)-1)) % len(s.Gateways)
-	return ids[r.IntN(len(ids))], to, nil
+	return ids[r.IntN(len(ids))], from, to, nil
 }
 
 // HealAll undoes every fault that may be left: cuts, pauses, stopped

@@ -63,6 +63,18 @@ func chaosRun(t *testing.T, seed uint64) (Tally, *Counter) {
 		t.Fatalf("start the system (logs in %s): %v", logsHint(dir), err)
 	}
 	defer s.Close()
+	// Spread the guilds (gateways start one after another, so the first
+	// ones own most): every gateway then owns guilds whose shard another
+	// holds, and events are forwarded.
+	if _, err := s.Client.Rebalance(ctx, false); err != nil {
+		t.Fatalf("rebalance: %v", err)
+	}
+	if err := systest.Poll(ctx, time.Minute, "the rebalance", func() bool {
+		j, err := s.Client.RebalanceStatus(ctx)
+		return err == nil && !j.FinishedAt.IsZero()
+	}); err != nil {
+		t.Fatal(err)
+	}
 	var fake []struct {
 		ID string `json:"id"`
 	}
