@@ -29,11 +29,13 @@ test-short:
 # control plane and whole-system chaos schedules, real processes in network
 # namespaces (root). make test runs a short version of both. A failing seed
 # replays with: go test ./chaos/ -run TestChaosSchedules -v -args -seed N
+# RACE=1 builds the components with the race detector.
 LIN_RUNS ?= 10
 SEEDS    ?= 200
+RACE     ?=
 chaos:
 	$(GO) test -count=1 -timeout 6h -v -run 'TestControlPlaneIsLinearizableUnderFaults|TestChaosSchedules' ./chaos/ \
-	  -args -lin-runs $(LIN_RUNS) -lin-duration 30s -seeds $(SEEDS) -report chaos-report.jsonl
+	  -args -lin-runs $(LIN_RUNS) -lin-duration 30s -seeds $(SEEDS) -report chaos-report.jsonl $(if $(RACE),-race-bin)
 
 # Every Go fuzz target (func FuzzXxx in a _test.go file) for FUZZTIME each;
 # make test runs them for 10 s. Longer: make fuzz FUZZTIME=10m

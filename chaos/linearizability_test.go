@@ -84,6 +84,7 @@ func linRun(t *testing.T, run int, seed uint64, d time.Duration) *linResult {
 		t.Fatalf("start the system (logs in %s): %v", logsHint(dir), err)
 	}
 	defer s.Close()
+	defer noRaces(t, s)
 	rng := rand.New(rand.NewPCG(seed, 0))
 	rec := NewRecorder()
 	var clients []*Client

@@ -21,6 +21,7 @@ var (
 	firstSeed   = flag.Uint64("first-seed", 1, "first seed of -seeds consecutive seeds")
 	keepDirs    = flag.Bool("keep", false, "keep data and logs of passing runs too")
 	reportFile  = flag.String("report", "", "append a JSON line per run to this file (docs/reliability.md's figures)")
+	raceBin     = flag.Bool("race-bin", false, "build the components with the race detector and fail a run whose logs report a race")
 )
 
 var modbotBin string
@@ -40,7 +41,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	modbotBin, err = Build(dir)
+	modbotBin, err = Build(dir, *raceBin)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -83,3 +84,11 @@ func runDir(t *testing.T, name string) string {
 }
 
 func logsHint(dir string) string { return filepath.Join(dir, "logs") }
+
+// noRaces fails the test if a component's log reports a data race.
+func noRaces(t *testing.T, s *System) {
+	t.Helper()
+	if logs := s.RacesIn(); len(logs) > 0 {
+		t.Errorf("data race reported in %v", logs)
+	}
+}

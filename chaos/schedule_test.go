@@ -63,6 +63,7 @@ func chaosRun(t *testing.T, seed uint64) (Tally, *Counter) {
 		t.Fatalf("start the system (logs in %s): %v", logsHint(dir), err)
 	}
 	defer s.Close()
+	defer noRaces(t, s)
 	// Spread the guilds (gateways start one after another, so the first
 	// ones own most): every gateway then owns guilds whose shard another
 	// holds, and events are forwarded.

@@ -18,14 +18,20 @@ import (
 )
 
 // Build compiles the modbot binary into dir and returns its path. It runs
-// from the module root (found from this package's directory).
-func Build(dir string) (string, error) {
+// from the module root (found from this package's directory). With race,
+// the binary has the race detector: a race in any component under faults
+// then shows in its log (RacesIn).
+func Build(dir string, race bool) (string, error) {
 	root, err := moduleRoot()
 	if err != nil {
 		return "", err
 	}
 	bin := filepath.Join(dir, "modbot")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/modbot")
+	args := []string{"build", "-o", bin}
+	if race {
+		args = append(args, "-race")
+	}
+	cmd := exec.Command("go", append(args, "./cmd/modbot")...)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -326,6 +332,19 @@ func (s *System) Leader(ctx context.Context) int {
 		}
 	}
 	return -1
+}
+
+// RacesIn returns the processes whose logs report a data race (only a
+// binary built with the race detector reports them).
+func (s *System) RacesIn() []string {
+	var out []string
+	for _, p := range s.All() {
+		b, err := os.ReadFile(p.Log)
+		if err == nil && strings.Contains(string(b), "WARNING: DATA RACE") {
+			out = append(out, p.Log)
+		}
+	}
+	return out
 }
 
 // All returns every process.
