@@ -218,6 +218,10 @@ func (n *Node) handleRegisterPod(w http.ResponseWriter, r *http.Request) {
 	ord := fsm.OrdinalFromID(req.ID)
 	if req.Ordinal != nil {
 		ord = *req.Ordinal
+		if ord < 0 {
+			n.fail(w, r, badRequest("ordinal must be >= 0, got %d", ord))
+			return
+		}
 	}
 	if ord < 0 {
 		n.fail(w, r, badRequest("pod id %q has no ordinal suffix (like gateway-1); send \"ordinal\"", req.ID))

@@ -1,10 +1,8 @@
 package confignode
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 
@@ -21,7 +19,10 @@ const (
 // statusOf maps an error to its HTTP status.
 func statusOf(err error) int {
 	var mbe *http.MaxBytesError
+	var be *httpapi.BodyError
 	switch {
+	case errors.As(err, &be):
+		return be.Status
 	case errors.As(err, &mbe):
 		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, errBadRequest), errors.Is(err, fsm.ErrInvalid), errors.Is(err, fsm.ErrUnsupported):
@@ -58,26 +59,11 @@ func (n *Node) fail(w http.ResponseWriter, r *http.Request, err error) {
 	httpapi.WriteJSON(w, status, body)
 }
 
-// decodeBody reads a JSON body with the size limit, refusing unknown fields
-// and trailing garbage so that typos are reported instead of ignored.
+// decodeBody reads a JSON body with the size limit, refusing unknown fields,
+// repeated keys and trailing garbage so that typos are reported instead of
+// ignored (httpapi.DecodeJSON).
 func (n *Node) decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
-	r.Body = http.MaxBytesReader(w, r.Body, n.cfg.MaxBodyBytes)
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return fmt.Errorf("request body is larger than %d bytes: %w", n.cfg.MaxBodyBytes, err)
-		}
-		if errors.Is(err, io.EOF) {
-			return badRequest("request body is empty; expected JSON")
-		}
-		return badRequest("malformed JSON body: %v", err)
-	}
-	if dec.More() {
-		return badRequest("malformed JSON body: more than one JSON value")
-	}
-	return nil
+	return httpapi.DecodeJSON(w, r, v, httpapi.DecodeOptions{MaxBytes: n.cfg.MaxBodyBytes})
 }
 
 // requireToken guards every API route with the bearer token unless the node

@@ -230,22 +230,6 @@ func (n *Node) handleIdentify(w http.ResponseWriter, r *http.Request) {
 		n.fail(w, r, badRequest("shard must be >= 0"))
 		return
 	}
-	if l := req.SessionStartLimit; l != nil {
-		var at time.Time
-		if req.SessionStartLimitAt > 0 {
-			at = time.UnixMilli(req.SessionStartLimitAt)
-		}
-		if err := n.budget.observe(*l, at, now); err != nil {
-			n.fail(w, r, err)
-			return
-		}
-		if req.MaxConcurrency < 1 {
-			req.MaxConcurrency = l.MaxConcurrency
-		}
-	}
-	if req.MaxConcurrency < 1 {
-		req.MaxConcurrency = 1
-	}
 	// Only the shard's holder identifies it: a pod that lost the shard (or
 	// holds it at another epoch than it thinks) must not open a session.
 	var holds bool
@@ -268,6 +252,25 @@ func (n *Node) handleIdentify(w http.ResponseWriter, r *http.Request) {
 		n.fail(w, r, &fsm.CommandError{Kind: fsm.ErrStaleEpoch, Msg: fmt.Sprintf(
 			"identify shard %d: pod %q does not hold it at epoch %d (holder %q at epoch %d); stop its session", req.Shard, req.Pod, req.Epoch, holder, epoch)})
 		return
+	}
+	// The pod's reading of Discord's budget counts only once the request is
+	// known to come from the shard's holder: a refused request changes
+	// nothing.
+	if l := req.SessionStartLimit; l != nil {
+		var at time.Time
+		if req.SessionStartLimitAt > 0 {
+			at = time.UnixMilli(req.SessionStartLimitAt)
+		}
+		if err := n.budget.observe(*l, at, now); err != nil {
+			n.fail(w, r, err)
+			return
+		}
+		if req.MaxConcurrency < 1 {
+			req.MaxConcurrency = l.MaxConcurrency
+		}
+	}
+	if req.MaxConcurrency < 1 {
+		req.MaxConcurrency = 1
 	}
 	st, ok, retry := n.budget.reserve(now)
 	if !ok {

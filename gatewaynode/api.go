@@ -116,9 +116,11 @@ func (n *Node) handleDashboard(w http.ResponseWriter, r *http.Request) {
 // holder keeps those in its own outbox before acknowledging them to Discord.
 func (n *Node) handleEvents(w http.ResponseWriter, r *http.Request) {
 	var req podapi.ForwardRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
-	if err := dec.Decode(&req); err != nil {
-		httpapi.WriteError(w, http.StatusBadRequest, "malformed events: %v", err)
+	// Strict (unknown fields, trailing data, size), but a repeated key keeps
+	// encoding/json's last-wins: the events carry Discord's payloads
+	// verbatim, and the holder took them that way too.
+	if err := httpapi.DecodeJSON(w, r, &req, httpapi.DecodeOptions{MaxBytes: maxBody, AllowDuplicateKeys: true}); err != nil {
+		httpapi.WriteError(w, httpapi.BodyStatus(err), "events: %v", err)
 		return
 	}
 	evs := make([]bot.Event, 0, len(req.Events))

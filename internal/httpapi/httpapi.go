@@ -1,7 +1,8 @@
 // Package httpapi holds what modbot's JSON HTTP servers (config nodes,
-// gateway pods, proxies) share: how an answer and an error are written, and
-// the bearer-token check. Every error body is {"error": "..."} (plus fields a
-// server adds), so clients decode errors the same way everywhere.
+// gateway pods, proxies) share: how an answer and an error are written, how
+// a request body is decoded, and the bearer-token check. Every error body is
+// {"error": "..."} (plus fields a server adds), so clients decode errors the
+// same way everywhere.
 package httpapi
 
 import (
