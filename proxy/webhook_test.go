@@ -255,7 +255,7 @@ func TestReplayCacheMemoryIsBounded(t *testing.T) {
 		const max = 64
 		c := newReplayCache(max)
 		now := time.Unix(1_700_000_000, 0)
-		key := func(i int) replayKey { return keyOf("", []byte("signature-" + strconv.Itoa(i))) }
+		key := func(i int) replayKey { return keyOf("", []byte("signature-"+strconv.Itoa(i))) }
 		const n = 10_000
 		for i := 0; i < n; i++ {
 			// Later i, later expiry: the survivors are the last max keys.
