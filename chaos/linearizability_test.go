@@ -108,7 +108,7 @@ func linRun(t *testing.T, run int, seed uint64, d time.Duration) *linResult {
 	}
 	// One drain per run, at a random time: the leader then starts moves
 	// of its own to empty the pod.
-	drainAt := jitter(rng, d/4, d*3/4) // drawn here: rng is the nemesis's
+	drainAt := jitter(rng, d/4, d*3/4)                    // drawn here: rng is the nemesis's
 	drainer, err := NewClient(len(clients), s, rec, seed) // a client of its own: a Client is not shared
 	if err != nil {
 		t.Fatal(err)
