@@ -207,10 +207,12 @@ func (s *shardSet) handoff(r *shardRunner, reclaimed <-chan struct{}) {
 	}()
 	how := ""
 	decide := func() bool {
-		if p, ok := n.watch.Pod(n.cfg.ID); ok && p.State == fsm.PodDown {
-			how = "detached" // the new holder resumes our session from the checkpoint
-			return true
-		}
+		// Marked down, we still wait for the new holder's first checkpoint
+		// and go by what it did, not by what we expect it to do: it may
+		// have seen us alive again and identified a session of its own (a
+		// planned handoff), and then only our session still carries what
+		// Discord sent us and we have not committed. Detaching there lost
+		// it (chaos seeds 140 and 184: a frozen holder, marked down and back).
 		if r.ended.Load() {
 			how = "ended"
 			return true
