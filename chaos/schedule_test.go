@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modbot/modbot/assignments"
 	"github.com/modbot/modbot/systest"
 )
 
@@ -149,8 +150,16 @@ func verifyMove(ctx context.Context, t *testing.T, s *System, guilds []uint64, s
 		t.Fatal(err)
 	}
 	to := (from + 1) % len(s.Gateways)
-	mv, err := s.Client.Move(ctx, fmt.Sprint(g), s.Gateways[to].Name)
-	if err != nil {
+	// An election may still be settling (seed 149): retry what no node
+	// could take, never what one refused.
+	var mv assignments.MoveResponse
+	if err := systest.Poll(ctx, 30*time.Second, "the verification move to start", func() bool {
+		mv, err = s.Client.Move(ctx, fmt.Sprint(g), s.Gateways[to].Name)
+		if err != nil && !assignments.IsUnavailable(err) {
+			t.Fatalf("verification move: %v", err)
+		}
+		return err == nil
+	}); err != nil {
 		t.Fatalf("verification move: %v", err)
 	}
 	if err := systest.Poll(ctx, 60*time.Second, "the verification move", func() bool {
