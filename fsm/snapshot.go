@@ -38,6 +38,10 @@ const (
 	snapshotMagic   = "MODBOTFSM"
 	snapshotVersion = 2
 	podFlagDrain    = 1 << 0
+	// ReadSnapshot reserves room for at most guildPrealloc guilds before
+	// reading them, and allocates them guildBlock at a time.
+	guildPrealloc = 1 << 20
+	guildBlock    = 1 << 16
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -259,10 +263,13 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 	v2 := version >= 2
 	s := New()
 	s.Revision = sr.uvarint()
-	s.ShardCount = int(sr.uvarint())
-	if s.ShardCount > 65536 {
-		return nil, fmt.Errorf("read snapshot: shard count %d out of range", s.ShardCount)
+	// Checked before the conversion: a corrupted count of 2^63 or more
+	// would turn negative as an int.
+	shardCount := sr.uvarint()
+	if shardCount > 65536 {
+		return nil, fmt.Errorf("read snapshot: shard count %d out of range", shardCount)
 	}
+	s.ShardCount = int(shardCount)
 	npods := sr.uvarint()
 	if npods > 1<<20 {
 		return nil, fmt.Errorf("read snapshot: %d pods is not plausible", npods)
@@ -329,13 +336,28 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 	if n > 1<<32 {
 		return nil, fmt.Errorf("read snapshot: %d guilds is not plausible", n)
 	}
-	s.Guilds = make(map[uint64]*Guild, n)
-	sorted := make([]uint64, 0, n)
-	all := make([]Guild, n) // one allocation for every guild
+	// n is read from the snapshot, whose checksum is only verified at the
+	// end: a corrupted count must not allocate gigabytes up front. Memory
+	// is reserved for at most guildPrealloc guilds ahead and the guilds are
+	// allocated in blocks as they are read.
+	hint := min(n, guildPrealloc)
+	s.Guilds = make(map[uint64]*Guild, hint)
+	sorted := make([]uint64, 0, hint)
+	var all []Guild
 	var prev uint64
 	for i := uint64(0); i < n && sr.err == nil; i++ {
-		g := &all[i]
-		g.ID = prev + sr.uvarint()
+		if len(all) == 0 {
+			all = make([]Guild, min(n-i, guildBlock))
+		}
+		g := &all[0]
+		all = all[1:]
+		// Ids are written strictly increasing: a zero (or wrapping) delta
+		// is corruption, and would store two guilds under one id.
+		d := sr.uvarint()
+		if sr.err == nil && (d == 0 || prev+d < prev) {
+			return nil, fmt.Errorf("read snapshot: guild id delta %d after guild %d does not increase the id", d, prev)
+		}
+		g.ID = prev + d
 		prev = g.ID
 		g.Owner = podAt(sr.uvarint())
 		st := sr.byte1()

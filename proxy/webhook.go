@@ -29,14 +29,16 @@ func parseTimestamp(ts string) (time.Time, bool) {
 }
 
 // freshness explains why a signed timestamp is outside ±maxSkew of now
-// ("" when it is inside).
+// ("" when it is inside). It compares instants, not their difference: a
+// time.Duration holds only ±292 years, and the difference to a timestamp
+// further away saturates (negating the minimum leaves it negative), so
+// such a timestamp passed as fresh.
 func freshness(ts, now time.Time, maxSkew time.Duration) string {
-	d := now.Sub(ts)
 	switch {
-	case d > maxSkew:
-		return fmt.Sprintf("signed %s ago, outside the ±%s window", d.Round(time.Second), maxSkew)
-	case -d > maxSkew:
-		return fmt.Sprintf("signed %s in the future, outside the ±%s window", (-d).Round(time.Second), maxSkew)
+	case ts.Before(now.Add(-maxSkew)):
+		return fmt.Sprintf("signed %s ago, outside the ±%s window", now.Sub(ts).Round(time.Second), maxSkew)
+	case ts.After(now.Add(maxSkew)):
+		return fmt.Sprintf("signed %s in the future, outside the ±%s window", ts.Sub(now).Round(time.Second), maxSkew)
 	}
 	return ""
 }

@@ -563,6 +563,11 @@ func (s *Shard) handleDispatch(seq int64, t string, d json.RawMessage) (establis
 		if err := json.Unmarshal(d, &r); err != nil || r.SessionID == "" {
 			return false, fmt.Errorf("decode READY: session_id missing or %w", err)
 		}
+		// Checked before the session is switched: a READY at seq <= 0
+		// would start the new session and then be dropped as a replay.
+		if seq < 1 {
+			return false, fmt.Errorf("READY of session %s at sequence %d: a session starts at 1", r.SessionID, seq)
+		}
 		if s.cfg.Resume != nil && s.cfg.Resume.SessionID != "" && !s.established {
 			s.resumeFailed = true
 			s.log.Warn("discordgw: checkpoint could not be resumed; identified a new session — dispatches after the checkpoint are lost",
