@@ -18,9 +18,9 @@ import (
 //
 // Seed inputs live in testdata/fuzz/<FuzzName>/ and in the f.Add calls.
 
-// fuzzFixture is a state with every kind of entity: active, draining and
-// down pods, shards with holder epochs, a checkpoint, a config node, placed
-// guilds and one guild in the middle of a move. It is built with version-2
+// fuzzFixture is a state with every kind of entity: active pods and a down
+// one that remembers its drain, shards with holder epochs, a checkpoint, a
+// config node, placed guilds and one guild in the middle of a move. It is built with version-2
 // commands only, as a current leader would.
 func fuzzFixture() (*State, uint64, error) {
 	s := New()
