@@ -2,6 +2,7 @@ package confignode
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -70,7 +72,21 @@ func newTestCluster(t testing.TB, size int, tweak func(i int, c *Config)) *testC
 		urls = append(urls, "http://"+c.HTTPAddr)
 		tc.cfgs = append(tc.cfgs, c)
 		tc.nodes = append(tc.nodes, nil)
-		tc.start(i)
+		// A free port can be taken by another test process before we bind
+		// it: a node that has never run can simply take fresh ports.
+		for attempt := 0; attempt < 5; attempt++ {
+			n, err := Start(tc.cfgs[i])
+			if err == nil {
+				tc.nodes[i] = n
+				break
+			}
+			if !errors.Is(err, syscall.EADDRINUSE) || attempt == 4 {
+				t.Fatalf("start node %d: %v", i, err)
+			}
+			tc.cfgs[i].RaftAddr = "127.0.0.1:" + strconv.Itoa(freePort(t))
+			tc.cfgs[i].HTTPAddr = "127.0.0.1:" + strconv.Itoa(freePort(t))
+			urls[i] = "http://" + tc.cfgs[i].HTTPAddr
+		}
 		if i == 0 {
 			tc.waitLeader()
 		}
