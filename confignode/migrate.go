@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/modbot/modbot/internal/ctxsleep"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -320,16 +321,7 @@ func (n *Node) barrier(ctx context.Context) error {
 }
 
 // sleepCtx waits d; false when ctx ended first.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
+var sleepCtx = ctxsleep.Sleep
 
 // dropCopy asks a pod to delete the copy it no longer owns. The copy is
 // fenced off by the epoch either way, but it takes disk and the pod lists it,
