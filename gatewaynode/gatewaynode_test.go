@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http/httptest"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -317,6 +318,47 @@ func TestWronglyDownPodNeverClosesTheSessionItsSuccessorResumed(t *testing.T) {
 	if got := w.discord.liveSessions(0); got != 1 {
 		t.Fatalf("%d live sessions on shard 0, want 1", got)
 	}
+}
+
+// Every dispatched event is committed even when the shard's holder dies
+// during a planned handoff. a holds shard 0 (b owns the guild) and is killed,
+// but the map still says it is up; a is drained, so b identifies a session
+// of its own and waits for a's release, which never comes. When a is marked
+// down, what only a's session carries — what a had received and not
+// committed, and what Discord dispatched to it after it died and before b's
+// READY — must be recovered by resuming a's session from its last
+// checkpoint, and committed before b's own events (chaos seed 69 lost
+// exactly that gap).
+func TestEveryEventSurvivesAHolderThatDiesBeforeReleasingTheShard(t *testing.T) {
+	w := newMemWorld(t, 1)
+	a := w.addPod("gateway-0")
+	w.waitSessions(0, 1)
+	g := guildOnShard(0, 1, 0)
+	w.cluster.mustApply(t, fsm.Command{Type: fsm.CmdPlaceGuilds, GuildIDs: []uint64{g}})
+	b := w.addPod("gateway-1")
+	w.move(g, b.cfg.ID) // b owns the guild, a holds the shard and forwards
+	w.sendMessages(g, 1, 100, 0)
+	waitFor(t, 5*time.Second, "a checkpoint of a's session", func() bool {
+		sl, _ := w.cluster.ConsistentShards(context.Background())
+		cp := sl.Shards[0].Checkpoint
+		return cp != nil && cp.Holder == a.cfg.ID && cp.Seq > 0
+	})
+	a.Kill()
+	w.peers.remove(a.cfg.ID) // dead, and still up in the map
+	w.sendMessages(g, 101, 200, 0)
+	w.cluster.mustApply(t, fsm.Command{Type: fsm.CmdDrainPod, PodID: a.cfg.ID})
+	waitFor(t, 5*time.Second, "b identified a session of its own", func() bool {
+		return slices.Contains(w.discord.openLog(), "identify shard 0 session s2")
+	})
+	w.sendMessages(g, 201, 300, 0)
+	w.cluster.mustApply(t, fsm.Command{Type: fsm.CmdMarkPodDown, PodID: a.cfg.ID})
+	w.sendMessages(g, 301, 400, 0)
+	w.assertOrderedOnce(g, 400, false)
+	opens := w.discord.openLog()
+	if want := []string{"identify shard 0 session s1", "identify shard 0 session s2", "resume shard 0 session s1"}; !slices.Equal(opens, want) {
+		t.Fatalf("sessions opened: %v; want %v", opens, want)
+	}
+	waitFor(t, 5*time.Second, "one live session on shard 0 (b's own)", func() bool { return w.discord.liveSessions(0) == 1 })
 }
 
 // No event is silently lost: one the handlers cannot take (here a

@@ -254,6 +254,14 @@ func (p *memPeers) add(n *Node) {
 	p.pods[n.cfg.ID] = n
 }
 
+// remove makes a pod unreachable, as a killed process is: forwards to it
+// and release queries about it fail.
+func (p *memPeers) remove(id string) {
+	p.mu.Lock()
+	delete(p.pods, id)
+	p.mu.Unlock()
+}
+
 func (p *memPeers) setFault(f func(owner string) error) {
 	p.mu.Lock()
 	p.fault = f

@@ -62,7 +62,7 @@ func newMetrics(reg *prometheus.Registry, n *Node) *metrics {
 		identifyRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_identify_refused_total",
 			Help: "Identify slots the config leader refused because Discord's daily identify budget is at its reserve."}),
 		handoffs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "modbot_gateway_shard_handoffs_total",
-			Help: "Shards this pod gave up, by how: closed (the new holder had its own session), detached (the new holder resumed ours, or we were marked down), released (nobody holds it)."}, []string{"how"}),
+			Help: "Shard handoffs by how: closed (the new holder had its own session), detached (the new holder resumed ours), released (nobody holds it), ended (our session ended during the handoff); recovered: this pod, the new holder, resumed the session of a previous holder that went down without releasing the shard, to commit its backlog."}, []string{"how"}),
 		held:            prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_held_events_total", Help: "Events written to the durable buffer."}),
 		outboxDelivered: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_outbox_delivered_total", Help: "Held events delivered later."}),
 		outboxGuilds:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_gateway_outbox_guilds", Help: "Guilds with held events waiting."}),

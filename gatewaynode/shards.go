@@ -56,7 +56,11 @@ type shardRunner struct {
 	epoch uint64
 	// after is the live previous holder whose session overlaps ours: no
 	// dispatch is routed until it has released the shard (see awaitRelease).
-	after string
+	// afterCP is its checkpoint when we identified: should it go down
+	// without releasing, its backlog is recovered from there
+	// (recoverBacklog).
+	after   string
+	afterCP *fsm.Checkpoint
 }
 
 func newShardSet(n *Node) *shardSet {
@@ -317,24 +321,26 @@ func (s *shardSet) shardReleased(ctx context.Context, shard int, wait time.Durat
 // and its checkpoint — seq 0 of its own session — tells the old holder it is
 // up) until the old holder has released the shard, is down, or 2 minutes
 // passed (then it goes on and says so: nothing is lost, order may not hold).
-func (s *shardSet) awaitRelease(ctx context.Context, r *shardRunner, prev string) {
+// gone reports that the old holder went down without releasing the shard:
+// its session's backlog is then recovered first (recoverBacklog).
+func (s *shardSet) awaitRelease(ctx context.Context, r *shardRunner, prev string) (gone bool) {
 	n := s.n
 	start := time.Now()
 	for ctx.Err() == nil {
 		p, ok := n.watch.Pod(prev)
 		if !ok || p.State == fsm.PodDown {
-			n.log.Info("previous holder is gone; routing the shard", "shard", r.id, "previous", prev)
-			return
+			n.log.Info("previous holder is gone without releasing the shard", "shard", r.id, "previous", prev, "waited", time.Since(start).Round(time.Millisecond))
+			return true
 		}
 		released, err := n.peers.Released(ctx, p, r.id, 10*time.Second)
 		if err == nil && released {
 			n.log.Info("previous holder released the shard; routing it", "shard", r.id, "previous", prev, "waited", time.Since(start).Round(time.Millisecond))
-			return
+			return false
 		}
 		if time.Since(start) > 2*time.Minute {
 			n.log.Error("previous holder did not release the shard within 2 minutes; routing anyway (events stay exactly once, their order across the two sessions may not)",
 				"shard", r.id, "previous", prev, "err", err)
-			return
+			return false
 		}
 		if err != nil {
 			select {
@@ -343,6 +349,59 @@ func (s *shardSet) awaitRelease(ctx context.Context, r *shardRunner, prev string
 			}
 		}
 	}
+	return false
+}
+
+// errResumeOnly stops a recovery session from identifying afresh.
+var errResumeOnly = errors.New("recovering a previous holder's backlog: resume only, never identify")
+
+// recoverBacklog runs when the previous holder went down without releasing
+// the shard after we had identified a session of our own (a planned
+// handoff to us, then the old holder was killed or froze before it
+// drained). What its session received after its last checkpoint and had not
+// committed, and what Discord dispatched to it between its death and our
+// READY, exist only in that session: our own carries events from its READY
+// on. So we resume the old session from the checkpoint read when we
+// identified — resume only, never identify — route everything it replays,
+// and let it go (detached: if the old holder is alive after all, it is
+// marked down and hands over by what we did). Our own session's events,
+// buffered meanwhile, follow; the overlap is deduplicated by the handlers
+// (every write is idempotent). Losing this once lost every event of that
+// gap (chaos seed 69).
+func (s *shardSet) recoverBacklog(ctx context.Context, r *shardRunner, prev string, cp fsm.Checkpoint) {
+	n := s.n
+	start := time.Now()
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	url, _, err := s.gateway()
+	var old session
+	if err == nil {
+		old, err = n.discord.Open(rctx, discordgw.Config{
+			Token: n.cfg.DiscordToken, ShardID: r.id, ShardCount: n.watch.ShardCount(), Intents: n.cfg.Intents,
+			GatewayURL: url, Logger: n.log.With("shard", r.id, "recovering", cp.SessionID),
+			Resume:       &discordgw.Checkpoint{SessionID: cp.SessionID, Seq: cp.Seq, ResumeURL: cp.ResumeURL},
+			IdentifyGate: func(context.Context, int) error { cancel(); return errResumeOnly },
+		})
+	}
+	if err != nil {
+		n.metrics.resumeFailed.Inc()
+		n.log.Error("could not resume the session of a previous holder that went down without releasing the shard: what it had not committed is lost",
+			"shard", r.id, "previous", prev, "session", cp.SessionID, "seq", cp.Seq, "err", err)
+		return
+	}
+	_, target := old.Received() // the replay ends at RESUMED, before Open returns
+	s.routeSession(rctx, r, old, func() bool { return old.Checkpoint().Seq >= target })
+	_ = old.Detach()
+	acked := old.Checkpoint().Seq
+	if acked < target {
+		n.metrics.resumeFailed.Inc()
+		n.log.Error("recovering a previous holder's backlog ended before it was committed", "shard", r.id, "previous", prev,
+			"session", cp.SessionID, "acked", acked, "replayed_to", target, "err", old.Err())
+		return
+	}
+	n.metrics.handoffs.WithLabelValues("recovered").Inc()
+	n.log.Info("recovered the backlog of a previous holder that went down without releasing the shard", "shard", r.id, "previous", prev,
+		"session", cp.SessionID, "from_seq", cp.Seq, "to_seq", target, "took", time.Since(start).Round(time.Millisecond))
 }
 
 // drain waits until the old session has committed every dispatch it had
@@ -550,12 +609,16 @@ func (s *shardSet) open(ctx context.Context, r *shardRunner) (session, error) {
 	if err != nil {
 		return nil, err
 	}
+	var prevCP *fsm.Checkpoint
+	if prev != "" {
+		prevCP, cp = cp, nil
+	}
 	if cp != nil {
 		cfg.Resume = &discordgw.Checkpoint{SessionID: cp.SessionID, Seq: cp.Seq, ResumeURL: cp.ResumeURL}
 		n.log.Info("resuming shard from checkpoint", "shard", shardID, "session", cp.SessionID, "seq", cp.Seq, "previous_holder", cp.Holder)
 	}
 	r.mu.Lock()
-	r.after = prev
+	r.after, r.afterCP = prev, prevCP
 	r.mu.Unlock()
 	return n.discord.Open(ctx, cfg)
 }
@@ -564,10 +627,11 @@ func (s *shardSet) open(ctx context.Context, r *shardRunner) (session, error) {
 // to open: resume ours (we restarted) or a holder's that is no longer active
 // (it died, or was marked down); otherwise identify afresh — a live previous
 // holder keeps its own session until we are up, so stealing it would fight
-// it for the connection — and return that holder, whose release the new
-// session waits for before routing. An error means "cannot tell yet": the
-// caller retries rather than identify and lose a dead holder's backlog.
-func (s *shardSet) resumePoint(ctx context.Context, shardID int) (resume *fsm.Checkpoint, livePrev string, err error) {
+// it for the connection — and return that holder (with its checkpoint, not
+// to be resumed now), whose release the new session waits for before
+// routing. An error means "cannot tell yet": the caller retries rather than
+// identify and lose a dead holder's backlog.
+func (s *shardSet) resumePoint(ctx context.Context, shardID int) (cp *fsm.Checkpoint, livePrev string, err error) {
 	n := s.n
 	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
@@ -578,28 +642,38 @@ func (s *shardSet) resumePoint(ctx context.Context, shardID int) (resume *fsm.Ch
 	if shardID >= len(sl.Shards) || sl.Shards[shardID].Checkpoint == nil {
 		return nil, "", nil
 	}
-	cp := sl.Shards[shardID].Checkpoint
+	cp = sl.Shards[shardID].Checkpoint
 	if cp.Holder == n.cfg.ID {
 		return cp, "", nil
 	}
 	if p, ok := n.watch.Pod(cp.Holder); !ok || p.State == fsm.PodDown {
 		return cp, "", nil
 	}
-	return nil, cp.Holder, nil
+	return cp, cp.Holder, nil
 }
 
-// pump routes the session's dispatches in batches and acknowledges each batch
-// once it is committed.
+// pump routes the session's dispatches once any previous holder whose
+// session overlaps ours has released the shard — or, gone without releasing
+// it, had its backlog recovered.
 func (s *shardSet) pump(ctx context.Context, r *shardRunner, sh session) {
-	n := s.n
 	r.mu.Lock()
-	after := r.after
+	after, afterCP := r.after, r.afterCP
 	r.mu.Unlock()
 	if after != "" {
-		s.awaitRelease(ctx, r, after)
+		if gone := s.awaitRelease(ctx, r, after); gone && afterCP != nil {
+			s.recoverBacklog(ctx, r, after, *afterCP)
+		}
 	}
+	s.routeSession(ctx, r, sh, nil)
+}
+
+// routeSession routes a session's dispatches in batches, acknowledging each
+// batch once it is committed, until ctx ends, the session ends or done
+// (checked before every batch) reports true.
+func (s *shardSet) routeSession(ctx context.Context, r *shardRunner, sh session, done func() bool) {
+	n := s.n
 	events := sh.Events()
-	for {
+	for done == nil || !done() {
 		var batch []discordgw.Dispatch
 		select {
 		case <-ctx.Done():
