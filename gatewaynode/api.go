@@ -228,5 +228,6 @@ func (n *Node) handleShardReleased(w http.ResponseWriter, r *http.Request) {
 		}
 		wait = min(time.Duration(ms)*time.Millisecond, 30*time.Second)
 	}
-	httpapi.WriteJSON(w, http.StatusOK, podapi.ReleasedResponse{Shard: shard, Released: n.shards.shardReleased(r.Context(), shard, wait)})
+	released := n.shards.shardReleased(r.Context(), shard, wait)
+	httpapi.WriteJSON(w, http.StatusOK, podapi.ReleasedResponse{Shard: shard, Released: released, ClosedSession: n.shards.closedSession(shard)})
 }

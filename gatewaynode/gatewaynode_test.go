@@ -361,6 +361,38 @@ func TestEveryEventSurvivesAHolderThatDiesBeforeReleasingTheShard(t *testing.T) 
 	waitFor(t, 5*time.Second, "one live session on shard 0 (b's own)", func() bool { return w.discord.liveSessions(0) == 1 })
 }
 
+// Every dispatched event is committed even when the shard's previous holder
+// let go of its session without draining it — it crashed and the map still
+// says it is up, or the shard went to nobody when every pod was marked down
+// at once (chaos seed 5) — and then answers that it runs no session of the
+// shard. "Released" is not "drained": the new holder must recover the
+// checkpoint's session unless the old holder says it closed that session
+// after committing its backlog.
+func TestEveryEventSurvivesAHolderThatLetGoWithoutDraining(t *testing.T) {
+	w := newMemWorld(t, 1)
+	a := w.addPod("gateway-0")
+	w.waitSessions(0, 1)
+	g := guildOnShard(0, 1, 0)
+	w.cluster.mustApply(t, fsm.Command{Type: fsm.CmdPlaceGuilds, GuildIDs: []uint64{g}})
+	b := w.addPod("gateway-1")
+	w.move(g, b.cfg.ID)
+	w.sendMessages(g, 1, 100, 0)
+	waitFor(t, 5*time.Second, "a checkpoint of a's session", func() bool {
+		sl, _ := w.cluster.ConsistentShards(context.Background())
+		cp := sl.Shards[0].Checkpoint
+		return cp != nil && cp.Holder == a.cfg.ID && cp.Seq > 0
+	})
+	a.Kill() // still reachable: it answers that it runs no session of the shard
+	w.sendMessages(g, 101, 200, 0)
+	w.cluster.mustApply(t, fsm.Command{Type: fsm.CmdDrainPod, PodID: a.cfg.ID})
+	w.sendMessages(g, 201, 300, 0)
+	w.assertOrderedOnce(g, 300, false)
+	opens := w.discord.openLog()
+	if want := []string{"identify shard 0 session s1", "identify shard 0 session s2", "resume shard 0 session s1"}; !slices.Equal(opens, want) {
+		t.Fatalf("sessions opened: %v; want %v", opens, want)
+	}
+}
+
 // No event is silently lost: one the handlers cannot take (here a
 // MESSAGE_CREATE whose id is not a snowflake) is dead-lettered — stored, counted — and
 // acknowledged, so the events after it flow; replaying it while it is still

@@ -16,6 +16,7 @@ import (
 	"github.com/modbot/modbot/fsm"
 	"github.com/modbot/modbot/gatewaynode/bot"
 	"github.com/modbot/modbot/gatewaynode/discordgw"
+	"github.com/modbot/modbot/internal/podapi"
 )
 
 // The in-memory twins of the pod's seams (seams.go). They are not mocks:
@@ -292,14 +293,15 @@ func (p *memPeers) Forward(ctx context.Context, owner fsm.Pod, evs []bot.Event) 
 	return n.acceptForwarded(ctx, cp)
 }
 
-func (p *memPeers) Released(ctx context.Context, pod fsm.Pod, shard int, wait time.Duration) (bool, error) {
+func (p *memPeers) Released(ctx context.Context, pod fsm.Pod, shard int, wait time.Duration) (podapi.ReleasedResponse, error) {
 	p.mu.Lock()
 	n := p.pods[pod.ID]
 	p.mu.Unlock()
 	if n == nil {
-		return false, fmt.Errorf("no pod %s", pod.ID)
+		return podapi.ReleasedResponse{}, fmt.Errorf("no pod %s", pod.ID)
 	}
-	return n.shards.shardReleased(ctx, shard, wait), nil
+	released := n.shards.shardReleased(ctx, shard, wait)
+	return podapi.ReleasedResponse{Shard: shard, Released: released, ClosedSession: n.shards.closedSession(shard)}, nil
 }
 
 // ---- memDiscord: sessions with Discord's resume and close semantics ----
@@ -347,6 +349,13 @@ func (d *memDiscord) Open(ctx context.Context, cfg discordgw.Config) (session, e
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	if r := cfg.Resume; cfg.IdentifyGate != nil && (r == nil || !d.resumable(r.SessionID)) {
+		// As discordgw does: an identify (also after a refused resume)
+		// waits for the gate, which may refuse it.
+		if err := cfg.IdentifyGate(ctx, cfg.ShardID); err != nil {
+			return nil, err
+		}
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if r := cfg.Resume; r != nil {
@@ -375,6 +384,13 @@ func (d *memDiscord) Open(ctx context.Context, cfg discordgw.Config) (session, e
 	d.conns[cfg.ShardID] = append(d.conns[cfg.ShardID], c)
 	d.opens = append(d.opens, fmt.Sprintf("identify shard %d session %s", cfg.ShardID, s.id))
 	return c, nil
+}
+
+func (d *memDiscord) resumable(id string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s, ok := d.sessions[id]
+	return ok && !s.invalid
 }
 
 // dispatch delivers one event to every live session of the shard, as

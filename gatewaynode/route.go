@@ -331,12 +331,12 @@ func (h httpPeers) Forward(ctx context.Context, p fsm.Pod, evs []bot.Event) ([]i
 	return res.Refused, nil
 }
 
-func (h httpPeers) Released(ctx context.Context, p fsm.Pod, shard int, wait time.Duration) (bool, error) {
+func (h httpPeers) Released(ctx context.Context, p fsm.Pod, shard int, wait time.Duration) (podapi.ReleasedResponse, error) {
 	rctx, cancel := context.WithTimeout(ctx, wait+h.timeout)
 	defer cancel()
-	ok, err := h.api.Released(rctx, p.Addr, shard, wait)
+	res, err := h.api.Released(rctx, p.Addr, shard, wait)
 	if err != nil {
-		return false, fmt.Errorf("ask %s whether it released shard %d: %w", p.ID, shard, err)
+		return res, fmt.Errorf("ask %s whether it released shard %d: %w", p.ID, shard, err)
 	}
-	return ok, nil
+	return res, nil
 }

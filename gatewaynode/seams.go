@@ -13,6 +13,7 @@ import (
 	"github.com/modbot/modbot/fsm"
 	"github.com/modbot/modbot/gatewaynode/bot"
 	"github.com/modbot/modbot/gatewaynode/discordgw"
+	"github.com/modbot/modbot/internal/podapi"
 )
 
 // The pod's seams. Each is the smallest surface the routing, outbox, shard
@@ -58,10 +59,11 @@ type controlPlane interface {
 // a guild is a refusal of every later event of that guild in the batch.
 //
 // Released asks a shard's previous holder whether it still runs a session
-// of the shard, waiting up to wait for it to let go (a long poll).
+// of the shard, waiting up to wait for it to let go (a long poll), and which
+// session of the shard it last closed after committing its backlog.
 type peerLink interface {
 	Forward(ctx context.Context, owner fsm.Pod, evs []bot.Event) (refused []int, err error)
-	Released(ctx context.Context, pod fsm.Pod, shard int, wait time.Duration) (bool, error)
+	Released(ctx context.Context, pod fsm.Pod, shard int, wait time.Duration) (podapi.ReleasedResponse, error)
 }
 
 // session is one shard's Discord gateway session (discordgw.Shard).

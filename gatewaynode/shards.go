@@ -28,6 +28,10 @@ type shardSet struct {
 	// closed (and replaced) whenever one finished, for shardReleased.
 	stopping map[int]int
 	released chan struct{}
+	// closed is, per shard, the last session this pod closed after
+	// committing everything it had received (a drained handoff); any other
+	// session it let go of stayed resumable with its backlog.
+	closed map[int]string
 
 	gatewayURL     string
 	maxConcurrency int
@@ -65,7 +69,7 @@ type shardRunner struct {
 
 func newShardSet(n *Node) *shardSet {
 	return &shardSet{n: n, running: map[int]*shardRunner{}, leaving: map[int]*shardRunner{}, saved: map[int]fsm.Checkpoint{},
-		stopping: map[int]int{}, released: make(chan struct{})}
+		stopping: map[int]int{}, released: make(chan struct{}), closed: map[int]string{}}
 }
 
 // run reconciles running sessions with the map whenever it changes.
@@ -277,6 +281,11 @@ func (s *shardSet) handoff(r *shardRunner, reclaimed <-chan struct{}) {
 		how = "detached"
 	}
 	s.stopping[r.id]++
+	if how == "closed" {
+		if sh, _ := r.session(); sh != nil {
+			s.closed[r.id], _ = sh.Received()
+		}
+	}
 	s.mu.Unlock()
 	n.log.Info("handing shard over", "shard", r.id, "to", newHolder, "how", how, "after", time.Since(lost).Round(time.Millisecond))
 	n.metrics.handoffs.WithLabelValues(how).Inc()
@@ -286,6 +295,14 @@ func (s *shardSet) handoff(r *shardRunner, reclaimed <-chan struct{}) {
 	close(s.released)
 	s.released = make(chan struct{})
 	s.mu.Unlock()
+}
+
+// closedSession returns the last session of the shard this pod closed
+// after committing its backlog ("" if none).
+func (s *shardSet) closedSession(shard int) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed[shard]
 }
 
 // shardReleased waits up to wait for this pod to run no session of the
@@ -321,9 +338,12 @@ func (s *shardSet) shardReleased(ctx context.Context, shard int, wait time.Durat
 // and its checkpoint — seq 0 of its own session — tells the old holder it is
 // up) until the old holder has released the shard, is down, or 2 minutes
 // passed (then it goes on and says so: nothing is lost, order may not hold).
-// gone reports that the old holder went down without releasing the shard:
-// its session's backlog is then recovered first (recoverBacklog).
-func (s *shardSet) awaitRelease(ctx context.Context, r *shardRunner, prev string) (gone bool) {
+// recover reports that the old holder's session may still carry events
+// nobody committed — it went down without releasing the shard, or it let go
+// of the checkpoint's session without closing it after a drain (it was
+// marked down, the shard went to nobody, or it restarted) — so its backlog
+// is recovered first (recoverBacklog).
+func (s *shardSet) awaitRelease(ctx context.Context, r *shardRunner, prev string, prevCP *fsm.Checkpoint) (recover bool) {
 	n := s.n
 	start := time.Now()
 	for ctx.Err() == nil {
@@ -332,10 +352,11 @@ func (s *shardSet) awaitRelease(ctx context.Context, r *shardRunner, prev string
 			n.log.Info("previous holder is gone without releasing the shard", "shard", r.id, "previous", prev, "waited", time.Since(start).Round(time.Millisecond))
 			return true
 		}
-		released, err := n.peers.Released(ctx, p, r.id, 10*time.Second)
-		if err == nil && released {
-			n.log.Info("previous holder released the shard; routing it", "shard", r.id, "previous", prev, "waited", time.Since(start).Round(time.Millisecond))
-			return false
+		res, err := n.peers.Released(ctx, p, r.id, 10*time.Second)
+		if err == nil && res.Released {
+			drained := prevCP == nil || res.ClosedSession == prevCP.SessionID
+			n.log.Info("previous holder released the shard", "shard", r.id, "previous", prev, "drained", drained, "waited", time.Since(start).Round(time.Millisecond))
+			return !drained
 		}
 		if time.Since(start) > 2*time.Minute {
 			n.log.Error("previous holder did not release the shard within 2 minutes; routing anyway (events stay exactly once, their order across the two sessions may not)",
@@ -355,19 +376,22 @@ func (s *shardSet) awaitRelease(ctx context.Context, r *shardRunner, prev string
 // errResumeOnly stops a recovery session from identifying afresh.
 var errResumeOnly = errors.New("recovering a previous holder's backlog: resume only, never identify")
 
-// recoverBacklog runs when the previous holder went down without releasing
-// the shard after we had identified a session of our own (a planned
-// handoff to us, then the old holder was killed or froze before it
-// drained). What its session received after its last checkpoint and had not
-// committed, and what Discord dispatched to it between its death and our
+// recoverBacklog runs when the previous holder's session may carry events
+// nobody committed although we identified a session of our own: the old
+// holder went down without releasing the shard (a planned handoff to us,
+// then it was killed or froze before it drained — chaos seed 69), or it let
+// go of that session without draining it (the shard went to nobody when
+// every pod was marked down at once, or it restarted — chaos seed 5). What
+// that session received after its last checkpoint and had not committed,
+// and what Discord dispatched to it after its holder let go and before our
 // READY, exist only in that session: our own carries events from its READY
 // on. So we resume the old session from the checkpoint read when we
 // identified — resume only, never identify — route everything it replays,
 // and let it go (detached: if the old holder is alive after all, it is
 // marked down and hands over by what we did). Our own session's events,
 // buffered meanwhile, follow; the overlap is deduplicated by the handlers
-// (every write is idempotent). Losing this once lost every event of that
-// gap (chaos seed 69).
+// (every write is idempotent). A session Discord refuses to resume was
+// closed — by a holder that drained it before restarting — or expired.
 func (s *shardSet) recoverBacklog(ctx context.Context, r *shardRunner, prev string, cp fsm.Checkpoint) {
 	n := s.n
 	start := time.Now()
@@ -379,13 +403,19 @@ func (s *shardSet) recoverBacklog(ctx context.Context, r *shardRunner, prev stri
 		old, err = n.discord.Open(rctx, discordgw.Config{
 			Token: n.cfg.DiscordToken, ShardID: r.id, ShardCount: n.watch.ShardCount(), Intents: n.cfg.Intents,
 			GatewayURL: url, Logger: n.log.With("shard", r.id, "recovering", cp.SessionID),
-			Resume:       &discordgw.Checkpoint{SessionID: cp.SessionID, Seq: cp.Seq, ResumeURL: cp.ResumeURL},
-			IdentifyGate: func(context.Context, int) error { cancel(); return errResumeOnly },
+			Resume:              &discordgw.Checkpoint{SessionID: cp.SessionID, Seq: cp.Seq, ResumeURL: cp.ResumeURL},
+			IdentifyGate:        func(context.Context, int) error { cancel(); return errResumeOnly },
+			InvalidSessionDelay: time.Millisecond, // refused: give up at once
 		})
+	}
+	if err != nil && ctx.Err() == nil && rctx.Err() == context.Canceled {
+		n.log.Warn("the previous holder's session can no longer be resumed: it was closed (after a drain) or expired; nothing to recover from it",
+			"shard", r.id, "previous", prev, "session", cp.SessionID, "seq", cp.Seq)
+		return
 	}
 	if err != nil {
 		n.metrics.resumeFailed.Inc()
-		n.log.Error("could not resume the session of a previous holder that went down without releasing the shard: what it had not committed is lost",
+		n.log.Error("could not resume the session of a previous holder to recover its backlog: what it had not committed is lost",
 			"shard", r.id, "previous", prev, "session", cp.SessionID, "seq", cp.Seq, "err", err)
 		return
 	}
@@ -400,7 +430,7 @@ func (s *shardSet) recoverBacklog(ctx context.Context, r *shardRunner, prev stri
 		return
 	}
 	n.metrics.handoffs.WithLabelValues("recovered").Inc()
-	n.log.Info("recovered the backlog of a previous holder that went down without releasing the shard", "shard", r.id, "previous", prev,
+	n.log.Info("recovered the backlog of a previous holder's session", "shard", r.id, "previous", prev,
 		"session", cp.SessionID, "from_seq", cp.Seq, "to_seq", target, "took", time.Since(start).Round(time.Millisecond))
 }
 
@@ -660,7 +690,7 @@ func (s *shardSet) pump(ctx context.Context, r *shardRunner, sh session) {
 	after, afterCP := r.after, r.afterCP
 	r.mu.Unlock()
 	if after != "" {
-		if gone := s.awaitRelease(ctx, r, after); gone && afterCP != nil {
+		if s.awaitRelease(ctx, r, after, afterCP) && afterCP != nil {
 			s.recoverBacklog(ctx, r, after, *afterCP)
 		}
 	}

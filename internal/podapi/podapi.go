@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"time"
 )
 
@@ -87,6 +88,10 @@ type ForwardResponse struct {
 type ReleasedResponse struct {
 	Shard    int  `json:"shard"`
 	Released bool `json:"released"`
+	// ClosedSession is the last session of the shard this pod closed after
+	// committing everything it had received ("" if none since it started):
+	// any other session it ran was left resumable with its backlog.
+	ClosedSession string `json:"closed_session,omitempty"`
 }
 
 // ImportResponse answers POST /internal/guilds/{id}/import.
@@ -239,16 +244,24 @@ func (c Client) Forward(ctx context.Context, addr string, evs []Event) (ForwardR
 
 // Released asks a pod whether it runs no session of the shard any more,
 // waiting up to wait for it to let go.
-func (c Client) Released(ctx context.Context, addr string, shard int, wait time.Duration) (bool, error) {
+func (c Client) Released(ctx context.Context, addr string, shard int, wait time.Duration) (ReleasedResponse, error) {
 	var out ReleasedResponse
 	err := c.Do(ctx, http.MethodGet, addr, ShardReleasedPath(shard, wait), nil, &out)
-	return out.Released, err
+	return out, err
 }
 
 // Import asks a move's target to pull the guild from the source and import it.
 func (c Client) Import(ctx context.Context, addr string, guild, epoch uint64) (ImportResponse, error) {
 	var out ImportResponse
 	err := c.Do(ctx, http.MethodPost, addr, ImportPath(guild, epoch), nil, &out)
+	return out, err
+}
+
+// ImportFromReplica asks a failover's target to import the guild from the
+// dead owner's replica.
+func (c Client) ImportFromReplica(ctx context.Context, addr string, guild, epoch uint64, replica string) (ImportResponse, error) {
+	var out ImportResponse
+	err := c.Do(ctx, http.MethodPost, addr, ImportPath(guild, epoch)+"&replica="+url.QueryEscape(replica), nil, &out)
 	return out, err
 }
 
