@@ -29,6 +29,7 @@ type metrics struct {
 	moveDuration        prometheus.Histogram
 	movesInFlight       prometheus.Gauge
 	podsMarkedDown      prometheus.Counter
+	failovers           prometheus.Counter
 	watchers            prometheus.Gauge
 	watchSent           prometheus.Counter
 	raftState           *prometheus.GaugeVec
@@ -64,6 +65,7 @@ func newMetrics(n *Node) *metrics {
 		ambiguousCommits: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_migration_ambiguous_commits_total",
 			Help: "CompleteMove proposals whose outcome was ambiguous (timeout, leadership lost) and had to be read back."}),
 		podsMarkedDown: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_pods_marked_down_total", Help: "Pods marked down for missed heartbeats."}),
+		failovers:      prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_failovers_total", Help: "Failover jobs started: a pod down past the grace period had its guilds moved from its replica."}),
 		watchers:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_watch_subscribers", Help: "Open /v1/watch streams on this node."}),
 		watchSent:      prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_watch_events_sent_total", Help: "Change events written to watch streams."}),
 		raftState:      prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "modbot_raft_state", Help: "1 for the node's current Raft state."}, []string{"state"}),
@@ -75,7 +77,7 @@ func newMetrics(n *Node) *metrics {
 	for _, r := range []string{"budget", "not_holder"} {
 		m.identifyRefused.WithLabelValues(r)
 	}
-	reg.MustRegister(m.httpLatency, m.proposals, m.applyLatency, m.forwarded, m.identifySlots, m.identifyRefused, m.orphanAbortFailures, m.ambiguousCommits, m.moves, m.moveDuration, m.movesInFlight, m.podsMarkedDown, m.watchers, m.watchSent,
+	reg.MustRegister(m.httpLatency, m.proposals, m.applyLatency, m.forwarded, m.identifySlots, m.identifyRefused, m.orphanAbortFailures, m.ambiguousCommits, m.moves, m.moveDuration, m.movesInFlight, m.podsMarkedDown, m.failovers, m.watchers, m.watchSent,
 		m.raftState, m.raftTerm, m.raftApplied, m.raftCommit, m.lastContact,
 		&fsmCollector{n: n}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

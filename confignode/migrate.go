@@ -77,6 +77,17 @@ func (n *Node) handleMove(w http.ResponseWriter, r *http.Request) {
 // start validates and records the move, then runs it as a task of the
 // current term.
 func (m *mover) start(ctx context.Context, guild uint64, toRef string) (assignments.MoveResponse, error) {
+	return m.startMove(ctx, guild, toRef, nil)
+}
+
+// failoverSpec makes a move a failover: the owner is down, and the target
+// imports the guild from the owner's replica.
+type failoverSpec struct {
+	replica      string
+	lossWindowMs int64
+}
+
+func (m *mover) startMove(ctx context.Context, guild uint64, toRef string, fo *failoverSpec) (assignments.MoveResponse, error) {
 	n := m.n
 	t := n.leader.current()
 	if t == nil {
@@ -110,7 +121,12 @@ func (m *mover) start(ctx context.Context, guild uint64, toRef string) (assignme
 		delete(m.running, guild)
 		m.mu.Unlock()
 	}
-	res, err := n.propose(ctx, fsm.Command{Type: fsm.CmdStartMove, Guild: guild, To: to.ID})
+	cmd := fsm.Command{Type: fsm.CmdStartMove, Guild: guild, To: to.ID}
+	replica := ""
+	if fo != nil {
+		cmd.Failover, cmd.LossWindowMs, replica = true, fo.lossWindowMs, fo.replica
+	}
+	res, err := n.propose(ctx, cmd)
 	if err != nil {
 		// An ambiguous failure may still commit the move: with nobody
 		// running it, the orphan sweep aborts it.
@@ -119,7 +135,7 @@ func (m *mover) start(ctx context.Context, guild uint64, toRef string) (assignme
 	}
 	out := assignments.MoveResponse{Guild: guild, From: from, To: to.ID, Epoch: res.Index, Revision: res.Index}
 	n.metrics.movesInFlight.Inc()
-	if err := n.leader.spawn(t, "move", func(ctx context.Context) { m.run(ctx, out) }); err != nil {
+	if err := n.leader.spawn(t, "move", func(ctx context.Context) { m.run(ctx, out, replica) }); err != nil {
 		// Leadership ended in between: the next leader aborts the move.
 		n.metrics.movesInFlight.Dec()
 		release()
@@ -130,17 +146,27 @@ func (m *mover) start(ctx context.Context, guild uint64, toRef string) (assignme
 
 // run carries one move to CompleteMove or AbortMove, on the term's context.
 // When the term ends it stops where it is, without calling pods: the next
-// leader's orphan sweep aborts the move (or finds it committed).
-func (m *mover) run(ctx context.Context, mv assignments.MoveResponse) {
+// leader's orphan sweep aborts the move (or finds it committed). A failover
+// (replica set) has the target import from the dead owner's replica, and
+// leaves the dead owner's copy to its own janitor when it returns.
+func (m *mover) run(ctx context.Context, mv assignments.MoveResponse, replica string) {
 	n := m.n
 	start := time.Now()
 	log := n.log.With("guild", mv.Guild, "from", mv.From, "to", mv.To, "epoch", mv.Epoch)
-	defer func() {
-		m.mu.Lock()
-		delete(m.running, mv.Guild)
-		m.mu.Unlock()
-		n.metrics.movesInFlight.Dec()
-	}()
+	// The guild is claimed until its move is settled (completed or
+	// aborted), not until the old copy is dropped: that clean-up retries
+	// for minutes against a dead pod, and the next move of the guild must
+	// not wait for it (chaos seed 6). A drop is fenced by its epoch.
+	var once sync.Once
+	settled := func() {
+		once.Do(func() {
+			m.mu.Lock()
+			delete(m.running, mv.Guild)
+			m.mu.Unlock()
+			n.metrics.movesInFlight.Dec()
+		})
+	}
+	defer settled()
 	phase := func(p string) {
 		_, _ = n.propose(ctx, fsm.Command{Type: fsm.CmdSetMovePhase, Guild: mv.Guild, Epoch: mv.Epoch, Phase: p})
 	}
@@ -152,7 +178,13 @@ func (m *mover) run(ctx context.Context, mv assignments.MoveResponse) {
 		}
 		cctx, cancel := context.WithTimeout(ctx, n.cfg.MoveTimeout)
 		defer cancel()
-		imp, err := m.api().Import(cctx, target, mv.Guild, mv.Epoch)
+		var imp podapi.ImportResponse
+		var err error
+		if replica != "" {
+			imp, err = m.api().ImportFromReplica(cctx, target, mv.Guild, mv.Epoch, replica)
+		} else {
+			imp, err = m.api().Import(cctx, target, mv.Guild, mv.Epoch)
+		}
 		if err != nil {
 			return commitFailed, fmt.Errorf("copy to %s: %w", mv.To, err)
 		}
@@ -170,8 +202,11 @@ func (m *mover) run(ctx context.Context, mv assignments.MoveResponse) {
 	if outcome == commitDone {
 		n.metrics.moves.WithLabelValues("completed").Inc()
 		n.metrics.moveDuration.Observe(time.Since(start).Seconds())
-		log.Info("guild moved", "took", time.Since(start).Round(time.Millisecond))
-		m.dropCopy(ctx, mv.From, mv.Guild, mv.Epoch, log)
+		log.Info("guild moved", "took", time.Since(start).Round(time.Millisecond), "failover", replica != "")
+		settled()
+		if replica == "" {
+			m.dropCopy(ctx, mv.From, mv.Guild, mv.Epoch, log)
+		}
 		return
 	}
 	reason := err.Error()
@@ -194,6 +229,7 @@ func (m *mover) run(ctx context.Context, mv assignments.MoveResponse) {
 		backoff = min(2*backoff, 2*time.Second)
 	}
 	if ctx.Err() == nil {
+		settled()
 		m.dropCopy(ctx, mv.To, mv.Guild, mv.Epoch, log)
 	}
 }

@@ -20,7 +20,9 @@ type stubPod struct {
 	mu    sync.Mutex
 	calls []string
 	fail  bool
-	srv   *httptest.Server
+	// failDelete makes drops answer 503 (a pod that cannot be reached).
+	failDelete bool
+	srv        *httptest.Server
 }
 
 func newStubPod(t *testing.T) *stubPod {
@@ -28,10 +30,14 @@ func newStubPod(t *testing.T) *stubPod {
 	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.mu.Lock()
 		p.calls = append(p.calls, r.Method+" "+r.URL.Path)
-		fail := p.fail
+		fail, failDelete := p.fail, p.failDelete
 		p.mu.Unlock()
 		if r.Header.Get("Authorization") != "Bearer "+testToken {
 			http.Error(w, `{"error":"token"}`, 401)
+			return
+		}
+		if failDelete && r.Method == http.MethodDelete {
+			http.Error(w, `{"error":"unreachable"}`, 503)
 			return
 		}
 		if fail && r.Method == http.MethodPost {
@@ -108,6 +114,47 @@ func TestMoveAbortsWhenTheCopyFails(t *testing.T) {
 	if _, err := c.Move(ctx, itoa64(g.ID), "gateway-9"); !isStatus(err, 404) {
 		t.Fatalf("move to an unknown pod: %v", err)
 	}
+}
+
+// A settled move releases its guild at once: the old copy's drop, retried
+// for minutes while the old owner cannot be reached, never holds up the next
+// move of the guild (chaos seed 6: 409 "still running" after the move had
+// completed).
+func TestAGuildMovesAgainWhileItsOldCopysDropIsRetried(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	a, b := newStubPod(t), newStubPod(t)
+	c := tc.client()
+	ctx := context.Background()
+	for i, p := range []*stubPod{a, b} {
+		if _, err := c.RegisterPod(ctx, assignments.RegisterPodRequest{ID: "gateway-" + itoa(i), Addr: p.addr()}); err != nil {
+			t.Fatal(err)
+		}
+		p.mu.Lock()
+		p.failDelete = true
+		p.mu.Unlock()
+	}
+	res, err := c.PlaceGuilds(ctx, guildIDs(0, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := res.Guilds[0]
+	source := map[string]*stubPod{"gateway-0": a, "gateway-1": b}[g.Owner]
+	other := map[string]string{"gateway-0": "gateway-1", "gateway-1": "gateway-0"}[g.Owner]
+	if _, err := c.Move(ctx, itoa64(g.ID), other); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the move completed", func() bool {
+		x := guildOn(t, tc, g.ID)
+		return x.Migration == nil && x.Owner == other
+	})
+	waitFor(t, 5*time.Second, "the old owner asked to drop its copy", func() bool { return source.called("DELETE /internal/guilds/") })
+	if _, err := c.Move(ctx, itoa64(g.ID), g.Owner); err != nil {
+		t.Fatalf("moving the guild back while the old copy's drop is retried: %v", err)
+	}
+	waitFor(t, 10*time.Second, "the move back completed", func() bool {
+		x := guildOn(t, tc, g.ID)
+		return x.Migration == nil && x.Owner == g.Owner
+	})
 }
 
 // TestAutoRebalanceEvensOutWhenAPodJoins: with --auto-rebalance, a pod that

@@ -76,6 +76,12 @@ type Config struct {
 	// MaxMoves and MaxMovesPerPod cap concurrent moves in a rebalance/drain.
 	MaxMoves       int
 	MaxMovesPerPod int
+	// FailoverGrace is how long a gateway pod may stay down before its
+	// guilds are failed over from its replica (default 60 s).
+	FailoverGrace time.Duration
+	// FailoverReplica is the replica URL of a gateway pod, with {pod} for
+	// its id (e.g. s3://bucket/modbot/{pod}); empty disables failover.
+	FailoverReplica string
 	// AutoRebalance starts a rebalance when active pods change and guild
 	// counts differ by more than 20 % of the mean.
 	AutoRebalance bool
@@ -141,6 +147,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.OrphanCheckInterval == 0 {
 		c.OrphanCheckInterval = 5 * time.Second
+	}
+	if c.FailoverGrace == 0 {
+		c.FailoverGrace = 60 * time.Second
 	}
 	if c.MoveTimeout == 0 {
 		c.MoveTimeout = 2 * time.Minute
@@ -406,6 +415,9 @@ func (n *Node) lead(t *term) {
 	_ = n.leader.spawn(t, "orphans", func(context.Context) { n.mover.sweepOrphans(t) })
 	if n.cfg.AutoRebalance {
 		_ = n.leader.spawn(t, "auto-rebalance", n.mover.autoRebalance)
+	}
+	if n.cfg.FailoverReplica != "" {
+		_ = n.leader.spawn(t, "failover", n.failoverLoop)
 	}
 	n.live.run(ctx)
 }

@@ -162,7 +162,7 @@ func (m *mover) execute(ctx context.Context, job *rebalanceJob) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := m.moveAndWait(ctx, mv)
+			err := m.moveAndWait(ctx, mv, job)
 			m.mu.Lock()
 			job.Running--
 			m.perPod[mv.From]--
@@ -187,9 +187,13 @@ func (m *mover) execute(ctx context.Context, job *rebalanceJob) {
 }
 
 // moveAndWait starts one move and waits until the guild settles.
-func (m *mover) moveAndWait(ctx context.Context, mv assignments.Move) error {
+func (m *mover) moveAndWait(ctx context.Context, mv assignments.Move, job *rebalanceJob) error {
 	n := m.n
-	res, err := m.start(ctx, mv.Guild, mv.To)
+	var fo *failoverSpec
+	if job.Kind == "failover" {
+		fo = m.n.failoverSpec(job.Pod)
+	}
+	res, err := m.startMove(ctx, mv.Guild, mv.To, fo)
 	if err != nil {
 		return err
 	}

@@ -113,7 +113,13 @@ func (s *State) Validate(c Command) error {
 		if to.State != PodActive {
 			return reject(ErrInvalid, "cannot move guild %d to %s: the pod is %s", g.ID, to.ID, to.State)
 		}
-		if from := s.Pods[g.Owner]; from == nil || from.State == PodDown {
+		from := s.Pods[g.Owner]
+		switch {
+		case c.Failover && c.Version < 3:
+			return reject(ErrUnsupported, "a failover move needs command version 3, got %d", c.Version)
+		case c.Failover && from != nil && from.State != PodDown:
+			return reject(ErrConflict, "cannot fail guild %d over: its owner %s is %s, not down (move it instead)", g.ID, g.Owner, from.State)
+		case !c.Failover && (from == nil || from.State == PodDown):
 			return reject(ErrConflict, "cannot move guild %d: its owner %s is down and cannot export its data", g.ID, g.Owner)
 		}
 	case CmdSetMovePhase, CmdCompleteMove, CmdAbortMove:
@@ -276,6 +282,9 @@ func (s *State) Apply(index uint64, c Command) ([]Event, error) {
 		g.Epoch = index
 		g.State = GuildMigrating
 		g.Migration = &Migration{From: g.Owner, To: c.To, Epoch: g.Epoch, Phase: "started", StartedAt: c.At}
+		if c.Failover {
+			g.Migration.Failover, g.Migration.LossWindowMs = true, c.LossWindowMs
+		}
 		s.migrating++
 		a.guildChanged(g)
 	case CmdSetMovePhase:

@@ -14,13 +14,15 @@ import (
 //     epoch to I), fenced checkpoint saves (Checkpoint.Epoch must be the
 //     shard's current epoch), CmdPodAlive, and the drain remembered across
 //     a pod's down time (Pod.Drain).
+//   - 3: failover moves (CmdStartMove with Failover: the owner is down and
+//     the target imports the guild from the owner's replica).
 //
 // Apply keeps the exact version-1 meaning of version-1 entries (a holder
 // change leaves the epoch alone, checkpoints are fenced by holder only, a
 // pod marked down forgets its drain), so that a log written by an older build
 // replays to the same state on every node, whether it starts from a version-1
 // snapshot or from the beginning of the log.
-const CommandVersion = 2
+const CommandVersion = 3
 
 // CommandType names a state transition.
 type CommandType string
@@ -61,6 +63,12 @@ type Command struct {
 	Phase      string      `json:"phase,omitempty"`
 	Reason     string      `json:"reason,omitempty"`
 	ConfigNode *ConfigNode `json:"config_node,omitempty"`
+	// Failover (CmdStartMove, v3) moves a guild off an owner that is down:
+	// the target imports it from the owner's replica, and LossWindowMs is
+	// how much the owner's replica may lack (its last reported replication
+	// lag; -1 when unknown).
+	Failover     bool  `json:"failover,omitempty"`
+	LossWindowMs int64 `json:"loss_window_ms,omitempty"`
 	// Checkpoints maps shard id → the resume point its holder has committed;
 	// each carries the holder epoch the pod holds the shard at.
 	Checkpoints map[int]Checkpoint `json:"checkpoints,omitempty"`

@@ -10,13 +10,13 @@ import (
 	"slices"
 )
 
-// Snapshot encoding (version 2), designed for a million guilds: a header, the
+// Snapshot encoding (version 3), designed for a million guilds: a header, the
 // pods as a table, then the guilds sorted by id with delta-encoded ids and the
 // owner as an index into the pod table — about 8 bytes per guild, encoded and
 // decoded in one pass with no reflection. A CRC-32C trailer catches
 // corruption. Integers are unsigned varints unless noted.
 //
-//	magic "MODBOTFSM" | version=2 | revision | shard_count
+//	magic "MODBOTFSM" | version=3 | revision | shard_count
 //	pods: count, then per pod: id, ordinal, addr, state, since(zigzag),
 //	        flags byte (bit 0: drain)                                  [v2]
 //	shards: per shard: holder index (pod index + 1, 0 = none),
@@ -25,8 +25,9 @@ import (
 //	checkpoints: count, then per shard in order: shard, session_id,
 //	        seq(zigzag), resume_url, holder, at(zigzag), epoch         [v2]
 //	guilds: count, then per guild in id order: id delta, owner index,
-//	        state byte, epoch, revision delta-free, has-migration byte
-//	        [from index, to index, epoch, phase, started_at(zigzag)]
+//	        state byte, epoch, revision delta-free, migration byte (0 none,
+//	        1 a move, 2 a failover [v3]) [from index, to index, epoch, phase,
+//	        started_at(zigzag), (failover only) loss_window_ms(zigzag)]
 //	crc32c of everything above (4 bytes, little endian)
 //
 // ReadSnapshot also reads version 1 (written by older builds), which lacks
@@ -36,7 +37,7 @@ import (
 // node reaches the same state whatever snapshot it starts from.
 const (
 	snapshotMagic   = "MODBOTFSM"
-	snapshotVersion = 2
+	snapshotVersion = 3
 	podFlagDrain    = 1 << 0
 	// ReadSnapshot reserves room for at most guildPrealloc guilds before
 	// reading them, and allocates them guildBlock at a time.
@@ -160,12 +161,19 @@ func (s *State) WriteSnapshot(w io.Writer) error {
 		sw.uvarint(g.Epoch)
 		sw.uvarint(g.Revision)
 		if m := g.Migration; m != nil {
-			sw.byte1(1)
+			if m.Failover {
+				sw.byte1(2)
+			} else {
+				sw.byte1(1)
+			}
 			sw.uvarint(index[m.From])
 			sw.uvarint(index[m.To])
 			sw.uvarint(m.Epoch)
 			sw.str(m.Phase)
 			sw.varint(m.StartedAt)
+			if m.Failover {
+				sw.varint(m.LossWindowMs)
+			}
 		} else {
 			sw.byte1(0)
 		}
@@ -367,9 +375,15 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 		g.State = guildStates[st]
 		g.Epoch = sr.uvarint()
 		g.Revision = sr.uvarint()
-		if sr.byte1() == 1 {
+		switch mb := sr.byte1(); {
+		case mb == 1 || mb == 2 && version >= 3:
 			g.Migration = &Migration{From: podAt(sr.uvarint()), To: podAt(sr.uvarint()), Epoch: sr.uvarint(), Phase: sr.str(), StartedAt: sr.varint()}
+			if mb == 2 {
+				g.Migration.Failover, g.Migration.LossWindowMs = true, sr.varint()
+			}
 			s.migrating++
+		case mb != 0:
+			return nil, fmt.Errorf("read snapshot: guild %d: bad migration byte %d", g.ID, mb)
 		}
 		s.Guilds[g.ID] = g
 		s.owned[g.Owner]++

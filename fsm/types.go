@@ -45,6 +45,11 @@ type Migration struct {
 	Epoch     uint64 `json:"epoch"`
 	Phase     string `json:"phase"`
 	StartedAt int64  `json:"started_at"`
+	// Failover marks a move off an owner that is down: the data comes from
+	// the owner's replica, which may lack the last LossWindowMs of writes
+	// (-1: unknown).
+	Failover     bool  `json:"failover,omitempty"`
+	LossWindowMs int64 `json:"loss_window_ms,omitempty"`
 }
 
 // Guild is one guild's placement.

@@ -10,10 +10,10 @@ import (
 // removeCrashLeftovers deletes spool files of exports and imports that a
 // crash interrupted (the move they belonged to was aborted).
 func (n *Node) removeCrashLeftovers() {
-	for _, pattern := range []string{"export-*.tmp", ".import-*.ndjson"} {
+	for _, pattern := range []string{"export-*.tmp", ".import-*.ndjson", "failover-*"} {
 		files, _ := filepath.Glob(filepath.Join(n.cfg.DataDir, pattern))
 		for _, f := range files {
-			if err := os.Remove(f); err == nil {
+			if err := os.RemoveAll(f); err == nil {
 				n.log.Info("removed a spool file left by a crash", "file", f)
 			}
 		}

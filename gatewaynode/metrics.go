@@ -8,31 +8,32 @@ import (
 )
 
 type metrics struct {
-	httpLatency     *prometheus.HistogramVec
-	events          *prometheus.CounterVec
-	restErrors      *prometheus.CounterVec
-	processDuration prometheus.Histogram
-	batchDuration   prometheus.Histogram
-	forwardDuration prometheus.Histogram
-	dispatches      prometheus.Counter
-	forwarded       prometheus.Counter
-	forwardErrors   prometheus.Counter
-	forwardRefused  prometheus.Counter
-	deadLetters     prometheus.Counter
-	eventRetries    prometheus.Counter
-	resumeFailed    prometheus.Counter
-	identifyRefused prometheus.Counter
-	handoffs        *prometheus.CounterVec
-	held            prometheus.Counter
-	outboxDelivered prometheus.Counter
-	outboxGuilds    prometheus.Gauge
-	placed          prometheus.Counter
-	checkpoints     prometheus.Counter
-	identifies      prometheus.Counter
-	sessionErrors   prometheus.Counter
-	heartbeatErrors prometheus.Counter
-	shardsHeld      prometheus.Gauge
-	migrationSteps  *prometheus.HistogramVec
+	httpLatency      *prometheus.HistogramVec
+	events           *prometheus.CounterVec
+	restErrors       *prometheus.CounterVec
+	processDuration  prometheus.Histogram
+	batchDuration    prometheus.Histogram
+	forwardDuration  prometheus.Histogram
+	dispatches       prometheus.Counter
+	forwarded        prometheus.Counter
+	forwardErrors    prometheus.Counter
+	forwardRefused   prometheus.Counter
+	deadLetters      prometheus.Counter
+	eventRetries     prometheus.Counter
+	resumeFailed     prometheus.Counter
+	identifyRefused  prometheus.Counter
+	handoffs         *prometheus.CounterVec
+	held             prometheus.Counter
+	outboxDelivered  prometheus.Counter
+	outboxGuilds     prometheus.Gauge
+	placed           prometheus.Counter
+	checkpoints      prometheus.Counter
+	identifies       prometheus.Counter
+	sessionErrors    prometheus.Counter
+	heartbeatErrors  prometheus.Counter
+	shardsHeld       prometheus.Gauge
+	migrationSteps   *prometheus.HistogramVec
+	failoverRestores *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry, n *Node) *metrics {
@@ -73,11 +74,13 @@ func newMetrics(reg *prometheus.Registry, n *Node) *metrics {
 		heartbeatErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_heartbeat_errors_total", Help: "Failed heartbeats to the control plane."}),
 		shardsHeld:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_gateway_shards", Help: "Shards this pod holds."}),
 		migrationSteps: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "modbot_gateway_migration_step_seconds",
-			Help: "Duration of this pod's part of guild moves (export, import).", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"step"}),
+			Help: "Duration of this pod's part of guild moves (export, import, failover_import).", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"step"}),
+		failoverRestores: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "modbot_gateway_failover_restores_total",
+			Help: "Restores of a dead pod's replica for guild failover, by result (restored, failed)."}, []string{"result"}),
 	}
 	reg.MustRegister(m.httpLatency, m.events, m.restErrors, m.processDuration, m.batchDuration, m.forwardDuration,
 		m.dispatches, m.forwarded, m.forwardErrors, m.forwardRefused, m.deadLetters, m.eventRetries, m.resumeFailed, m.identifyRefused, m.handoffs, m.held, m.outboxDelivered, m.outboxGuilds, m.placed, m.checkpoints,
-		m.identifies, m.sessionErrors, m.heartbeatErrors, m.shardsHeld, m.migrationSteps,
+		m.identifies, m.sessionErrors, m.heartbeatErrors, m.shardsHeld, m.migrationSteps, m.failoverRestores,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "modbot_gateway_guilds_owned", Help: "Guilds this pod owns per its map."},
 			func() float64 { return float64(len(n.watch.GuildsOwnedBy(n.cfg.ID))) }),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

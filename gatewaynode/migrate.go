@@ -22,7 +22,8 @@ import (
 // confignode/migrate.go):
 //
 //	source  GET    /internal/guilds/{id}/export?epoch=E   fence at E, export every data row of the guild
-//	target  POST   /internal/guilds/{id}/import?epoch=E&from=ADDR   pull the export from the source, import in one transaction
+//	target  POST   /internal/guilds/{id}/import?epoch=E   pull the export from the source, import in one transaction
+//	        (a failover: …&replica=URL — restore the dead owner's replica and import from it, see failover.go)
 //	either  DELETE /internal/guilds/{id}?epoch=E           drop a copy that is not (or no longer) the owner's
 //
 // Every step checks the map: the guild must be migrating at epoch E from the
@@ -128,6 +129,10 @@ func (n *Node) handleExport(w http.ResponseWriter, r *http.Request) {
 func (n *Node) handleImport(w http.ResponseWriter, r *http.Request) {
 	g, epoch, gi, ok := n.moveStep(w, r, false)
 	if !ok {
+		return
+	}
+	if gi.Migration.Failover {
+		n.importFromReplica(w, r, g, epoch, gi)
 		return
 	}
 	src, ok := n.watch.Pod(gi.Migration.From)

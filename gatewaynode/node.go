@@ -44,6 +44,15 @@ type Config struct {
 	HandoffTimeout     time.Duration // an old holder still waiting for the new one warns this often (default 30s)
 	ForwardTimeout     time.Duration // per forwarded batch (default 5s)
 	Logger             *slog.Logger
+	// RestoreFrom, if set, is this pod's replica: a missing database is
+	// restored from it (integrity-checked, with RestoreCommand) before the
+	// pod opens it — what the init container does in Kubernetes. A replica
+	// without a backup starts a fresh database.
+	RestoreFrom string
+	// RestoreCommand runs `modbot restore` for guild failover (a child
+	// process: Litestream's SQLite never shares ours). Default: this
+	// executable's "restore" subcommand.
+	RestoreCommand []string
 	// OnCommit, if set, is called after owned events are committed (used by
 	// benchmarks to measure dispatch-to-committed latency).
 	OnCommit func(evs []bot.Event)
@@ -91,24 +100,32 @@ func (c *Config) defaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if len(c.RestoreCommand) == 0 {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find this executable for `modbot restore`: %w", err)
+		}
+		c.RestoreCommand = []string{exe, "restore"}
+	}
 	return nil
 }
 
 // Node is a running gateway pod.
 type Node struct {
-	cfg     Config
-	log     *slog.Logger
-	store   *guildstore.Store
-	bot     *bot.Handler
-	watch   mapView      // the map (the Watcher, or a twin in unit tests)
-	client  controlPlane // the config nodes
-	peers   peerLink     // events to owner pods
-	discord discord      // Discord's gateway (sessions, /gateway/bot)
-	rest    *discordgo.Session
-	pods    podapi.Client // other pods' internal API (move exports)
-	metrics *metrics
-	outbox  *outbox
-	shards  *shardSet
+	cfg      Config
+	log      *slog.Logger
+	store    *guildstore.Store
+	bot      *bot.Handler
+	watch    mapView      // the map (the Watcher, or a twin in unit tests)
+	client   controlPlane // the config nodes
+	peers    peerLink     // events to owner pods
+	discord  discord      // Discord's gateway (sessions, /gateway/bot)
+	rest     *discordgo.Session
+	pods     podapi.Client // other pods' internal API (move exports)
+	metrics  *metrics
+	outbox   *outbox
+	shards   *shardSet
+	failover *failoverCopies
 
 	watcher *assignments.Watcher // nil in unit tests
 	ln      net.Listener
@@ -142,8 +159,12 @@ func newNode(cfg Config, d deps) (*Node, error) {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
 	n.removeCrashLeftovers()
+	dbPath := filepath.Join(cfg.DataDir, "modbot.db")
+	if err := n.restoreIfMissing(dbPath); err != nil {
+		return nil, err
+	}
 	var err error
-	n.store, err = guildstore.OpenWithOptions(n.ctx, filepath.Join(cfg.DataDir, "modbot.db"), guildstore.Options{Logger: n.log})
+	n.store, err = guildstore.OpenWithOptions(n.ctx, dbPath, guildstore.Options{Logger: n.log})
 	if err != nil {
 		return nil, err
 	}
@@ -171,6 +192,7 @@ func newNode(cfg Config, d deps) (*Node, error) {
 	n.metrics = newMetrics(d.reg, n)
 	n.outbox = newOutbox(n)
 	n.shards = newShardSet(n)
+	n.failover = newFailoverCopies(n)
 	return n, nil
 }
 
@@ -228,6 +250,7 @@ func (n *Node) startLoops() {
 	n.goRun("checkpoints", n.shards.checkpointLoop)
 	n.goRun("outbox", n.outbox.run)
 	n.goRun("janitor", n.janitor)
+	n.goRun("failover-copies", n.failover.run)
 }
 
 func (n *Node) goRun(name string, f func()) {

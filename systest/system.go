@@ -341,6 +341,17 @@ func (s *System) DB(i int) (*sql.DB, error) {
 	return db, nil
 }
 
+// CloseDB closes the cached handle on gateway i's file (before its disk is
+// deleted: the next DB call opens the new file).
+func (s *System) CloseDB(i int) {
+	s.dbMu.Lock()
+	defer s.dbMu.Unlock()
+	if db, ok := s.dbs[i]; ok {
+		_ = db.Close()
+		delete(s.dbs, i)
+	}
+}
+
 // TotalMessages counts every message row in gateway i's database.
 func (s *System) TotalMessages(ctx context.Context, i int) (int64, error) {
 	db, err := s.DB(i)

@@ -30,6 +30,8 @@ func runConfigNode(args []string) error {
 	fs.Uint64Var(&c.TrailingLogs, "trailing-logs", 0, "Raft log entries kept after a snapshot (default 10240)")
 	fs.BoolVar(&c.AutoRebalance, "auto-rebalance", false, "rebalance by itself when pods join or leave and guild counts differ by more than 20 %")
 	fs.DurationVar(&c.MoveTimeout, "move-timeout", 0, "abort a guild move whose copy takes longer (default 2m)")
+	fs.StringVar(&c.FailoverReplica, "failover-replica", "", "gateway pods' replica URL with {pod} for the pod id (file:///DIR/{pod} or s3://BUCKET/PATH/{pod}?endpoint=…): guilds of a pod down past --failover-grace are restored from it on live pods (empty: no failover)")
+	fs.DurationVar(&c.FailoverGrace, "failover-grace", 0, "how long a gateway pod may stay down before its guilds fail over (default 60s)")
 	fs.DurationVar(&c.IdentifyInterval, "identify-interval", 0, "Discord identify spacing per max_concurrency bucket (default 5s)")
 	fs.DurationVar(&c.SnapshotInterval, "snapshot-interval", 0, "how often to check whether to snapshot (default 30s)")
 	if err := cli.Parse(fs, args); err != nil {

@@ -19,6 +19,8 @@ var commands = []struct {
 	{"proxy", "route Discord webhooks and dashboards to the owning gateway pod", runProxy},
 	{"fakediscord", "run the fake Discord (REST, gateway, interactions) for tests and dev", runFakeDiscord},
 	{"dev", "run the whole system locally (what make run starts)", runDev},
+	{"replicate", "replicate a gateway pod's SQLite with Litestream (sidecar process)", runReplicate},
+	{"restore", "restore a gateway pod's SQLite from its replica (integrity-checked)", runRestore},
 }
 
 func usage() {

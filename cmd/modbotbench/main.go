@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/modbot/modbot/benchmarks"
 	"github.com/modbot/modbot/internal/cli"
@@ -25,7 +26,9 @@ func main() {
 	ingestMsgs := fs.Int("ingest-messages", 50000, "MESSAGE_CREATE events for the unpaced ingest run")
 	ingestRate := fs.Float64("ingest-rate", 10000, "events/s for the paced (latency) ingest run")
 	modbotBin := fs.String("modbot", "bin/modbot", "modbot binary (the proxy runs as its own process, like nginx)")
-	only := fs.String("only", "", "run one group: controlplane, watch, ingest, proxy, migration")
+	replDur := fs.Duration("replication-duration", 10*time.Second, "length of each replication lag run")
+	replMB := fs.String("replication-restore-mb", "100", "database sizes (MB) restored from file and S3, e.g. 100,1024")
+	only := fs.String("only", "", "run one group: controlplane, watch, ingest, proxy, migration, replication")
 	_ = cli.Parse(fs, os.Args[1:])
 	ctx, stop := cli.SignalContext()
 	defer stop()
@@ -75,6 +78,21 @@ func main() {
 			fail("migration", err)
 		}
 		benchmarks.PrintMigration(os.Stdout, r)
+		fmt.Println()
+	}
+	if run("replication") {
+		var mbs []int
+		for _, s := range strings.Split(*replMB, ",") {
+			var n int
+			if _, err := fmt.Sscan(strings.TrimSpace(s), &n); err == nil && n > 0 {
+				mbs = append(mbs, n)
+			}
+		}
+		r, err := benchmarks.Replication(ctx, benchmarks.ReplicationOptions{ModbotBinary: *modbotBin, Duration: *replDur, RestoreMB: mbs})
+		if err != nil {
+			fail("replication", err)
+		}
+		benchmarks.PrintReplication(os.Stdout, r)
 		fmt.Println()
 	}
 	if run("proxy") {

@@ -120,6 +120,16 @@ func OpenWithOptions(ctx context.Context, path string, opts Options) (*Store, er
 	wdb.SetMaxIdleConns(1)
 	wdb.SetConnMaxLifetime(0)
 	wdb.SetConnMaxIdleTime(0)
+	// Checkpoints belong to the Litestream sidecar (package litestream):
+	// this process never runs RESTART/TRUNCATE checkpoints, and SQLite's
+	// automatic PASSIVE one (which cannot restart the WAL while Litestream
+	// holds its read transaction) is raised from 1000 to 10000 pages so it
+	// is only a backstop for running without a sidecar. Readers never
+	// commit, so the one writer connection is the only one it applies to.
+	if _, err := wdb.ExecContext(ctx, "PRAGMA wal_autocheckpoint = 10000"); err != nil {
+		wdb.Close()
+		return nil, fmt.Errorf("open %s: wal_autocheckpoint: %w", path, err)
+	}
 	if err := migrate(ctx, wdb); err != nil {
 		wdb.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
