@@ -37,9 +37,12 @@ type Options struct {
 	BaseRaftPort int
 	BaseHTTPPort int
 	Host         string
-	Binary       string
-	Out          io.Writer
-	Log          *slog.Logger
+	// FailoverGrace is how long a gateway may stay down before its guilds
+	// are restored from its replica onto the others (default 60 s).
+	FailoverGrace time.Duration
+	Binary        string
+	Out           io.Writer
+	Log           *slog.Logger
 }
 
 func (o *Options) defaults() {
@@ -70,12 +73,20 @@ func (o *Options) defaults() {
 	if o.Host == "" {
 		o.Host = "127.0.0.1"
 	}
+	if o.FailoverGrace == 0 {
+		o.FailoverGrace = 60 * time.Second
+	}
 	if o.Out == nil {
 		o.Out = os.Stdout
 	}
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
+}
+
+// replicaURL is a gateway's file replica in dev: <dir>/replicas/<pod>.
+func replicaURL(dir, pod string) string {
+	return "file://" + filepath.Join(dir, "replicas", pod)
 }
 
 // TokenFile is where the dev token is written (modbotctl reads it).
@@ -112,6 +123,11 @@ func Run(ctx context.Context, o Options) error {
 		}
 		o.Binary = exe
 	}
+	abs, err := filepath.Abs(o.Dir)
+	if err != nil {
+		return fmt.Errorf("dev dir %s: %w", o.Dir, err)
+	}
+	o.Dir = abs // replica URLs are absolute file:// URLs
 	logDir := filepath.Join(o.Dir, "logs")
 	if err := os.MkdirAll(logDir, 0o750); err != nil {
 		return fmt.Errorf("create %s: %w", logDir, err)
@@ -132,7 +148,8 @@ func Run(ctx context.Context, o Options) error {
 		args := []string{"config-node", "--id", id,
 			"--data-dir", filepath.Join(o.Dir, id),
 			"--raft-addr", fmt.Sprintf("%s:%d", o.Host, o.BaseRaftPort+i),
-			"--http-addr", fmt.Sprintf("%s:%d", o.Host, o.BaseHTTPPort+i)}
+			"--http-addr", fmt.Sprintf("%s:%d", o.Host, o.BaseHTTPPort+i),
+			"--failover-replica", replicaURL(o.Dir, "{pod}"), "--failover-grace", o.FailoverGrace.String()}
 		if i == 0 {
 			args = append(args, "--bootstrap", "--shards", fmt.Sprint(o.Shards))
 		} else {

@@ -157,7 +157,7 @@ func TestDevRunsTheWholeSystemAndLeavesNothingBehind(t *testing.T) {
 	var victim int
 	for _, pid := range processesMentioning(state) {
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if strings.Contains(string(b), "gateway-1") {
+		if strings.Contains(string(b), "--id\x00gateway-1\x00") { // the gateway, not its sidecar
 			victim = pid
 		}
 	}
@@ -182,6 +182,35 @@ func TestDevRunsTheWholeSystemAndLeavesNothingBehind(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "child restarted") {
 		t.Fatalf("the restart was not logged:\n%s", stderr.String())
+	}
+
+	// The dashboard guild's pod loses its disk: its gateway and its
+	// replication sidecar die, its data directory is deleted; the restarted
+	// gateway restores its database from the file replica and serves the
+	// same messages.
+	owner := dashboardOwner(t, dashboard, strings.TrimSpace(string(devToken)))
+	ord, _ := strconv.Atoi(strings.TrimPrefix(owner, "gateway-"))
+	sideMetrics := fmt.Sprintf("http://127.0.0.1:%d/metrics", 9100+off+ord)
+	waitUntil(t, 20*time.Second, owner+"'s sidecar in sync", func() bool { return replicationLag(sideMetrics) == 0 })
+	if err := os.RemoveAll(filepath.Join(state, owner)); err != nil {
+		t.Fatal(err)
+	}
+	var killed []int
+	for _, pid := range processesMentioning(state) {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if strings.Contains(string(b), owner+"\x00") || strings.Contains(string(b), owner+"/") {
+			killed = append(killed, pid)
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	if len(killed) != 2 {
+		t.Fatalf("killed %d children of %s (want its gateway and its sidecar)", len(killed), owner)
+	}
+	waitUntil(t, 60*time.Second, owner+" restored from its replica and serving the same messages", func() bool {
+		return dashboardMessages(t, dashboard) == before+5
+	})
+	if _, err := os.Stat(filepath.Join(state, owner, "modbot.db")); err != nil {
+		t.Fatalf("%s's database after the restore: %v", owner, err)
 	}
 
 	// SIGINT stops everything.
@@ -214,6 +243,46 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// dashboardOwner reads which pod serves a dashboard.
+func dashboardOwner(t *testing.T, url, token string) string {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, url, nil)
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var d struct {
+		Owner string `json:"owner"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&d); err != nil || d.Owner == "" {
+		t.Fatalf("dashboard owner: %v %+v", err, d)
+	}
+	return d.Owner
+}
+
+// replicationLag scrapes a sidecar's modbot_replication_lag_seconds (-1 if
+// it cannot be read).
+func replicationLag(url string) float64 {
+	resp, err := http.Get(url)
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "modbot_replication_lag_seconds "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err == nil {
+				return f
+			}
+		}
+	}
+	return -1
 }
 
 func readDashboard(t *testing.T, url, token string) int {

@@ -39,15 +39,26 @@ func startWorkload(ctx context.Context, o Options, sup *Supervisor, configURLs [
 	}
 	procs := []*Process{fake}
 	for i := 0; i < o.Gateways; i++ {
+		// Each gateway has its replication sidecar (Litestream, its own
+		// process) with a file replica; a gateway whose database is gone
+		// restores it from there before it starts.
 		id := fmt.Sprintf("gateway-%d", i)
 		addr := fmt.Sprintf("%s:%d", o.Host, o.GatewayBasePort+i)
+		db := filepath.Join(o.Dir, id, "modbot.db")
+		metrics := fmt.Sprintf("%s:%d", o.Host, o.GatewayBasePort+100+i)
+		side := &Process{Name: "replicate-" + id, URL: "http://" + metrics + "/metrics", Env: env, Args: []string{"replicate",
+			"--db", db, "--replica", replicaURL(o.Dir, id), "--metrics-addr", metrics}}
+		if err := sup.Start(ctx, side); err != nil {
+			return nil, "", err
+		}
 		p := &Process{Name: id, URL: "http://" + addr, Env: env, Args: []string{"gateway", "--id", id,
 			"--data-dir", filepath.Join(o.Dir, id), "--http-addr", addr,
-			"--config", strings.Join(configURLs, ","), "--discord-url", discordURL, "--discord-token", "fake-token"}}
+			"--config", strings.Join(configURLs, ","), "--discord-url", discordURL, "--discord-token", "fake-token",
+			"--restore-from", replicaURL(o.Dir, id)}}
 		if err := sup.Start(ctx, p); err != nil {
 			return nil, "", err
 		}
-		procs = append(procs, p)
+		procs = append(procs, side, p)
 	}
 	if o.Proxy {
 		key, err := os.ReadFile(keyFile)

@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"time"
 
 	"github.com/modbot/modbot/devcluster"
 	"github.com/modbot/modbot/internal/cli"
@@ -19,6 +20,7 @@ func runDev(args []string) error {
 	fs.IntVar(&o.Guilds, "guilds", 100, "guilds the fake Discord starts with")
 	fs.Float64Var(&o.Traffic, "traffic", 20, "synthetic messages per second (0 turns the chatter off)")
 	fs.BoolVar(&o.Proxy, "proxy", true, "start the HTTP proxy on 127.0.0.1:8080")
+	fs.DurationVar(&o.FailoverGrace, "failover-grace", 60*time.Second, "a gateway down this long has its guilds restored from its replica onto the others")
 	offset := fs.Int("port-offset", 0, "add this to every port (to run a second cluster beside the first)")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
