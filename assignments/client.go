@@ -214,7 +214,19 @@ func (c *Client) RegisterPod(ctx context.Context, r RegisterPodRequest) (WriteRe
 }
 
 func (c *Client) Heartbeat(ctx context.Context, pod string) error {
-	return c.Do(ctx, http.MethodPost, "/v1/pods/"+url.PathEscape(pod)+"/heartbeat", nil, nil)
+	return c.HeartbeatWithLag(ctx, pod, -1)
+}
+
+// HeartbeatWithLag is a heartbeat that also reports the pod's replication
+// lag in milliseconds (its sidecar's modbot_replication_lag_seconds; -1:
+// unknown, not sent): the leader records it as the data-loss window of a
+// failover of the pod.
+func (c *Client) HeartbeatWithLag(ctx context.Context, pod string, replicationLagMs int64) error {
+	path := "/v1/pods/" + url.PathEscape(pod) + "/heartbeat"
+	if replicationLagMs >= 0 {
+		path += "?replication_lag_ms=" + strconv.FormatInt(replicationLagMs, 10)
+	}
+	return c.Do(ctx, http.MethodPost, path, nil, nil)
 }
 
 // Drain marks the pod draining and starts moving its guilds away.

@@ -249,7 +249,17 @@ func (n *Node) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, http.StatusNotFound, "unknown pod %q: register it first (POST /v1/pods)", id)
 		return
 	}
+	lag := int64(-1)
+	if v := r.URL.Query().Get("replication_lag_ms"); v != "" {
+		ms, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || ms < 0 {
+			httpapi.WriteError(w, http.StatusBadRequest, "replication_lag_ms must be a non-negative integer, got %q", v)
+			return
+		}
+		lag = ms
+	}
 	n.live.heard(id)
+	n.live.reportedLag(id, lag)
 	if pod.State == fsm.PodDown {
 		// A pod that was marked down and is back returns to what it was:
 		// active, or draining if it was draining (a missed heartbeat never

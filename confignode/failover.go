@@ -79,9 +79,9 @@ func (n *Node) replicaOf(pod string) string {
 	return strings.ReplaceAll(n.cfg.FailoverReplica, "{pod}", pod)
 }
 
-// failoverSpec describes a failover move off pod. The loss window is not
-// known to the control plane yet (pods do not report their replication
-// lag): -1.
+// failoverSpec describes a failover move off pod. Its loss window is the
+// replication lag the pod last reported with a heartbeat (-1: unknown — it
+// reported none, or this leader was elected after it died).
 func (n *Node) failoverSpec(pod string) *failoverSpec {
-	return &failoverSpec{replica: n.replicaOf(pod), lossWindowMs: -1}
+	return &failoverSpec{replica: n.replicaOf(pod), lossWindowMs: n.live.lastLagMs(pod)}
 }

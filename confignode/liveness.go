@@ -16,9 +16,36 @@ type liveness struct {
 	n    *Node
 	mu   sync.Mutex
 	seen map[string]time.Time
+	// lagMs is each pod's last reported replication lag (ms): the data-loss
+	// window if it fails over now. The leader's memory only: a new leader
+	// knows it once pods report again.
+	lagMs map[string]int64
 }
 
-func newLiveness(n *Node) *liveness { return &liveness{n: n, seen: map[string]time.Time{}} }
+func newLiveness(n *Node) *liveness {
+	return &liveness{n: n, seen: map[string]time.Time{}, lagMs: map[string]int64{}}
+}
+
+// reportedLag records a pod's replication lag (ms; negative: unknown).
+func (l *liveness) reportedLag(pod string, ms int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if ms < 0 {
+		delete(l.lagMs, pod)
+		return
+	}
+	l.lagMs[pod] = ms
+}
+
+// lastLagMs is the pod's last reported replication lag, -1 if unknown.
+func (l *liveness) lastLagMs(pod string) int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if ms, ok := l.lagMs[pod]; ok {
+		return ms
+	}
+	return -1
+}
 
 func (l *liveness) heard(pod string) {
 	l.mu.Lock()

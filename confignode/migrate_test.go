@@ -187,3 +187,39 @@ func TestAutoRebalanceEvensOutWhenAPodJoins(t *testing.T) {
 }
 
 func itoa64(v uint64) string { return strconv.FormatUint(v, 10) }
+
+// A pod's reported replication lag is the loss window of its failover: the
+// leader keeps the last value each heartbeat carried; a malformed value is
+// refused with 400 and changes nothing; a pod that reported none is -1.
+func TestFailoverLossWindowIsThePodsLastReportedLag(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	p := newStubPod(t)
+	c := tc.client()
+	ctx := context.Background()
+	if _, err := c.RegisterPod(ctx, assignments.RegisterPodRequest{ID: "gateway-0", Addr: p.addr()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RegisterPod(ctx, assignments.RegisterPodRequest{ID: "gateway-1", Addr: p.addr()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.HeartbeatWithLag(ctx, "gateway-0", 1234); err != nil {
+		t.Fatal(err)
+	}
+	err := c.Do(ctx, http.MethodPost, "/v1/pods/gateway-0/heartbeat?replication_lag_ms=soon", nil, nil)
+	if !isStatus(err, 400) {
+		t.Fatalf("heartbeat with a malformed lag: %v, want 400", err)
+	}
+	leader := tc.nodes[tc.leader()]
+	if got := leader.failoverSpec("gateway-0").lossWindowMs; got != 1234 {
+		t.Fatalf("loss window of gateway-0: %d, want 1234", got)
+	}
+	if got := leader.failoverSpec("gateway-1").lossWindowMs; got != -1 {
+		t.Fatalf("loss window of a pod that reported no lag: %d, want -1", got)
+	}
+	if err := c.Heartbeat(ctx, "gateway-0"); err != nil { // no sidecar answer: unknown again
+		t.Fatal(err)
+	}
+	if got := leader.failoverSpec("gateway-0").lossWindowMs; got != -1 {
+		t.Fatalf("loss window after a heartbeat without a lag: %d, want -1", got)
+	}
+}

@@ -54,7 +54,7 @@ func startWorkload(ctx context.Context, o Options, sup *Supervisor, configURLs [
 		p := &Process{Name: id, URL: "http://" + addr, Env: env, Args: []string{"gateway", "--id", id,
 			"--data-dir", filepath.Join(o.Dir, id), "--http-addr", addr,
 			"--config", strings.Join(configURLs, ","), "--discord-url", discordURL, "--discord-token", "fake-token",
-			"--restore-from", replicaURL(o.Dir, id)}}
+			"--restore-from", replicaURL(o.Dir, id), "--replication-status", "http://" + metrics + "/healthz"}}
 		if err := sup.Start(ctx, p); err != nil {
 			return nil, "", err
 		}

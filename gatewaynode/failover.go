@@ -3,6 +3,7 @@ package gatewaynode
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -166,6 +167,32 @@ func (f *failoverCopies) run() {
 			f.sweep(false)
 		}
 	}
+}
+
+// replicationLagMs reads the sidecar's lag for the heartbeat (-1: no
+// sidecar configured, or it did not answer).
+func (n *Node) replicationLagMs(ctx context.Context) int64 {
+	if n.cfg.ReplicationStatus == "" {
+		return -1
+	}
+	rctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, n.cfg.ReplicationStatus, nil)
+	if err != nil {
+		return -1
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Lag *float64 `json:"lag_seconds"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&st); err != nil || st.Lag == nil || *st.Lag < 0 {
+		return -1
+	}
+	return int64(*st.Lag * 1000)
 }
 
 // restoreIfMissing restores the pod's own database from RestoreFrom when

@@ -185,7 +185,7 @@ func (c *memCluster) RegisterPod(_ context.Context, r assignments.RegisterPodReq
 	return assignments.WriteResult{Revision: idx, Index: idx}, err
 }
 
-func (c *memCluster) Heartbeat(context.Context, string) error { return nil }
+func (c *memCluster) HeartbeatWithLag(context.Context, string, int64) error { return nil }
 
 func (c *memCluster) PlaceGuilds(_ context.Context, ids []string) (assignments.PlaceResponse, error) {
 	var gs []uint64

@@ -49,6 +49,9 @@ type Config struct {
 	// pod opens it — what the init container does in Kubernetes. A replica
 	// without a backup starts a fresh database.
 	RestoreFrom string
+	// ReplicationStatus is the sidecar's /healthz URL: its lag_seconds goes
+	// with every heartbeat as the pod's data-loss window.
+	ReplicationStatus string
 	// RestoreCommand runs `modbot restore` for guild failover (a child
 	// process: Litestream's SQLite never shares ours). Default: this
 	// executable's "restore" subcommand.
@@ -307,7 +310,7 @@ func (n *Node) membership() {
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.HeartbeatInterval*3)
-		err := n.client.Heartbeat(ctx, n.cfg.ID)
+		err := n.client.HeartbeatWithLag(ctx, n.cfg.ID, n.replicationLagMs(ctx))
 		cancel()
 		if assignments.IsStatus(err, http.StatusNotFound) {
 			_ = register()

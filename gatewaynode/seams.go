@@ -42,7 +42,7 @@ type mapView interface {
 // controlPlane is what the pod asks of the config nodes.
 type controlPlane interface {
 	RegisterPod(ctx context.Context, r assignments.RegisterPodRequest) (assignments.WriteResult, error)
-	Heartbeat(ctx context.Context, pod string) error
+	HeartbeatWithLag(ctx context.Context, pod string, replicationLagMs int64) error
 	PlaceGuilds(ctx context.Context, ids []string) (assignments.PlaceResponse, error)
 	// ConsistentShards reads the shards (holders, epochs, checkpoints)
 	// linearizably: a handoff or a resume must not act on a lagging copy.

@@ -23,6 +23,7 @@ func runGateway(args []string) error {
 	fs.StringVar(&c.DiscordToken, "discord-token", "", "Discord bot token")
 	fs.StringVar(&c.DiscordURL, "discord-url", "", "base URL of a fake Discord (default: real Discord)")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", 0, "heartbeat to the control plane (default 1s)")
+	fs.StringVar(&c.ReplicationStatus, "replication-status", "", "the replication sidecar's /healthz URL: its lag is reported with heartbeats (the data-loss window of a failover)")
 	fs.StringVar(&c.RestoreFrom, "restore-from", "", "this pod's replica (as for modbot replicate): a missing database is restored from it before start")
 	fs.DurationVar(&c.CheckpointInterval, "checkpoint-interval", 0, "how often shard resume points are saved (default 1s)")
 	if err := cli.Parse(fs, args); err != nil {
