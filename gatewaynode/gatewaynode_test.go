@@ -393,6 +393,21 @@ func TestEveryEventSurvivesAHolderThatLetGoWithoutDraining(t *testing.T) {
 	}
 }
 
+// A guild's rows live in its owner and nowhere else: a former owner whose
+// copy was never dropped (the drop request was lost) deletes it by itself
+// within its janitor interval, not minutes later (chaos seed 83).
+func TestAFormerOwnersStrayCopyIsDroppedByItsJanitor(t *testing.T) {
+	w, g := twoPods(t, 0)
+	a, b := w.pods[0], w.pods[1]
+	w.sendMessages(g, 1, 20, 0)
+	w.assertOrderedOnce(g, 20, true)
+	w.move(g, b.cfg.ID) // the map moves it; nobody asks a to drop its copy
+	waitFor(t, 5*time.Second, "a's copy dropped by its janitor", func() bool {
+		ids, err := a.store.GuildIDs(context.Background())
+		return err == nil && !slices.Contains(ids, g)
+	})
+}
+
 // No event is silently lost: one the handlers cannot take (here a
 // MESSAGE_CREATE whose id is not a snowflake) is dead-lettered — stored, counted — and
 // acknowledged, so the events after it flow; replaying it while it is still

@@ -562,7 +562,7 @@ func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard
 func (w *memWorld) addPod(id string) *Node {
 	w.t.Helper()
 	cfg := Config{ID: id, Ordinal: -1, DataDir: w.t.TempDir(), ConfigURLs: []string{"mem"}, Token: "t",
-		CheckpointInterval: 20 * time.Millisecond, Logger: quietLogger()}
+		CheckpointInterval: 20 * time.Millisecond, JanitorInterval: 200 * time.Millisecond, Logger: quietLogger()}
 	cfg.OnCommit = func(evs []bot.Event) { w.commits.record(id, evs) }
 	n, err := newNode(cfg, deps{watch: w.cluster, client: w.cluster, peers: w.peers, discord: w.discord})
 	if err != nil {

@@ -43,6 +43,7 @@ type Config struct {
 	CheckpointInterval time.Duration // shard resume points to the FSM (default 1s)
 	HandoffTimeout     time.Duration // an old holder still waiting for the new one warns this often (default 30s)
 	ForwardTimeout     time.Duration // per forwarded batch (default 5s)
+	JanitorInterval    time.Duration // how often copies of guilds owned elsewhere are dropped (default 30s)
 	Logger             *slog.Logger
 	// RestoreFrom, if set, is this pod's replica: a missing database is
 	// restored from it (integrity-checked, with RestoreCommand) before the
@@ -99,6 +100,9 @@ func (c *Config) defaults() error {
 	}
 	if c.ForwardTimeout == 0 {
 		c.ForwardTimeout = 5 * time.Second
+	}
+	if c.JanitorInterval == 0 {
+		c.JanitorInterval = 30 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
