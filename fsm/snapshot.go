@@ -92,9 +92,19 @@ func guildStateCode(s GuildState) byte {
 
 // WriteSnapshot encodes the state to w.
 func (s *State) WriteSnapshot(w io.Writer) error {
+	return s.writeSnapshot(w, snapshotVersion)
+}
+
+// writeSnapshot encodes the state in the given version, 2 or 3 (tests
+// write version 2 to check that this build still reads what the previous
+// one wrote); version 2 cannot hold a failover migration.
+func (s *State) writeSnapshot(w io.Writer, version uint64) error {
+	if version < 2 || version > snapshotVersion {
+		return fmt.Errorf("write snapshot: version %d is not writable (2..%d)", version, snapshotVersion)
+	}
 	sw := &snapWriter{w: bufio.NewWriterSize(w, 1<<16)}
 	sw.write([]byte(snapshotMagic))
-	sw.uvarint(snapshotVersion)
+	sw.uvarint(version)
 	sw.uvarint(s.Revision)
 	sw.uvarint(uint64(s.ShardCount))
 	pods := s.SortedPods()
@@ -161,6 +171,9 @@ func (s *State) WriteSnapshot(w io.Writer) error {
 		sw.uvarint(g.Epoch)
 		sw.uvarint(g.Revision)
 		if m := g.Migration; m != nil {
+			if m.Failover && version < 3 {
+				return fmt.Errorf("write snapshot: guild %d's failover migration needs version 3", g.ID)
+			}
 			if m.Failover {
 				sw.byte1(2)
 			} else {
