@@ -18,7 +18,7 @@ import (
 // RecoveryOptions size the pod-crash benchmark.
 type RecoveryOptions struct {
 	ModbotBinary string        // for the sidecars and modbot restore (default bin/modbot)
-	Messages     int           // message rows put in the victim pod (default 200,000: about 100 MB)
+	Messages     int           // message rows put in the victim pod (default 1,500,000: about 100 MB)
 	Grace        time.Duration // the leader's failover grace (default 10 s)
 }
 
@@ -40,7 +40,7 @@ type RecoveryResult struct {
 // replicate` process per gateway with a file replica.
 func Recovery(ctx context.Context, o RecoveryOptions) (RecoveryResult, error) {
 	if o.Messages <= 0 {
-		o.Messages = 200_000
+		o.Messages = 1_500_000
 	}
 	if o.Grace <= 0 {
 		o.Grace = 10 * time.Second

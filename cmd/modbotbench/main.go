@@ -28,7 +28,7 @@ func main() {
 	modbotBin := fs.String("modbot", "bin/modbot", "modbot binary (the proxy runs as its own process, like nginx)")
 	replDur := fs.Duration("replication-duration", 10*time.Second, "length of each replication lag run")
 	replMB := fs.String("replication-restore-mb", "100", "database sizes (MB) restored from file and S3, e.g. 100,1024")
-	recoveryMsgs := fs.Int("recovery-messages", 200000, "message rows in the crashed pod (200,000 ≈ 100 MB)")
+	recoveryMsgs := fs.Int("recovery-messages", 1500000, "message rows in the crashed pod (1,500,000 ≈ 100 MB)")
 	recoveryGrace := fs.Duration("recovery-grace", 10*time.Second, "failover grace of the pod-crash benchmark")
 	only := fs.String("only", "", "run one group: controlplane, watch, ingest, proxy, migration, replication, recovery")
 	_ = cli.Parse(fs, os.Args[1:])
