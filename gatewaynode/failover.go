@@ -106,13 +106,9 @@ func (f *failoverCopies) restore(c *restoredCopy, pod, replica string) {
 	c.path = filepath.Join(dir, "restored.db")
 	ctx, cancel := context.WithTimeout(n.ctx, 10*time.Minute)
 	defer cancel()
-	args := append(append([]string(nil), n.cfg.RestoreCommand[1:]...), "--db", c.path, "--replica", replica)
-	cmd := exec.CommandContext(ctx, n.cfg.RestoreCommand[0], args...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
+	if err := n.runRestore(ctx, c.path, replica); err != nil {
 		os.RemoveAll(dir)
-		c.err = fmt.Errorf("restore %s's replica %s: %w: %s", pod, replica, err, strings.TrimSpace(lastLines(out.String(), 5)))
+		c.err = fmt.Errorf("restore %s's replica: %w", pod, err)
 		n.metrics.failoverRestores.WithLabelValues("failed").Inc()
 		return
 	}
@@ -207,12 +203,8 @@ func (n *Node) restoreIfMissing(dbPath string) error {
 		return fmt.Errorf("check %s before restoring it: %w", dbPath, err)
 	}
 	start := time.Now()
-	args := append(append([]string(nil), n.cfg.RestoreCommand[1:]...), "--db", dbPath, "--replica", n.cfg.RestoreFrom, "--if-db-not-exists", "--if-replica-exists")
-	cmd := exec.CommandContext(n.ctx, n.cfg.RestoreCommand[0], args...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("restore the missing database %s from %s: %w: %s", dbPath, n.cfg.RestoreFrom, err, lastLines(out.String(), 5))
+	if err := n.runRestore(n.ctx, dbPath, n.cfg.RestoreFrom, "--if-db-not-exists", "--if-replica-exists"); err != nil {
+		return fmt.Errorf("restore the missing database: %w", err)
 	}
 	_, statErr := os.Stat(dbPath)
 	n.log.Info("database was missing; restore from the replica ran", "db", dbPath, "replica", n.cfg.RestoreFrom,
@@ -244,29 +236,16 @@ func (n *Node) importFromReplica(w http.ResponseWriter, r *http.Request, g, epoc
 		httpapi.WriteError(w, http.StatusInternalServerError, "fence the restored copy of guild %d: %v", g, err)
 		return
 	}
-	tmp, err := os.CreateTemp(n.cfg.DataDir, fmt.Sprintf("failover-%d-*.tmp", g))
+	tmp, exp, _, err := n.exportToSpool(r.Context(), c.store, g)
 	if err != nil {
-		httpapi.WriteError(w, http.StatusInternalServerError, "export guild %d from the restored replica: %v", g, err)
+		httpapi.WriteError(w, http.StatusInternalServerError, "from the restored replica: %v", err)
 		return
 	}
 	defer os.Remove(tmp.Name())
 	defer tmp.Close()
-	exp, err := c.store.Export(r.Context(), g, tmp)
-	if err != nil {
-		httpapi.WriteError(w, http.StatusInternalServerError, "export guild %d from the restored replica: %v", g, err)
-		return
-	}
-	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-		httpapi.WriteError(w, http.StatusInternalServerError, "export guild %d from the restored replica: %v", g, err)
-		return
-	}
 	info, err := n.store.Import(r.Context(), g, tmp, exp.Checksum)
 	if err != nil {
-		status := http.StatusInternalServerError
-		if errors.Is(err, guildstore.ErrChecksumMismatch) || errors.Is(err, guildstore.ErrBadExport) {
-			status = http.StatusUnprocessableEntity
-		}
-		httpapi.WriteError(w, status, "import guild %d from %s's replica: %v", g, dead.ID, err)
+		httpapi.WriteError(w, importErrorStatus(err, http.StatusInternalServerError), "import guild %d from %s's replica: %v", g, dead.ID, err)
 		return
 	}
 	n.metrics.migrationSteps.WithLabelValues("failover_import").Observe(time.Since(start).Seconds())
@@ -274,6 +253,19 @@ func (n *Node) importFromReplica(w http.ResponseWriter, r *http.Request, g, epoc
 		"loss_window_ms", gi.Migration.LossWindowMs, "took", time.Since(start).Round(time.Millisecond))
 	httpapi.WriteJSON(w, http.StatusOK, podapi.ImportResponse{GuildID: strconv.FormatUint(g, 10), Rows: info.Rows, Checksum: info.Checksum,
 		TookMs: time.Since(start).Milliseconds()})
+}
+
+// runRestore runs `modbot restore` (Config.RestoreCommand) as a child
+// process: Litestream's SQLite never shares this process.
+func (n *Node) runRestore(ctx context.Context, db, replica string, flags ...string) error {
+	args := append(append([]string(nil), n.cfg.RestoreCommand[1:]...), "--db", db, "--replica", replica)
+	cmd := exec.CommandContext(ctx, n.cfg.RestoreCommand[0], append(args, flags...)...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("modbot restore --db %s --replica %s: %w: %s", db, replica, err, lastLines(out.String(), 5))
+	}
+	return nil
 }
 
 func lastLines(s string, n int) string {

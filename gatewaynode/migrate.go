@@ -101,23 +101,13 @@ func (n *Node) handleExport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Export to a file first: the checksum goes in a header, before the body.
-	tmp, err := os.CreateTemp(n.cfg.DataDir, fmt.Sprintf("export-%d-*.tmp", g))
-	if err != nil {
-		httpapi.WriteError(w, http.StatusInternalServerError, "export guild %d: %v", g, err)
-		return
-	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-	info, err := n.store.Export(r.Context(), g, tmp)
+	tmp, info, size, err := n.exportToSpool(r.Context(), n.store, g)
 	if err != nil {
 		httpapi.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	size, _ := tmp.Seek(0, io.SeekCurrent)
-	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-		httpapi.WriteError(w, http.StatusInternalServerError, "export guild %d: %v", g, err)
-		return
-	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
 	n.metrics.migrationSteps.WithLabelValues("export").Observe(time.Since(start).Seconds())
 	n.log.Info("exported guild for a move", "guild", g, "epoch", epoch, "rows", info.Rows, "bytes", size, "took", time.Since(start).Round(time.Millisecond))
 	w.Header().Set(podapi.HeaderChecksum, info.Checksum)
@@ -154,16 +144,43 @@ func (n *Node) handleImport(w http.ResponseWriter, r *http.Request) {
 	want := resp.Header.Get(podapi.HeaderChecksum)
 	info, err := n.store.Import(r.Context(), g, resp.Body, want)
 	if err != nil {
-		status := http.StatusBadGateway
-		if errors.Is(err, guildstore.ErrChecksumMismatch) || errors.Is(err, guildstore.ErrBadExport) {
-			status = http.StatusUnprocessableEntity
-		}
-		httpapi.WriteError(w, status, "import guild %d: %v", g, err)
+		httpapi.WriteError(w, importErrorStatus(err, http.StatusBadGateway), "import guild %d: %v", g, err)
 		return
 	}
 	n.metrics.migrationSteps.WithLabelValues("import").Observe(time.Since(start).Seconds())
 	httpapi.WriteJSON(w, http.StatusOK, podapi.ImportResponse{GuildID: strconv.FormatUint(g, 10), Rows: info.Rows, Checksum: info.Checksum,
 		TookMs: time.Since(start).Milliseconds()})
+}
+
+// exportToSpool exports a guild from store into a spool file in the data
+// directory, rewound for reading; the caller closes and removes it.
+func (n *Node) exportToSpool(ctx context.Context, store *guildstore.Store, g uint64) (*os.File, guildstore.ExportInfo, int64, error) {
+	tmp, err := os.CreateTemp(n.cfg.DataDir, fmt.Sprintf("export-%d-*.tmp", g))
+	if err != nil {
+		return nil, guildstore.ExportInfo{}, 0, fmt.Errorf("export guild %d: %w", g, err)
+	}
+	info, err := store.Export(ctx, g, tmp)
+	if err == nil {
+		var size int64
+		if size, err = tmp.Seek(0, io.SeekCurrent); err == nil {
+			if _, err = tmp.Seek(0, io.SeekStart); err == nil {
+				return tmp, info, size, nil
+			}
+		}
+		err = fmt.Errorf("export guild %d: %w", g, err)
+	}
+	tmp.Close()
+	os.Remove(tmp.Name())
+	return nil, guildstore.ExportInfo{}, 0, err
+}
+
+// importErrorStatus is the status of a failed import: 422 for an export
+// that is refused as such (bad, or not matching its checksum), else other.
+func importErrorStatus(err error, other int) int {
+	if errors.Is(err, guildstore.ErrChecksumMismatch) || errors.Is(err, guildstore.ErrBadExport) {
+		return http.StatusUnprocessableEntity
+	}
+	return other
 }
 
 // handleDropCopy deletes this pod's copy of a guild it does not own after a
