@@ -248,19 +248,9 @@ func (l *lockedBuffer) String() string {
 // dashboardOwner reads which pod serves a dashboard.
 func dashboardOwner(t *testing.T, url, token string) string {
 	t.Helper()
-	req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, url, nil)
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var d struct {
-		Owner string `json:"owner"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&d); err != nil || d.Owner == "" {
-		t.Fatalf("dashboard owner: %v %+v", err, d)
+	d, ok := fetchDashboard(url, token)
+	if !ok {
+		t.Fatalf("dashboard %s: no owner", url)
 	}
 	return d.Owner
 }
@@ -287,22 +277,34 @@ func replicationLag(url string) float64 {
 
 func readDashboard(t *testing.T, url, token string) int {
 	t.Helper()
+	d, ok := fetchDashboard(url, token)
+	if !ok {
+		return -1
+	}
+	return d.Messages
+}
+
+type dashboardView struct {
+	GuildID  string `json:"guild_id"`
+	Owner    string `json:"owner"`
+	Messages int    `json:"messages"`
+}
+
+// fetchDashboard reads a dashboard as JSON with the admin token; ok is false
+// unless it answered 200 with an owner.
+func fetchDashboard(url, token string) (dashboardView, bool) {
+	var d dashboardView
 	req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, url, nil)
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return -1
+		return d, false
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	var d struct {
-		GuildID  string `json:"guild_id"`
-		Owner    string `json:"owner"`
-		Messages int    `json:"messages"`
-	}
 	if resp.StatusCode != 200 || json.Unmarshal(b, &d) != nil || d.Owner == "" {
-		return -1
+		return d, false
 	}
-	return d.Messages
+	return d, true
 }

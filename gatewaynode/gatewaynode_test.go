@@ -320,16 +320,11 @@ func TestWronglyDownPodNeverClosesTheSessionItsSuccessorResumed(t *testing.T) {
 	}
 }
 
-// Every dispatched event is committed even when the shard's holder dies
-// during a planned handoff. a holds shard 0 (b owns the guild) and is killed,
-// but the map still says it is up; a is drained, so b identifies a session
-// of its own and waits for a's release, which never comes. When a is marked
-// down, what only a's session carries — what a had received and not
-// committed, and what Discord dispatched to it after it died and before b's
-// READY — must be recovered by resuming a's session from its last
-// checkpoint, and committed before b's own events (chaos seed 69 lost
-// exactly that gap).
-func TestEveryEventSurvivesAHolderThatDiesBeforeReleasingTheShard(t *testing.T) {
+// holderWithCheckpointedMessages: pod a holds the one shard, pod b owns
+// guild g (a forwards to it); messages 1..100 are dispatched and a has saved
+// a checkpoint of its session.
+func holderWithCheckpointedMessages(t *testing.T) (*memWorld, *Node, uint64) {
+	t.Helper()
 	w := newMemWorld(t, 1)
 	a := w.addPod("gateway-0")
 	w.waitSessions(0, 1)
@@ -343,6 +338,20 @@ func TestEveryEventSurvivesAHolderThatDiesBeforeReleasingTheShard(t *testing.T) 
 		cp := sl.Shards[0].Checkpoint
 		return cp != nil && cp.Holder == a.cfg.ID && cp.Seq > 0
 	})
+	return w, a, g
+}
+
+// Every dispatched event is committed even when the shard's holder dies
+// during a planned handoff. a holds shard 0 (b owns the guild) and is killed,
+// but the map still says it is up; a is drained, so b identifies a session
+// of its own and waits for a's release, which never comes. When a is marked
+// down, what only a's session carries — what a had received and not
+// committed, and what Discord dispatched to it after it died and before b's
+// READY — must be recovered by resuming a's session from its last
+// checkpoint, and committed before b's own events (chaos seed 69 lost
+// exactly that gap).
+func TestEveryEventSurvivesAHolderThatDiesBeforeReleasingTheShard(t *testing.T) {
+	w, a, g := holderWithCheckpointedMessages(t)
 	a.Kill()
 	w.peers.remove(a.cfg.ID) // dead, and still up in the map
 	w.sendMessages(g, 101, 200, 0)
@@ -369,19 +378,7 @@ func TestEveryEventSurvivesAHolderThatDiesBeforeReleasingTheShard(t *testing.T) 
 // checkpoint's session unless the old holder says it closed that session
 // after committing its backlog.
 func TestEveryEventSurvivesAHolderThatLetGoWithoutDraining(t *testing.T) {
-	w := newMemWorld(t, 1)
-	a := w.addPod("gateway-0")
-	w.waitSessions(0, 1)
-	g := guildOnShard(0, 1, 0)
-	w.cluster.mustApply(t, fsm.Command{Type: fsm.CmdPlaceGuilds, GuildIDs: []uint64{g}})
-	b := w.addPod("gateway-1")
-	w.move(g, b.cfg.ID)
-	w.sendMessages(g, 1, 100, 0)
-	waitFor(t, 5*time.Second, "a checkpoint of a's session", func() bool {
-		sl, _ := w.cluster.ConsistentShards(context.Background())
-		cp := sl.Shards[0].Checkpoint
-		return cp != nil && cp.Holder == a.cfg.ID && cp.Seq > 0
-	})
+	w, a, g := holderWithCheckpointedMessages(t)
 	a.Kill() // still reachable: it answers that it runs no session of the shard
 	w.sendMessages(g, 101, 200, 0)
 	w.cluster.mustApply(t, fsm.Command{Type: fsm.CmdDrainPod, PodID: a.cfg.ID})
