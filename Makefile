@@ -4,7 +4,7 @@ BIN     ?= bin
 # -race needs cgo; go-sqlite3 needs it anyway.
 export CGO_ENABLED := 1
 
-.PHONY: build run test test-short chaos fuzz bench vet fmt clean
+.PHONY: build run test test-short test-deploy chaos fuzz bench bench-etcd vet fmt clean
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
@@ -22,11 +22,21 @@ test:
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 40m $$($(GO) list ./... | grep -v '/chaos$$')
+	cd deploy && $(GO) vet ./... && $(GO) test -count=1 -timeout 10m ./...
+	cd deploy/grafana && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 10m ./...
+	cd e2e/browser && $(GO) vet ./... && $(GO) test -count=1 ./...
+	cd benchmarks/etcdwatch && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 10m ./...
 	$(GO) test -race -count=1 -timeout 20m ./chaos/
 	$(MAKE) --no-print-directory fuzz FUZZTIME=10s
 
 test-short:
 	$(GO) test -count=1 -short ./...
+	cd deploy/grafana && $(GO) test -count=1 -short ./...
+
+# The deployment artefacts alone (Dockerfile, deploy/statefulsets,
+# deploy/monitoring): a module of its own, see deploy/doc.go.
+test-deploy:
+	cd deploy && $(GO) vet ./... && $(GO) test -count=1 -timeout 10m ./...
 
 # The long fault tier (docs/reliability.md): linearizability runs of the
 # control plane and whole-system chaos schedules, real processes in network
@@ -58,7 +68,21 @@ bench: build
 	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || (apt-get update -qq && apt-get install -y -qq nginx-light) || true
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./fsm/
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./gatewaynode/guildstore/
-	./$(BIN)/modbotbench
+	rm -f $(BENCH_FIGURES)
+	./$(BIN)/modbotbench -figures $(BENCH_FIGURES)
+	$(MAKE) --no-print-directory bench-etcd ETCDWATCH_FLAGS="$(ETCDWATCH_FLAGS) -figures $(BENCH_FIGURES)"
+	@echo; echo "Issue 18, every figure from this run:"; echo
+	./$(BIN)/modbotbench -issue18 $(BENCH_FIGURES)
+
+# The figures of issue 18's table, merged by each benchmark of make bench.
+BENCH_FIGURES ?= $(CURDIR)/$(BIN)/bench-figures.json
+
+# Watch fan-out side by side with etcd embedded (3 members), in one run: a
+# module of its own (benchmarks/etcdwatch) so the main module never carries
+# etcd. ETCDWATCH_FLAGS="-runs 1 -watchers 1000" for a shorter run.
+ETCDWATCH_FLAGS ?=
+bench-etcd:
+	cd benchmarks/etcdwatch && $(GO) run . $(ETCDWATCH_FLAGS)
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

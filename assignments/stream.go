@@ -257,7 +257,7 @@ func (s *Stream) Next() (WatchMessage, error) {
 // revision once it is whole.
 func (s *Stream) fragment(m SSEMessage) (*WatchChange, error) {
 	var f ChangeFrame
-	if err := json.Unmarshal([]byte(m.Data), &f); err != nil {
+	if err := DecodeChangeFrame([]byte(m.Data), &f); err != nil {
 		return nil, fmt.Errorf("watch %s: decode change (id %q): %w", s.node, m.ID, err)
 	}
 	if s.pending == nil {

@@ -1,9 +1,9 @@
 package assignments
 
 import (
+	"bytes"
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/modbot/modbot/fsm"
+	"github.com/modbot/modbot/internal/guildtable"
 )
 
 // WatcherOptions configures a Watcher. Zero values take the defaults noted.
@@ -77,16 +78,18 @@ type Change struct {
 // modified in place (events bring whole new values), so a Guild handed out
 // may share its Migration pointer; a shard's Checkpoint is copied out.
 type localMap struct {
-	rev         uint64
-	shardCount  int
-	shards      []fsm.ShardAssignment // index = shard id
-	pods        map[string]fsm.Pod
-	guilds      map[uint64]*fsm.Guild
+	rev        uint64
+	shardCount int
+	shards     []fsm.ShardAssignment // index = shard id
+	pods       map[string]fsm.Pod
+	// guilds is compact (about a tenth of a map of *fsm.Guild at 1M
+	// guilds), interns owners, counts guilds per owner and indexes them.
+	guilds      *guildtable.Table
 	configNodes map[string]fsm.ConfigNode
 }
 
 func newLocalMap() *localMap {
-	return &localMap{pods: map[string]fsm.Pod{}, guilds: map[uint64]*fsm.Guild{}, configNodes: map[string]fsm.ConfigNode{}}
+	return &localMap{pods: map[string]fsm.Pod{}, guilds: guildtable.New(), configNodes: map[string]fsm.ConfigNode{}}
 }
 
 func mapFromSnapshot(s *Snapshot) *localMap {
@@ -94,7 +97,7 @@ func mapFromSnapshot(s *Snapshot) *localMap {
 		rev:         s.Revision,
 		shardCount:  s.ShardCount,
 		pods:        make(map[string]fsm.Pod, len(s.Pods)),
-		guilds:      make(map[uint64]*fsm.Guild, len(s.Guilds)),
+		guilds:      guildtable.Build(s.Guilds), // keeps nothing of s.Guilds but migrations
 		configNodes: make(map[string]fsm.ConfigNode, len(s.ConfigNodes)),
 	}
 	m.resizeShards(s.ShardCount)
@@ -105,9 +108,6 @@ func mapFromSnapshot(s *Snapshot) *localMap {
 	}
 	for _, p := range s.Pods {
 		m.pods[p.ID] = p
-	}
-	for i := range s.Guilds {
-		m.guilds[s.Guilds[i].ID] = &s.Guilds[i]
 	}
 	for _, c := range s.ConfigNodes {
 		m.configNodes[c.ID] = c
@@ -161,11 +161,11 @@ func (m *localMap) apply(rev uint64, events []fsm.Event) {
 			}
 		case fsm.EventGuild:
 			if e.Guild != nil {
-				m.guilds[e.Guild.ID] = e.Guild
+				m.guilds.Set(*e.Guild)
 			}
 		case fsm.EventGuildGone:
 			if e.Guild != nil {
-				delete(m.guilds, e.Guild.ID)
+				m.guilds.Delete(e.Guild.ID)
 			}
 		case fsm.EventConfigNode:
 			if e.ConfigNode != nil {
@@ -252,12 +252,11 @@ func (v View) Revision() uint64 { return v.m.rev }
 
 // Lookup returns a guild's placement.
 func (v View) Lookup(guild uint64) (fsm.Guild, bool) {
-	g, ok := v.m.guilds[guild]
-	if !ok {
-		return fsm.Guild{}, false
-	}
-	return *g, true
+	return v.m.guilds.Get(guild)
 }
+
+// GuildCount returns the number of guilds a pod owns.
+func (v View) GuildCount(pod string) int { return v.m.guilds.Count(pod) }
 
 // Pod returns one pod.
 func (v View) Pod(id string) (fsm.Pod, bool) {
@@ -345,19 +344,20 @@ func (w *Watcher) Shard(shard int) (fsm.ShardAssignment, bool) {
 	return View{w.state}.Shard(shard)
 }
 
-// GuildsOwnedBy returns the guilds a pod owns, ascending. It scans the map:
-// O(guilds).
+// GuildsOwnedBy returns the guilds a pod owns, ascending (nil when none),
+// from the map's per-owner index: O(guilds the pod owns), not O(guilds).
 func (w *Watcher) GuildsOwnedBy(pod string) []uint64 {
-	var out []uint64
 	w.mu.RLock()
-	for id, g := range w.state.guilds {
-		if g.Owner == pod {
-			out = append(out, id)
-		}
-	}
-	w.mu.RUnlock()
-	slices.Sort(out)
-	return out
+	defer w.mu.RUnlock()
+	return w.state.guilds.OwnedBy(pod)
+}
+
+// GuildCount returns the number of guilds a pod owns, from the map's
+// per-owner counters: O(1).
+func (w *Watcher) GuildCount(pod string) int {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	return w.state.guilds.Count(pod)
 }
 
 // Revision returns the revision of the local map (0 before the first list).
@@ -388,7 +388,7 @@ func (w *Watcher) Snapshot() Snapshot {
 		ShardCount:  m.shardCount,
 		Pods:        make([]fsm.Pod, 0, len(m.pods)),
 		Shards:      make([]fsm.ShardAssignment, len(m.shards)),
-		Guilds:      make([]fsm.Guild, 0, len(m.guilds)),
+		Guilds:      m.guilds.AppendTo(make([]fsm.Guild, 0, m.guilds.Len())), // by id
 		ConfigNodes: make([]fsm.ConfigNode, 0, len(m.configNodes)),
 	}
 	for _, p := range m.pods {
@@ -397,23 +397,11 @@ func (w *Watcher) Snapshot() Snapshot {
 	for i := range m.shards {
 		s.Shards[i], _ = View{m}.Shard(i)
 	}
-	for _, g := range m.guilds {
-		s.Guilds = append(s.Guilds, *g)
-	}
 	for _, c := range m.configNodes {
 		s.ConfigNodes = append(s.ConfigNodes, c)
 	}
 	w.mu.RUnlock()
 	slices.SortFunc(s.Pods, podLess)
-	slices.SortFunc(s.Guilds, func(a, b fsm.Guild) int {
-		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
-		}
-		return 0
-	})
 	slices.SortFunc(s.ConfigNodes, func(a, b fsm.ConfigNode) int { return strings.Compare(a.ID, b.ID) })
 	return s
 }
@@ -678,7 +666,15 @@ func (w *Watcher) listOne(ctx context.Context, base string) (Snapshot, error) {
 	if resp.StatusCode != http.StatusOK {
 		return s, DecodeError(resp)
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+	var buf bytes.Buffer
+	if resp.ContentLength > 0 && resp.ContentLength < 4<<30 {
+		buf.Grow(int(resp.ContentLength) + bytes.MinRead) // one allocation, no regrowth
+	}
+	if _, err := buf.ReadFrom(resp.Body); err != nil {
+		return s, fmt.Errorf("read snapshot from %s: %w", base, err)
+	}
+	b := buf.Bytes()
+	if err := DecodeSnapshot(b, &s); err != nil {
 		return s, fmt.Errorf("decode snapshot from %s: %w", base, err)
 	}
 	return s, nil

@@ -410,8 +410,8 @@ func TestMapIsAlwaysAStateAtSomeRevision(t *testing.T) {
 		done <- w.WaitFor(ctx, func(v View) bool {
 			checks++
 			rev := v.Revision()
-			if want := int(rev-5) * perRev; len(v.m.guilds) != want {
-				bad = "guild count " + strconv.Itoa(len(v.m.guilds)) + " at revision " + strconv.FormatUint(rev, 10) + ", want " + strconv.Itoa(want)
+			if want := int(rev-5) * perRev; v.m.guilds.Len() != want {
+				bad = "guild count " + strconv.Itoa(v.m.guilds.Len()) + " at revision " + strconv.FormatUint(rev, 10) + ", want " + strconv.Itoa(want)
 				return true
 			}
 			for r := uint64(6); r <= last; r++ {

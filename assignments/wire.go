@@ -1,8 +1,11 @@
 package assignments
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 
@@ -152,8 +155,10 @@ func AppendChangeFrames(dst []byte, rev uint64, events []fsm.Event) ([]byte, int
 		body, count = body[:0], 0
 		frames++
 	}
+	var enc []byte // one event's encoding, reused
 	for i := range events {
-		enc, err := json.Marshal(&events[i])
+		var err error
+		enc, err = fsm.AppendEventJSON(enc[:0], &events[i])
 		if err != nil {
 			return dst, frames, fmt.Errorf("encode event %d of revision %d: %w", i, rev, err)
 		}
@@ -164,7 +169,6 @@ func AppendChangeFrames(dst []byte, rev uint64, events []fsm.Event) ([]byte, int
 				flush(false)
 			}
 			var n int
-			var err error
 			dst, n, err = appendChunkFrames(dst, rev, enc, i == len(events)-1)
 			frames += n
 			if err != nil {
@@ -244,4 +248,214 @@ func AppendGoneFrame(dst []byte, body ErrorBody) []byte {
 	dst = append(dst, "event: "+SSEGone+"\ndata: "...)
 	dst = append(dst, b...)
 	return append(dst, "\n\n"...)
+}
+
+// DecodeChangeFrame reads the data of an `event: change` frame. Frames in
+// the form AppendChangeFrames writes are read without reflection (see
+// fsm.ParseEventJSON); anything else goes to encoding/json, which the fast
+// path never contradicts.
+func DecodeChangeFrame(b []byte, f *ChangeFrame) error {
+	if parseChangeFrame(b, f) {
+		return nil
+	}
+	*f = ChangeFrame{}
+	return json.Unmarshal(b, f)
+}
+
+func parseChangeFrame(b []byte, f *ChangeFrame) bool {
+	rev, rest, ok := cutUint(b, `{"revision":`)
+	if !ok {
+		return false
+	}
+	more := false
+	if r, ok := bytes.CutPrefix(rest, []byte(`,"more":true`)); ok {
+		more, rest = true, r
+	}
+	if rest, ok = bytes.CutPrefix(rest, []byte(`,"events":[`)); !ok {
+		return false
+	}
+	events := make([]fsm.Event, 0, 16)
+	for len(rest) > 0 && rest[0] != ']' {
+		var e fsm.Event
+		n, ok := fsm.ParseEventJSON(rest, &e)
+		if !ok {
+			return false
+		}
+		events = append(events, e)
+		rest = rest[n:]
+		if len(rest) > 1 && rest[0] == ',' && rest[1] != ']' {
+			rest = rest[1:]
+		} else if len(rest) == 0 || rest[0] != ']' {
+			return false
+		}
+	}
+	if !bytes.Equal(rest, []byte("]}")) {
+		return false
+	}
+	*f = ChangeFrame{Revision: rev, More: more, Events: events}
+	return true
+}
+
+// AppendSnapshotJSON appends json.Marshal(s), the guilds written by hand
+// (fsm.AppendGuildJSON): GET /v1/snapshot carries every guild of the map.
+func AppendSnapshotJSON(dst []byte, s *Snapshot) ([]byte, error) {
+	part := func(key string, v any) error {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("encode snapshot %s: %w", key, err)
+		}
+		dst = append(append(dst, key...), b...)
+		return nil
+	}
+	dst = strconv.AppendUint(append(dst, `{"revision":`...), s.Revision, 10)
+	dst = strconv.AppendInt(append(dst, `,"shard_count":`...), int64(s.ShardCount), 10)
+	if err := errors.Join(part(`,"pods":`, s.Pods), part(`,"shards":`, s.Shards)); err != nil {
+		return dst, err
+	}
+	var err error
+	if dst, err = AppendGuildsJSON(append(dst, `,"guilds":`...), s.Guilds); err != nil {
+		return dst, fmt.Errorf("encode snapshot: %w", err)
+	}
+	if err := part(`,"config_nodes":`, s.ConfigNodes); err != nil {
+		return dst, err
+	}
+	return append(dst, '}'), nil
+}
+
+// AppendGuildsJSON appends json.Marshal(gs) (see fsm.AppendGuildJSON).
+func AppendGuildsJSON(dst []byte, gs []fsm.Guild) ([]byte, error) {
+	if gs == nil {
+		return append(dst, "null"...), nil
+	}
+	dst = append(dst, '[')
+	for i := range gs {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		var err error
+		if dst, err = fsm.AppendGuildJSON(dst, &gs[i]); err != nil {
+			return dst, fmt.Errorf("encode guild %d: %w", gs[i].ID, err)
+		}
+	}
+	return append(dst, ']'), nil
+}
+
+// DecodeSnapshot reads a GET /v1/snapshot body. The form AppendSnapshotJSON
+// writes is read with the guilds parsed by hand (fsm.ParseGuildJSON) and
+// the rest by encoding/json; any other form goes to encoding/json whole.
+func DecodeSnapshot(b []byte, s *Snapshot) error {
+	if parseSnapshot(b, s) {
+		return nil
+	}
+	*s = Snapshot{}
+	return json.Unmarshal(b, s)
+}
+
+func parseSnapshot(b []byte, s *Snapshot) bool {
+	var out Snapshot
+	var ok bool
+	var sc uint64
+	var rest []byte
+	if out.Revision, rest, ok = cutUint(b, `{"revision":`); !ok {
+		return false
+	}
+	if sc, rest, ok = cutUint(rest, `,"shard_count":`); !ok || sc > math.MaxInt32 {
+		return false
+	}
+	out.ShardCount = int(sc)
+	// value decodes one JSON value after key with encoding/json.
+	value := func(key string, v any) bool {
+		if rest, ok = bytes.CutPrefix(rest, []byte(key)); !ok {
+			return false
+		}
+		dec := json.NewDecoder(bytes.NewReader(rest))
+		if dec.Decode(v) != nil {
+			return false
+		}
+		rest = rest[dec.InputOffset():]
+		return true
+	}
+	if !value(`,"pods":`, &out.Pods) || !value(`,"shards":`, &out.Shards) {
+		return false
+	}
+	if rest, ok = bytes.CutPrefix(rest, []byte(`,"guilds":`)); !ok {
+		return false
+	}
+	if out.Guilds, rest, ok = parseGuilds(rest); !ok {
+		return false
+	}
+	if !value(`,"config_nodes":`, &out.ConfigNodes) || !bytes.Equal(bytes.TrimRight(rest, " \t\r\n"), []byte("}")) {
+		return false
+	}
+	*s = out
+	return true
+}
+
+// parseGuilds reads a JSON array of guilds in the form AppendGuildsJSON
+// writes by hand and returns what follows it.
+func parseGuilds(b []byte) ([]fsm.Guild, []byte, bool) {
+	rest, ok := bytes.CutPrefix(b, []byte(`[`))
+	if !ok {
+		return nil, b, false
+	}
+	gs := make([]fsm.Guild, 0, bytes.Count(rest, []byte(`{"id":`)))
+	for len(rest) > 0 && rest[0] != ']' {
+		var g fsm.Guild
+		n, ok := fsm.ParseGuildJSON(rest, &g)
+		if !ok {
+			return nil, b, false
+		}
+		gs = append(gs, g)
+		rest = rest[n:]
+		if len(rest) > 1 && rest[0] == ',' && rest[1] != ']' {
+			rest = rest[1:]
+		} else if len(rest) == 0 || rest[0] != ']' {
+			return nil, b, false
+		}
+	}
+	if len(rest) == 0 {
+		return nil, b, false
+	}
+	return gs, rest[1:], true
+}
+
+// UnmarshalJSON reads a POST /v1/guilds answer; the form the config nodes
+// write is read without reflection (a batch carries 10,000 guilds).
+func (p *PlaceResponse) UnmarshalJSON(b []byte) error {
+	if rev, rest, ok := cutUint(b, `{"revision":`); ok {
+		if rest, ok = bytes.CutPrefix(rest, []byte(`,"guilds":`)); ok {
+			if gs, rest, ok := parseGuilds(rest); ok && bytes.Equal(bytes.TrimRight(rest, " \t\r\n"), []byte("}")) {
+				*p = PlaceResponse{Revision: rev, Guilds: gs}
+				return nil
+			}
+		}
+	}
+	type plain PlaceResponse // without this method
+	var v plain
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*p = PlaceResponse(v)
+	return nil
+}
+
+// cutUint reads key and the JSON unsigned integer after it (no sign, no
+// leading zero), as encoding/json would accept it, and returns what follows.
+func cutUint(b []byte, key string) (uint64, []byte, bool) {
+	rest, ok := bytes.CutPrefix(b, []byte(key))
+	if !ok {
+		return 0, b, false
+	}
+	j := 0
+	for j < len(rest) && rest[j] >= '0' && rest[j] <= '9' {
+		j++
+	}
+	if j == 0 || j > 1 && rest[0] == '0' {
+		return 0, b, false
+	}
+	v, err := strconv.ParseUint(string(rest[:j]), 10, 64)
+	if err != nil {
+		return 0, b, false
+	}
+	return v, rest[j:], true
 }

@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"strconv"
+	"sync"
 	"text/tabwriter"
 	"time"
 
 	"github.com/modbot/modbot/confignode"
 	"github.com/modbot/modbot/fsm"
+	"github.com/modbot/modbot/gatewaynode/guildstore"
 	"github.com/modbot/modbot/systest"
 )
 
@@ -31,6 +34,10 @@ type MigrationOptions struct {
 	// MaxMoves and MaxMovesPerPod cap a rebalance's concurrent moves (the
 	// config node's defaults, 8 and 2, when zero).
 	MaxMoves, MaxMovesPerPod int
+	// LoadRows is the size (message rows) of the guild moved while other
+	// guilds on both pods take writes (default 1M); LoadRate is those
+	// writes per second on each pod (default 200).
+	LoadRows, LoadRate int
 }
 
 func (o *MigrationOptions) defaults() {
@@ -45,6 +52,12 @@ func (o *MigrationOptions) defaults() {
 	}
 	if o.RebalanceMessages <= 0 {
 		o.RebalanceMessages = 5
+	}
+	if o.LoadRows <= 0 {
+		o.LoadRows = 1_000_000
+	}
+	if o.LoadRate <= 0 {
+		o.LoadRate = 200
 	}
 }
 
@@ -83,6 +96,7 @@ type RebalanceResult struct {
 // MigrationResult is what `make bench` prints for issue 7.
 type MigrationResult struct {
 	Moves     []MoveResult
+	UnderLoad MoveUnderLoadResult
 	Rebalance RebalanceResult
 }
 
@@ -93,6 +107,9 @@ func Migration(ctx context.Context, o MigrationOptions) (MigrationResult, error)
 	var err error
 	if res.Moves, err = MoveTimes(ctx, o); err != nil {
 		return res, fmt.Errorf("move time: %w", err)
+	}
+	if res.UnderLoad, err = MoveUnderLoad(ctx, o); err != nil {
+		return res, fmt.Errorf("move under load: %w", err)
 	}
 	if res.Rebalance, err = RebalanceTime(ctx, o); err != nil {
 		return res, fmt.Errorf("rebalance time: %w", err)
@@ -351,6 +368,8 @@ func guildsPerPod(ctx context.Context, s *systest.System) (map[string]int, error
 func PrintMigration(w io.Writer, r MigrationResult) {
 	PrintMoveTimes(w, r.Moves)
 	fmt.Fprintln(w)
+	PrintMoveUnderLoad(w, r.UnderLoad)
+	fmt.Fprintln(w)
 	PrintRebalance(w, r.Rebalance)
 }
 
@@ -391,4 +410,219 @@ func perPod(m map[string]int) string {
 		}
 	}
 	return out
+}
+
+// MoveUnderLoadResult is the move of one big guild while other guilds on
+// its source and its target take a steady write load (issue 18).
+type MoveUnderLoadResult struct {
+	Rows int
+	Rate int // writes per second on each pod
+	// Move runs from the move command to the guild active on the target;
+	// Drop from then to the source's copy deleted. The load is measured
+	// over both.
+	Move, Drop time.Duration
+	// Quiet is the same load on the source before the move (the floor);
+	// Source and Target are the other guilds' write latencies (one
+	// Store.Apply, commit included, from the moment the write was due)
+	// during the move and the drop.
+	Quiet, Source, Target Percentiles
+	// Late counts writes sent after their due time because too many
+	// were waiting already (see writeLoad.run).
+	Late int
+}
+
+// MoveUnderLoad moves a guild of o.LoadRows message rows from pod A to pod
+// B while one other guild on A and one on B each receive o.LoadRate writes
+// per second, and reports those writes' latency. The load is bounded: it
+// runs only until the source's copy is dropped, and at most 10 minutes.
+func MoveUnderLoad(ctx context.Context, o MigrationOptions) (MoveUnderLoadResult, error) {
+	o.defaults()
+	res := MoveUnderLoadResult{Rows: o.LoadRows, Rate: o.LoadRate}
+	dir, cleanup, err := systest.TempDir("moveload")
+	if err != nil {
+		return res, err
+	}
+	defer cleanup()
+	s, err := systest.StartSystem(ctx, dir, systest.SystemOptions{Shards: 1, Gateways: 1})
+	if err != nil {
+		return res, err
+	}
+	defer s.Close()
+	guilds := s.Discord.Seed(3)
+	big, onA, onB := guilds[0].ID, guilds[1].ID, guilds[2].ID
+	if err := s.WaitSettled(ctx, 60*time.Second); err != nil {
+		return res, err
+	}
+	if _, err := s.AddGateway(); err != nil {
+		return res, err
+	}
+	if err := s.WaitSettled(ctx, 60*time.Second); err != nil {
+		return res, err
+	}
+	v, err := s.Owner(ctx, big)
+	if err != nil {
+		return res, err
+	}
+	a := s.PodIndex(v.Owner)
+	b := 1 - a
+	// One small guild goes to B first: the target's own guild under load.
+	if err := moveAndWait(ctx, s, onB, b); err != nil {
+		return res, fmt.Errorf("move the target's guild: %w", err)
+	}
+	if err := s.InsertMessages(ctx, a, big, 1<<40, o.LoadRows, o.InsertBatch); err != nil {
+		return res, err
+	}
+	loadA, err := newWriteLoad(ctx, s, a, onA, o.LoadRate)
+	if err != nil {
+		return res, err
+	}
+	loadB, err := newWriteLoad(ctx, s, b, onB, o.LoadRate)
+	if err != nil {
+		return res, err
+	}
+	lctx, stop := context.WithTimeout(ctx, 10*time.Minute)
+	defer stop()
+	// The floor: the same load on A with no move, for 2 s.
+	qctx, qstop := context.WithTimeout(lctx, 2*time.Second)
+	quiet := loadA.run(qctx)
+	qstop()
+	res.Quiet = percentiles(quiet)
+	srcLat, tgtLat := make(chan []time.Duration, 1), make(chan []time.Duration, 1)
+	go func() { srcLat <- loadA.run(lctx) }()
+	go func() { tgtLat <- loadB.run(lctx) }()
+	start := time.Now()
+	err = moveAndWait(ctx, s, big, b)
+	res.Move = time.Since(start)
+	if err == nil {
+		err = systest.Poll(ctx, 5*time.Minute, "the source's copy dropped", func() bool {
+			n, err := s.MessageRows(ctx, a, big)
+			return err == nil && n == 0
+		})
+		res.Drop = time.Since(start) - res.Move
+	}
+	stop()
+	res.Source, res.Target = percentiles(<-srcLat), percentiles(<-tgtLat)
+	res.Late = loadA.late + loadB.late
+	if err != nil {
+		return res, err
+	}
+	if n, err := s.MessageRows(ctx, b, big); err != nil || n != int64(o.LoadRows) {
+		return res, fmt.Errorf("target has %d rows of the moved guild (want %d): %v", n, o.LoadRows, err)
+	}
+	return res, nil
+}
+
+// moveAndWait moves guild g to pod to and waits until to's map shows it active there.
+func moveAndWait(ctx context.Context, s *systest.System, g uint64, to int) error {
+	mv, err := s.Client.Move(ctx, strconv.FormatUint(g, 10), s.Cfgs[to].ID)
+	if err != nil {
+		return err
+	}
+	aborted := false
+	err = systest.Poll(ctx, 10*time.Minute, "the guild active on the target", func() bool {
+		gi, ok := s.Gateways[to].Watcher().Lookup(g)
+		aborted = ok && gi.Migration == nil && gi.Epoch > mv.Epoch && gi.Owner != s.Cfgs[to].ID
+		return aborted || ok && gi.Owner == s.Cfgs[to].ID && gi.State == fsm.GuildActive
+	})
+	if err == nil && aborted {
+		err = errors.New("the move aborted")
+	}
+	return err
+}
+
+// writeLoad writes one new message at a time to one guild on one pod's
+// store, at a fixed rate.
+type writeLoad struct {
+	s            *systest.System
+	pod          int
+	guild, epoch uint64
+	rate         int
+	next         uint64
+	late         int
+}
+
+func newWriteLoad(ctx context.Context, s *systest.System, pod int, g uint64, rate int) (*writeLoad, error) {
+	v, err := s.Owner(ctx, g)
+	if err != nil {
+		return nil, err
+	}
+	if v.Owner != s.Cfgs[pod].ID {
+		return nil, fmt.Errorf("guild %d is on %s, not %s", g, v.Owner, s.Cfgs[pod].ID)
+	}
+	return &writeLoad{s: s, pod: pod, guild: g, epoch: v.Epoch, rate: rate, next: 1 << 50}, nil
+}
+
+// run writes until ctx ends and returns each write's latency. The load is
+// open: each write is sent at its due time (start + i/rate) in its own
+// goroutine, as a pod's events arrive whether or not the previous one has
+// committed (so group commit batches them as in production), and its
+// latency runs from that due time (no coordinated omission). At most
+// maxInFlight writes wait at once; a write due while that many wait is
+// sent late and counted in late.
+func (l *writeLoad) run(ctx context.Context) []time.Duration {
+	const maxInFlight = 2000
+	store := l.s.Gateways[l.pod].Store()
+	period := time.Second / time.Duration(l.rate)
+	at := time.Now().Add(-time.Minute)
+	var (
+		mu  sync.Mutex
+		lat []time.Duration
+		wg  sync.WaitGroup
+	)
+	sem := make(chan struct{}, maxInFlight)
+	start := time.Now()
+	for i := 0; ctx.Err() == nil; i++ {
+		due := start.Add(time.Duration(i) * period)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Until(due)):
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		select {
+		case sem <- struct{}{}:
+		default:
+			l.late++
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				continue
+			}
+		}
+		l.next++
+		id := l.next
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			// Not ctx: a write already sent is waited for, so the
+			// slowest ones are counted.
+			_, err := store.Apply(context.WithoutCancel(ctx), guildstore.Write{Epoch: l.epoch, Op: guildstore.MessageCreate{
+				GuildID: l.guild, MessageID: id, ChannelID: l.guild + 1, AuthorID: 100000000000000001, CreatedAt: at, ContentLength: 10}})
+			d := time.Since(due)
+			if err != nil {
+				slog.Warn("load write failed", "guild", l.guild, "err", err)
+				return
+			}
+			mu.Lock()
+			lat = append(lat, d)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return lat
+}
+
+// PrintMoveUnderLoad writes the move-under-load table.
+func PrintMoveUnderLoad(w io.Writer, r MoveUnderLoadResult) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "A %d-ROW GUILD MOVING (other guilds: %d writes/s on each pod)\tp50\tp99\tmax\twrites\tbefore (one writer held)\tTARGET\n", r.Rows, r.Rate)
+	fmt.Fprintf(tw, "source, no move (floor)\t%s\t%s\t%s\t%d\t\t\n", ms(r.Quiet.P50), ms(r.Quiet.P99), ms(r.Quiet.Max), r.Quiet.N)
+	fmt.Fprintf(tw, "source's other guild, move + drop\t%s\t%s\t%s\t%d\tseconds\tp99 < 20 ms\n", ms(r.Source.P50), ms(r.Source.P99), ms(r.Source.Max), r.Source.N)
+	fmt.Fprintf(tw, "target's other guild, move + drop\t%s\t%s\t%s\t%d\tseconds\tp99 < 20 ms\n", ms(r.Target.P50), ms(r.Target.P99), ms(r.Target.Max), r.Target.N)
+	fmt.Fprintf(tw, "move command → active on target\t%s\t\t\t\t\t\n", r.Move.Round(time.Millisecond))
+	fmt.Fprintf(tw, "then → source's copy dropped\t%s\t\t\t\t\t\n", r.Drop.Round(time.Millisecond))
+	fmt.Fprintf(tw, "writes sent late (2000 already waiting)\t%d\t\t\t\t\t\n", r.Late)
+	_ = tw.Flush()
 }

@@ -15,7 +15,7 @@ func TestMigrationSmoke(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	r, err := Migration(ctx, MigrationOptions{Rows: []int{2000, 20000}, RebalanceGuilds: 40, RebalanceMessages: 2})
+	r, err := Migration(ctx, MigrationOptions{Rows: []int{2000, 20000}, RebalanceGuilds: 40, RebalanceMessages: 2, LoadRows: 20000, LoadRate: 50})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -24,6 +24,9 @@ func TestMigrationSmoke(t *testing.T) {
 		if m.TargetRows != int64(m.Rows)+1 || m.SourceRowsAfter != 0 {
 			t.Errorf("move of %d rows: target has %d rows (want %d), source %d", m.Rows, m.TargetRows, m.Rows+1, m.SourceRowsAfter)
 		}
+	}
+	if r.UnderLoad.Source.N == 0 || r.UnderLoad.Target.N == 0 {
+		t.Errorf("no load writes measured during the move under load: %+v", r.UnderLoad)
 	}
 	if r.Rebalance.Failed != 0 {
 		t.Errorf("%d rebalance moves failed", r.Rebalance.Failed)
@@ -52,4 +55,22 @@ func TestMigrationBench(t *testing.T) {
 		t.Fatal(err)
 	}
 	PrintMigration(os.Stdout, r)
+}
+
+// TestMoveUnderLoadBench runs only the move-under-load row (a 1M-row guild
+// moving while other guilds on both pods take 200 writes/s) when
+// MODBOT_MOVE_LOAD_BENCH=1:
+//
+//	MODBOT_MOVE_LOAD_BENCH=1 go test -run MoveUnderLoadBench -v -timeout 20m ./benchmarks/
+func TestMoveUnderLoadBench(t *testing.T) {
+	if os.Getenv("MODBOT_MOVE_LOAD_BENCH") == "" {
+		t.Skip("set MODBOT_MOVE_LOAD_BENCH=1 to run the move-under-load benchmark")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	r, err := MoveUnderLoad(ctx, MigrationOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	PrintMoveUnderLoad(os.Stdout, r)
 }

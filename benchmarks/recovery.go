@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -20,6 +21,7 @@ type RecoveryOptions struct {
 	ModbotBinary string        // for the sidecars and modbot restore (default bin/modbot)
 	Messages     int           // message rows put in the victim pod (default 1,500,000: about 100 MB)
 	Grace        time.Duration // the leader's failover grace (default 10 s)
+	Verbose      bool          // the cluster logs to stderr
 }
 
 // RecoveryResult is one pod crash with its disk and one without.
@@ -60,7 +62,11 @@ func Recovery(ctx context.Context, o RecoveryOptions) (RecoveryResult, error) {
 	defer os.RemoveAll(dir)
 	replica := func(pod string) string { return "file://" + filepath.Join(dir, "replicas", pod) }
 	const podTimeout = 1500 * time.Millisecond
-	sys, err := systest.StartSystem(ctx, dir, systest.SystemOptions{Shards: 4, PodTimeout: podTimeout,
+	var logger *slog.Logger
+	if o.Verbose {
+		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	sys, err := systest.StartSystem(ctx, dir, systest.SystemOptions{Shards: 4, PodTimeout: podTimeout, Logger: logger,
 		TweakConfig: func(c *confignode.Config) {
 			c.FailoverReplica = replica("{pod}")
 			c.FailoverGrace = o.Grace

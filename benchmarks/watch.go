@@ -41,13 +41,27 @@ type WatchResult struct {
 	StackPerWatcher uint64
 	Setup           time.Duration // time to start and sync all watchers
 	Guilds          int           // guilds in the map each watcher holds
+	// CPU is the process's CPU time (user + system) over the measured
+	// writes: config nodes and watchers together, since all run in this
+	// process.
+	CPU time.Duration
+	// IdleCPU is the process's CPU seconds per second while every watcher
+	// is connected and no write is made (WatchOptions.IdleFor; 0 if not
+	// measured).
+	IdleCPU float64
 }
 
 // WatchOptions tunes WatchLatencyWith; zero values take the defaults.
 type WatchOptions struct {
 	Guilds int           // guilds placed before watchers start (default 100)
 	Gap    time.Duration // pause between writes once all watchers have the previous one (default 10 ms)
-	Logger *slog.Logger  // default: discard
+	// Warmup writes go first in each round, delivered like the others but
+	// not measured (default 0).
+	Warmup int
+	// IdleFor, when positive, measures IdleCPU over this long before the
+	// writes.
+	IdleFor time.Duration
+	Logger  *slog.Logger // default: discard
 }
 
 // WatchLatency measures commit → delivery latency for each watcher count on
@@ -113,7 +127,7 @@ func WatchLatencyWith(ctx context.Context, watchers []int, writes int, o WatchOp
 			return out, fmt.Errorf("%d watchers: %w", n, err)
 		}
 		r.Guilds = o.Guilds
-		next += writes
+		next += writes + o.Warmup
 		out = append(out, r)
 	}
 	return out, nil
@@ -147,9 +161,9 @@ func watchRound(ctx context.Context, c *systest.Cluster, tr *http.Transport, n, 
 		}
 		cl.HTTP().Transport = tr
 		w := assignments.NewWatcher(cl, assignments.WatcherOptions{Logger: o.Logger, Name: fmt.Sprintf("bench-%d", i)})
-		ch, unsubscribe := w.Subscribe(writes + 16)
+		ch, unsubscribe := w.Subscribe(o.Warmup + writes + 16)
 		ws[i] = w
-		stamps[i] = make([]stamp, 0, writes+4)
+		stamps[i] = make([]stamp, 0, o.Warmup+writes+4)
 		wg.Add(2)
 		go func() { defer wg.Done(); _ = w.Run(rctx) }()
 		go func() {
@@ -194,10 +208,20 @@ func watchRound(ctx context.Context, c *systest.Cluster, tr *http.Transport, n, 
 		res.StackPerWatcher = (after.StackInuse - before.StackInuse) / uint64(n)
 	}
 
+	idle, err := MeasureIdleCPU(ctx, o.IdleFor)
+	if err != nil {
+		return res, err
+	}
+	res.IdleCPU = idle
+
 	cl := c.Client()
 	sent := make(map[uint64]time.Time, writes)
 	var writeDur []time.Duration
-	for k := 0; k < writes; k++ {
+	var cpu0 time.Duration
+	for k := 0; k < o.Warmup+writes; k++ {
+		if k == o.Warmup {
+			cpu0 = ProcessCPU()
+		}
 		t0 := time.Now()
 		pr, err := cl.PlaceGuilds(ctx, []string{guildID(firstGuild + k)})
 		// Setting up a thousand watchers on two cores can starve a leader
@@ -211,8 +235,10 @@ func watchRound(ctx context.Context, c *systest.Cluster, tr *http.Transport, n, 
 		if err != nil {
 			return res, fmt.Errorf("write %d: %w", k, err)
 		}
-		writeDur = append(writeDur, time.Since(t0))
-		sent[pr.Revision] = t0
+		if k >= o.Warmup {
+			writeDur = append(writeDur, time.Since(t0))
+			sent[pr.Revision] = t0
+		}
 		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		for _, w := range ws {
 			if err := w.WaitRevision(wctx, pr.Revision); err != nil {
@@ -227,6 +253,7 @@ func watchRound(ctx context.Context, c *systest.Cluster, tr *http.Transport, n, 
 		case <-time.After(o.Gap):
 		}
 	}
+	res.CPU = ProcessCPU() - cpu0
 	// The collectors may still be a few microseconds behind WaitRevision.
 	var last uint64
 	for r := range sent {
@@ -275,15 +302,15 @@ func watchRound(ctx context.Context, c *systest.Cluster, tr *http.Transport, n, 
 // PrintWatchTable prints the results as a table.
 func PrintWatchTable(w io.Writer, rs []WatchResult) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "watchers\twrites\tsamples\tdelivery p50\tp99\tmax\ton leader p50/p99\ton followers p50/p99\twrite p50\theap/watcher\tstack/watcher\tsetup\t")
+	fmt.Fprintln(tw, "watchers\twrites\tsamples\tdelivery p50\tp99\tmax\ton leader p50/p99\ton followers p50/p99\twrite p50\tCPU/write\theap/watcher\tstack/watcher\tsetup\t")
 	for _, r := range rs {
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%s\t%s / %s\t%s / %s\t%s\t%.1f KiB\t%.1f KiB\t%s\t\n",
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%s\t%s / %s\t%s / %s\t%s\t%s\t%.1f KiB\t%.1f KiB\t%s\t\n",
 			r.Watchers, r.Writes, r.Latency.N, ms(r.Latency.P50), ms(r.Latency.P99), ms(r.Latency.Max),
-			ms(r.OnLeader.P50), ms(r.OnLeader.P99), ms(r.OnFollowers.P50), ms(r.OnFollowers.P99), ms(r.Write.P50),
+			ms(r.OnLeader.P50), ms(r.OnLeader.P99), ms(r.OnFollowers.P50), ms(r.OnFollowers.P99), ms(r.Write.P50), ms(r.CPU/time.Duration(max(r.Writes, 1))),
 			float64(r.HeapPerWatcher)/1024, float64(r.StackPerWatcher)/1024, r.Setup.Round(time.Millisecond))
 	}
 	_ = tw.Flush()
 	if len(rs) > 0 {
-		fmt.Fprintf(w, "(3 config nodes in process, loopback, fsync on; %d guilds in the map; latency = write call start → Subscribe channel receive)\n", rs[0].Guilds)
+		fmt.Fprintf(w, "(3 config nodes in process, loopback, fsync on; %d guilds in the map; latency = write call start → Subscribe channel receive; CPU/write = this process's CPU, nodes and watchers together)\n", rs[0].Guilds)
 	}
 }

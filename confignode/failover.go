@@ -42,7 +42,7 @@ func (n *Node) failoverLoop(ctx context.Context) {
 		if len(moves) == 0 {
 			continue // no live pod to take them, or all are moving already
 		}
-		if _, err := n.mover.runJob("failover", pod, moves); err != nil {
+		if _, err := n.mover.runJob(jobFailover, pod, moves); err != nil {
 			continue // another job runs; look again next tick
 		}
 		n.metrics.failovers.Inc()

@@ -223,3 +223,119 @@ func TestFailoverLossWindowIsThePodsLastReportedLag(t *testing.T) {
 		t.Fatalf("loss window after a heartbeat without a lag: %d, want -1", got)
 	}
 }
+
+// blockingPod holds every import until released, counting how many run at
+// once.
+type blockingPod struct {
+	mu        sync.Mutex
+	running   int
+	maxAtOnce int
+	release   chan struct{}
+	srv       *httptest.Server
+}
+
+func newBlockingPod(t *testing.T) *blockingPod {
+	p := &blockingPod{release: make(chan struct{})}
+	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			p.mu.Lock()
+			p.running++
+			p.maxAtOnce = max(p.maxAtOnce, p.running)
+			p.mu.Unlock()
+			select {
+			case <-p.release:
+			case <-r.Context().Done():
+			}
+			p.mu.Lock()
+			p.running--
+			p.mu.Unlock()
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"rows":{},"checksum":"sha256:x"}`))
+	}))
+	t.Cleanup(p.srv.Close)
+	t.Cleanup(func() { p.open() })
+	return p
+}
+
+func (p *blockingPod) open() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.release:
+	default:
+		close(p.release)
+	}
+}
+
+func (p *blockingPod) atOnce() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.maxAtOnce
+}
+
+// A failover's source is down and does none of the work: its moves are
+// capped per target (MaxMovesPerPod each), not by the dead source, so the
+// targets import at full width at once.
+func TestAFailoversMovesAreCappedPerTargetNotByTheDeadSource(t *testing.T) {
+	const perPod = 3
+	tc := newTestCluster(t, 1, func(_ int, c *Config) {
+		c.PodTimeout = time.Second
+		c.FailoverGrace = 500 * time.Millisecond
+		c.FailoverReplica = "file:///replicas/{pod}"
+		c.MaxMovesPerPod = perPod
+	})
+	c := tc.client()
+	ctx := context.Background()
+	dead := newStubPod(t)
+	if _, err := c.RegisterPod(ctx, assignments.RegisterPodRequest{ID: "gateway-0", Addr: dead.addr()}); err != nil {
+		t.Fatal(err)
+	}
+	const guilds = perPod + 1 // more than the dead source's cap would let run at once
+	if _, err := c.PlaceGuilds(ctx, guildIDs(0, guilds)); err != nil {
+		t.Fatal(err)
+	}
+	targets := []*blockingPod{newBlockingPod(t), newBlockingPod(t)}
+	hbCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	for i, p := range targets {
+		id := "gateway-" + itoa(i+1)
+		if _, err := c.RegisterPod(ctx, assignments.RegisterPodRequest{ID: id, Addr: strings.TrimPrefix(p.srv.URL, "http://")}); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			for hbCtx.Err() == nil {
+				_ = c.Heartbeat(hbCtx, id)
+				time.Sleep(200 * time.Millisecond)
+			}
+		}()
+	}
+	migrating := func() (n int, to map[string]int) {
+		to = map[string]int{}
+		tc.nodes[tc.leader()].store.View(func(s *fsm.State) {
+			for _, g := range s.Guilds {
+				if g.Migration != nil {
+					n++
+					to[g.Migration.To]++
+				}
+			}
+		})
+		return n, to
+	}
+	waitFor(t, 20*time.Second, "every failover move running at once", func() bool {
+		n, _ := migrating()
+		return n == guilds && targets[0].atOnce()+targets[1].atOnce() == guilds
+	})
+	_, to := migrating()
+	for i, p := range targets {
+		if got := p.atOnce(); got > perPod {
+			t.Fatalf("gateway-%d imported %d guilds at once, MaxMovesPerPod is %d (planned to it: %v)", i+1, got, perPod, to)
+		}
+		p.open()
+	}
+	waitFor(t, 10*time.Second, "the dead pod's guilds owned by the live ones", func() bool {
+		n := 0
+		tc.nodes[tc.leader()].store.View(func(s *fsm.State) { n = s.GuildCount("gateway-0") })
+		return n == 0
+	})
+}

@@ -51,8 +51,11 @@ type Config struct {
 	RaftHeartbeatTimeout time.Duration
 	RaftElectionTimeout  time.Duration
 	// RaftCommitTimeout is how long the leader waits, idle, before telling
-	// followers about a new commit (default 5 ms). Lower means faster watch
-	// delivery from followers at the cost of more idle RPCs.
+	// followers about a new commit (hashicorp/raft waits 1–2× it; default
+	// 2 ms). Followers apply — and their watchers see — a commit only then:
+	// at 5 ms watchers on followers were ~7 ms behind those on the leader
+	// (docs/benchmarks.md, watch vs etcd). Lower means faster watch delivery
+	// from followers at the cost of more idle RPCs (raft's floor is 1 ms).
 	RaftCommitTimeout time.Duration
 	SnapshotThreshold uint64
 	SnapshotInterval  time.Duration
@@ -128,7 +131,7 @@ func (c *Config) setDefaults() {
 		c.RaftElectionTimeout = 500 * time.Millisecond
 	}
 	if c.RaftCommitTimeout == 0 {
-		c.RaftCommitTimeout = 5 * time.Millisecond
+		c.RaftCommitTimeout = 2 * time.Millisecond
 	}
 	if c.SnapshotThreshold == 0 {
 		c.SnapshotThreshold = 8192
@@ -192,6 +195,7 @@ type Node struct {
 	store    *Store
 	logs     *raftboltdb.BoltStore
 	trans    *raft.NetworkTransport
+	stream   *raftStream // the transport's connections, cut if Shutdown hangs
 	httpLn   net.Listener
 	httpSrv  *http.Server
 	httpURL  string
@@ -306,10 +310,13 @@ func (n *Node) startRaft() error {
 	if err != nil {
 		return fmt.Errorf("resolve raft addr %s: %w", cfg.RaftAddr, err)
 	}
-	n.trans, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, adv, 5, 5*time.Second, rc.Logger)
-	if err != nil {
+	if adv.IP == nil || adv.IP.IsUnspecified() {
+		return fmt.Errorf("raft addr %s: an unspecified address is not advertisable: give the address peers dial", cfg.RaftAddr)
+	}
+	if n.stream, err = newRaftStream(cfg.RaftAddr, adv); err != nil {
 		return fmt.Errorf("listen on %s for raft: %w", cfg.RaftAddr, err)
 	}
+	n.trans = raft.NewNetworkTransportWithLogger(n.stream, 5, 5*time.Second, rc.Logger)
 	existing, err := raft.HasExistingState(n.logs, n.logs, snaps)
 	if err != nil {
 		return fmt.Errorf("inspect raft state: %w", err)
@@ -417,7 +424,7 @@ func (n *Node) lead(t *term) {
 		_ = n.leader.spawn(t, "auto-rebalance", n.mover.autoRebalance)
 	}
 	if n.cfg.FailoverReplica != "" {
-		_ = n.leader.spawn(t, "failover", n.failoverLoop)
+		_ = n.leader.spawn(t, jobFailover, n.failoverLoop)
 	}
 	n.live.run(ctx)
 }
@@ -492,10 +499,33 @@ func (n *Node) shutdown() error {
 	return err
 }
 
+// raftShutdownGrace is how long closeRaft lets Raft stop by itself.
+const raftShutdownGrace = 5 * time.Second
+
 func (n *Node) closeRaft() error {
 	var errs []error
 	if n.raft != nil {
-		errs = append(errs, n.raft.Shutdown().Error())
+		f := n.raft.Shutdown()
+		done := make(chan error, 1)
+		go func() { done <- f.Error() }()
+		select {
+		case err := <-done:
+			errs = append(errs, err)
+		case <-time.After(raftShutdownGrace):
+			// A replication goroutine waits on a peer that stopped
+			// reading: cut the connections (see raftStream), again
+			// while it still waits.
+			t := time.NewTicker(raftShutdownGrace)
+			defer t.Stop()
+			for waiting := true; waiting; {
+				n.log.Warn("raft shutdown still waiting; closing its connections", "connections", n.stream.closeAll())
+				select {
+				case err := <-done:
+					errs, waiting = append(errs, err), false
+				case <-t.C:
+				}
+			}
+		}
 	}
 	if n.trans != nil {
 		errs = append(errs, n.trans.Close())

@@ -137,8 +137,13 @@ func (m *mover) runJob(kind, pod string, moves []assignments.Move) (rebalanceJob
 	return out, nil
 }
 
+// jobFailover is the kind of the job that moves a dead pod's guilds.
+const jobFailover = "failover"
+
 // execute runs the job's moves, at most MaxMoves at once and at most
-// MaxMovesPerPod touching any one pod (as source or target).
+// MaxMovesPerPod touching any one pod (as source or target). A failover's
+// source is down and does none of the work (each target reads the dead
+// pod's replica): only its targets count.
 func (m *mover) execute(ctx context.Context, job *rebalanceJob) {
 	n := m.n
 	var wg sync.WaitGroup
@@ -147,8 +152,20 @@ func (m *mover) execute(ctx context.Context, job *rebalanceJob) {
 	stop := context.AfterFunc(ctx, func() { m.mu.Lock(); cond.Broadcast(); m.mu.Unlock() })
 	defer stop()
 	for _, mv := range job.Moves {
+		busy := []string{mv.From, mv.To}
+		if job.Kind == jobFailover {
+			busy = busy[1:]
+		}
+		full := func() bool {
+			for _, p := range busy {
+				if m.perPod[p] >= n.cfg.MaxMovesPerPod {
+					return true
+				}
+			}
+			return job.Running >= n.cfg.MaxMoves
+		}
 		m.mu.Lock()
-		for ctx.Err() == nil && (job.Running >= n.cfg.MaxMoves || m.perPod[mv.From] >= n.cfg.MaxMovesPerPod || m.perPod[mv.To] >= n.cfg.MaxMovesPerPod) {
+		for ctx.Err() == nil && full() {
 			cond.Wait()
 		}
 		if ctx.Err() != nil {
@@ -156,8 +173,9 @@ func (m *mover) execute(ctx context.Context, job *rebalanceJob) {
 			break
 		}
 		job.Running++
-		m.perPod[mv.From]++
-		m.perPod[mv.To]++
+		for _, p := range busy {
+			m.perPod[p]++
+		}
 		m.mu.Unlock()
 		wg.Add(1)
 		go func() {
@@ -165,8 +183,9 @@ func (m *mover) execute(ctx context.Context, job *rebalanceJob) {
 			err := m.moveAndWait(ctx, mv, job)
 			m.mu.Lock()
 			job.Running--
-			m.perPod[mv.From]--
-			m.perPod[mv.To]--
+			for _, p := range busy {
+				m.perPod[p]--
+			}
 			if err != nil {
 				job.Failed++
 				if len(job.Errors) < 50 {
@@ -190,7 +209,7 @@ func (m *mover) execute(ctx context.Context, job *rebalanceJob) {
 func (m *mover) moveAndWait(ctx context.Context, mv assignments.Move, job *rebalanceJob) error {
 	n := m.n
 	var fo *failoverSpec
-	if job.Kind == "failover" {
+	if job.Kind == jobFailover {
 		fo = m.n.failoverSpec(job.Pod)
 	}
 	res, err := m.startMove(ctx, mv.Guild, mv.To, fo)

@@ -12,9 +12,9 @@ import (
 	"github.com/modbot/modbot/internal/httpapi"
 )
 
-// watchWriteTimeout bounds the write of one frame (at most
-// assignments.MaxFrameBytes) to a watcher; a slower watcher is dropped and
-// resumes from its revision.
+// watchWriteTimeout bounds the write of at most assignments.MaxFrameBytes
+// (one frame at most) to a watcher (streamWriter); a slower watcher is
+// dropped and resumes from its revision.
 const watchWriteTimeout = 10 * time.Second
 
 // handleWatch streams the change stream as Server-Sent Events, in the wire
@@ -66,25 +66,10 @@ func (n *Node) handleWatch(w http.ResponseWriter, r *http.Request) {
 	n.metrics.watchers.Inc()
 	defer n.metrics.watchers.Dec()
 
-	// write sends b in pieces of at most MaxFrameBytes, each with its own
-	// deadline; flush sends what is buffered.
-	write := func(b []byte) bool {
-		for len(b) > 0 {
-			k := min(len(b), assignments.MaxFrameBytes)
-			_ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
-			if _, err := w.Write(b[:k]); err != nil {
-				return false
-			}
-			b = b[k:]
-		}
-		return true
-	}
-	flush := func() bool {
-		_ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
-		return rc.Flush() == nil
-	}
+	sw := &streamWriter{w: w, rc: rc}
 	progress := func(pos uint64) bool {
-		return write(assignments.AppendProgressFrame(nil, n.watchProgress(pos))) && flush()
+		sw.arm()
+		return sw.write(assignments.AppendProgressFrame(nil, n.watchProgress(pos))) && sw.flush()
 	}
 	// A first progress message tells the client the stream is live.
 	if !progress(from) {
@@ -96,31 +81,34 @@ func (n *Node) handleWatch(w http.ResponseWriter, r *http.Request) {
 	ticker := time.NewTicker(n.cfg.WatchProgress)
 	defer ticker.Stop()
 	for {
-		batches, wait, oldest, ok := n.store.hist.since(pos, 256)
+		batches, wait, oldest, ok := n.store.hist.since(pos, watchBatchesPerFlush)
 		if !ok {
 			// The history was replaced by a snapshot install: the client must relist.
-			write(assignments.AppendGoneFrame(nil, assignments.ErrorBody{Error: "history compacted; relist", OldestRevision: oldest}))
-			flush()
+			sw.arm()
+			sw.write(assignments.AppendGoneFrame(nil, assignments.ErrorBody{Error: "history compacted; relist", OldestRevision: oldest}))
+			sw.flush()
 			return
 		}
 		if len(batches) > 0 {
-			// Write every ready batch, then flush once.
+			// Write every ready batch, then flush once: one write syscall
+			// for all the revisions that arrived since the last wake-up.
+			sw.arm()
 			for _, b := range batches {
 				frame, _, err := b.encoded()
 				if err != nil {
 					// Never skip a revision: make the client relist instead.
 					n.log.Error("cannot encode a revision for watchers; telling them to relist", "revision", b.revision, "err", err)
-					write(assignments.AppendGoneFrame(nil, assignments.ErrorBody{Error: fmt.Sprintf("revision %d cannot be streamed; relist", b.revision), OldestRevision: oldest}))
-					flush()
+					sw.write(assignments.AppendGoneFrame(nil, assignments.ErrorBody{Error: fmt.Sprintf("revision %d cannot be streamed; relist", b.revision), OldestRevision: oldest}))
+					sw.flush()
 					return
 				}
-				if !write(frame) {
+				if !sw.write(frame) {
 					return
 				}
 				n.metrics.watchSent.Add(float64(len(b.events)))
 				pos = b.revision
 			}
-			if !flush() {
+			if !sw.flush() {
 				return
 			}
 			select {
@@ -130,8 +118,13 @@ func (n *Node) handleWatch(w http.ResponseWriter, r *http.Request) {
 				}
 			default:
 			}
-			continue
+			if len(batches) == watchBatchesPerFlush {
+				continue // more may be ready already
+			}
 		}
+		// wait came with the batches just written: it is closed as soon as
+		// anything newer was appended, so one history lookup per wake-up
+		// is enough (none to find out that nothing is left).
 		select {
 		case <-r.Context().Done():
 			return
@@ -145,6 +138,46 @@ func (n *Node) handleWatch(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 }
+
+// watchBatchesPerFlush is the most revisions a watch stream writes before it
+// flushes (a watcher catching up gets them in flushes of this many).
+const watchBatchesPerFlush = 256
+
+// streamWriter writes a watch stream under write deadlines: arm sets one
+// (watchWriteTimeout) at the start of each flush cycle, and write sets a
+// fresh one after every assignments.MaxFrameBytes, so no more than one
+// frame's worth of bytes (plus the buffered tail the flush sends) is ever
+// written under one deadline, while a cycle of small frames costs one
+// deadline, not one per frame and another per flush.
+type streamWriter struct {
+	w      http.ResponseWriter
+	rc     *http.ResponseController
+	budget int // bytes that may still be written under the current deadline
+}
+
+func (s *streamWriter) arm() {
+	_ = s.rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
+	s.budget = assignments.MaxFrameBytes
+}
+
+// write sends b in pieces of at most MaxFrameBytes; false if the client is gone.
+func (s *streamWriter) write(b []byte) bool {
+	for len(b) > 0 {
+		if s.budget == 0 {
+			s.arm()
+		}
+		k := min(len(b), s.budget)
+		if _, err := s.w.Write(b[:k]); err != nil {
+			return false
+		}
+		s.budget -= k
+		b = b[k:]
+	}
+	return true
+}
+
+// flush sends what is buffered, under the deadline of the last arm.
+func (s *streamWriter) flush() bool { return s.rc.Flush() == nil }
 
 // watchProgress is the progress message for a stream that has delivered
 // everything up to pos: what this node knows of the leader and its own

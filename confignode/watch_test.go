@@ -761,3 +761,70 @@ func TestWatcherOnAFollowerCutOffFromTheMajorityReportsItsRealStaleness(t *testi
 		t.Fatalf("staleness %s, less than the %s since the follower lost its leader", s, time.Since(start))
 	}
 }
+
+// deadlineRecorder is a ResponseWriter that records, for each write
+// deadline set, how many bytes were written under it.
+type deadlineRecorder struct {
+	header    http.Header
+	underEach []int // bytes written under each deadline, in order
+	flushes   int
+}
+
+func (d *deadlineRecorder) Header() http.Header {
+	if d.header == nil {
+		d.header = http.Header{}
+	}
+	return d.header
+}
+func (d *deadlineRecorder) WriteHeader(int) {}
+func (d *deadlineRecorder) Write(b []byte) (int, error) {
+	d.underEach[len(d.underEach)-1] += len(b)
+	return len(b), nil
+}
+func (d *deadlineRecorder) SetWriteDeadline(time.Time) error {
+	d.underEach = append(d.underEach, 0)
+	return nil
+}
+func (d *deadlineRecorder) Flush() { d.flushes++ }
+
+func TestStreamWriterWritesAtMostMaxFrameBytesUnderOneDeadline(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		frames    []int // sizes written in one flush cycle
+		deadlines int
+	}{
+		{"small frames: one deadline per cycle", []int{200, 300, 150, 4000}, 1},
+		{"a frame of exactly MaxFrameBytes", []int{assignments.MaxFrameBytes}, 1},
+		{"frames adding up past MaxFrameBytes", []int{assignments.MaxFrameBytes - 10, 20, assignments.MaxFrameBytes}, 3},
+		{"one large write", []int{3*assignments.MaxFrameBytes + 1}, 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &deadlineRecorder{}
+			sw := &streamWriter{w: d, rc: http.NewResponseController(d)}
+			sw.arm()
+			total := 0
+			for _, n := range tc.frames {
+				if !sw.write(make([]byte, n)) {
+					t.Fatal("write failed")
+				}
+				total += n
+			}
+			if !sw.flush() || d.flushes != 1 {
+				t.Fatalf("flush: %d flushes", d.flushes)
+			}
+			sum := 0
+			for i, b := range d.underEach {
+				if b > assignments.MaxFrameBytes {
+					t.Errorf("deadline %d: %d bytes written under it, more than %d", i, b, assignments.MaxFrameBytes)
+				}
+				sum += b
+			}
+			if sum != total {
+				t.Errorf("%d bytes written, want %d", sum, total)
+			}
+			if len(d.underEach) != tc.deadlines {
+				t.Errorf("%d deadlines set (%v), want %d", len(d.underEach), d.underEach, tc.deadlines)
+			}
+		})
+	}
+}

@@ -40,9 +40,13 @@ type Options struct {
 	// FailoverGrace is how long a gateway may stay down before its guilds
 	// are restored from its replica onto the others (default 60 s).
 	FailoverGrace time.Duration
-	Binary        string
-	Out           io.Writer
-	Log           *slog.Logger
+	// PGPort is the dev PostgreSQL's port on Host (default 5433); with
+	// NoPostgres (or without the server binaries) there is no mirror.
+	PGPort     int
+	NoPostgres bool
+	Binary     string
+	Out        io.Writer
+	Log        *slog.Logger
 }
 
 func (o *Options) defaults() {
@@ -75,6 +79,9 @@ func (o *Options) defaults() {
 	}
 	if o.FailoverGrace == 0 {
 		o.FailoverGrace = 60 * time.Second
+	}
+	if o.PGPort == 0 {
+		o.PGPort = 5433
 	}
 	if o.Out == nil {
 		o.Out = os.Stdout
@@ -113,6 +120,35 @@ func EnsureToken(dir string) (string, error) {
 	return tok, nil
 }
 
+// The fake Discord's OAuth2 application (its default application id and
+// client secret), which the dev proxy signs users in with.
+const (
+	fakeClientID     = "1100000000000000001"
+	fakeClientSecret = "fake-client-secret"
+)
+
+// EnsureSessionKey returns the proxy's cookie key stored in dir (64 hex
+// digits), creating it on first use so sign-ins survive a restart.
+func EnsureSessionKey(dir string) (string, error) {
+	path := filepath.Join(dir, "session-key")
+	b, err := os.ReadFile(path)
+	if err == nil && len(strings.TrimSpace(string(b))) == 64 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("read session key: %w", err)
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", fmt.Errorf("generate session key: %w", err)
+	}
+	key := hex.EncodeToString(raw)
+	if err := os.WriteFile(path, []byte(key+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write session key: %w", err)
+	}
+	return key, nil
+}
+
 // Run starts the cluster and blocks until ctx ends, then stops every child.
 func Run(ctx context.Context, o Options) error {
 	o.defaults()
@@ -138,6 +174,11 @@ func Run(ctx context.Context, o Options) error {
 	}
 	sup := &Supervisor{Binary: o.Binary, LogDir: logDir, Log: o.Log}
 	env := []string{"MODBOT_TOKEN=" + token}
+	pgURL, stopPG, err := startPostgres(ctx, o)
+	if err != nil {
+		return err
+	}
+	defer stopPG()
 	var procs []*Process
 	var urls []string
 	for i := 0; i < o.ConfigNodes; i++ {
@@ -154,6 +195,9 @@ func Run(ctx context.Context, o Options) error {
 			args = append(args, "--bootstrap", "--shards", fmt.Sprint(o.Shards))
 		} else {
 			args = append(args, "--join", strings.Join(urls[:i], ","))
+		}
+		if pgURL != "" {
+			args = append(args, "--pg-url", pgURL)
 		}
 		procs = append(procs, &Process{Name: id, Args: args, Env: env, URL: urls[i]})
 	}
@@ -183,7 +227,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	printSummary(o, procs, token)
 	if o.Gateways > 0 {
-		printTryCommands(ctx, o, client)
+		printTryCommands(ctx, o, client, pgURL)
 	}
 	if o.Traffic > 0 && o.Gateways > 0 {
 		go runTraffic(ctx, o, discordURL)
@@ -228,6 +272,10 @@ func printSummary(o Options, procs []*Process, token string) {
 		fmt.Fprintf(w, "%s\t%d\t%s\n", p.Name, p.PID(), p.URL)
 	}
 	_ = w.Flush()
+	if o.Proxy && o.Gateways > 0 {
+		fmt.Fprintf(o.Out, "\nlog in:  http://%s/login  (the fake Discord's consent page: alice moderates the first guilds, bob is a plain member)\n", o.ProxyAddr)
+		fmt.Fprintf(o.Out, "status:  http://%s/status\n", o.ProxyAddr)
+	}
 	fmt.Fprintf(o.Out, "\ntoken: %s (in %s)\nlogs:  %s\nCtrl-C stops everything; running it again resumes from %s.\n",
 		token, TokenFile(o.Dir), filepath.Join(o.Dir, "logs"), o.Dir)
 }

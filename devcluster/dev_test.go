@@ -18,6 +18,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/modbot/modbot/internal/pgserver"
 )
 
 // buildBinaries compiles modbot and modbotctl once for the test.
@@ -121,10 +125,26 @@ func TestDevRunsTheWholeSystemAndLeavesNothingBehind(t *testing.T) {
 		}
 	}
 	t.Logf("modbot dev ready in %s", time.Since(start).Round(time.Millisecond))
+	// With PostgreSQL installed, the next try-command is the mirror's psql.
+	psqlURL := ""
+	if pgserver.Available() == nil {
+		select {
+		case l := <-lines:
+			psqlURL = regexp.MustCompile(`psql '([^']+)'`).FindStringSubmatch(l + "psql ''")[1]
+			if psqlURL == "" {
+				t.Fatalf("no psql URL among the try-commands: %q", l)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no psql line after the dashboard one")
+		}
+	}
 	go func() {
 		for range lines {
 		}
 	}()
+	if psqlURL != "" {
+		waitUntil(t, 30*time.Second, "the 12 guilds in the Postgres mirror", func() bool { return mirroredGuilds(psqlURL) == 12 })
+	}
 
 	// modbotctl status, with the dev token found in the state directory.
 	ctl := exec.Command(modbotctl, "status", "--config", fmt.Sprintf("http://127.0.0.1:%d", 8000+off))
@@ -225,6 +245,20 @@ func TestDevRunsTheWholeSystemAndLeavesNothingBehind(t *testing.T) {
 		t.Fatal("modbot dev did not stop within 60s of SIGINT")
 	}
 	waitUntil(t, 5*time.Second, "no process left", func() bool { return len(processesMentioning(state)) == 0 })
+}
+
+// mirroredGuilds counts the rows of guild_assignments (-1 on error).
+func mirroredGuilds(url string) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return -1
+	}
+	defer conn.Close(ctx)
+	n := -1
+	_ = conn.QueryRow(ctx, `SELECT count(*) FROM guild_assignments`).Scan(&n)
+	return n
 }
 
 // lockedBuffer is a bytes.Buffer safe to read while the child writes to it.

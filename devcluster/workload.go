@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/modbot/modbot/assignments"
+	"github.com/modbot/modbot/fakediscord"
 	"github.com/modbot/modbot/fsm"
 )
 
@@ -61,13 +62,20 @@ func startWorkload(ctx context.Context, o Options, sup *Supervisor, configURLs [
 		procs = append(procs, side, p)
 	}
 	if o.Proxy {
+		sessionKey, err := EnsureSessionKey(o.Dir)
+		if err != nil {
+			return nil, "", err
+		}
 		key, err := os.ReadFile(keyFile)
 		if err != nil {
 			return nil, "", fmt.Errorf("read the fake's public key: %w", err)
 		}
 		p := &Process{Name: "proxy", URL: "http://" + o.ProxyAddr, Env: env, Args: []string{"proxy",
 			"--http-addr", o.ProxyAddr, "--config", strings.Join(configURLs, ","),
-			"--discord-public-key", strings.TrimSpace(string(key))}}
+			"--discord-public-key", strings.TrimSpace(string(key)),
+			"--discord-client-id", fakeClientID, "--discord-client-secret", fakeClientSecret, "--discord-url", discordURL,
+			"--session-key", sessionKey, "--public-url", "http://" + o.ProxyAddr,
+			"--operators", fmt.Sprint(fakediscord.SeedModeratorID)}}
 		if err := sup.Start(ctx, p); err != nil {
 			return nil, "", err
 		}
@@ -123,7 +131,7 @@ func waitGateways(ctx context.Context, c *assignments.Client, n int) error {
 	return fmt.Errorf("%d gateways not all active with shards after 60s", n)
 }
 
-func printTryCommands(ctx context.Context, o Options, c *assignments.Client) {
+func printTryCommands(ctx context.Context, o Options, c *assignments.Client, pgURL string) {
 	g, err := c.Guilds(ctx, "")
 	if err != nil || len(g.Guilds) == 0 {
 		return
@@ -142,6 +150,9 @@ func printTryCommands(ctx context.Context, o Options, c *assignments.Client) {
 	// login for moderators is issue 16).
 	fmt.Fprintf(o.Out, "  curl -H \"Authorization: Bearer $(cat %s)\" -H 'Accept: application/json' %s/guild/%d/dashboard\n",
 		filepath.Join(o.Dir, "token"), base, guild.ID)
+	if pgURL != "" {
+		fmt.Fprintf(o.Out, "  psql '%s' -c 'SELECT owner, count(*) FROM guild_assignments GROUP BY owner'   # the Postgres mirror\n", pgURL)
+	}
 	if o.Traffic > 0 {
 		fmt.Fprintf(o.Out, "\nsynthetic traffic: %.0f messages/s plus some reports and moderation events (--traffic 0 turns it off)\n", o.Traffic)
 	}

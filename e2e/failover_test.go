@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modbot/modbot/assignments"
 	"github.com/modbot/modbot/confignode"
 	"github.com/modbot/modbot/gatewaynode"
 	"github.com/modbot/modbot/systest"
@@ -150,8 +151,14 @@ func TestFailoverServesADeadPodsGuildsFromItsReplica(t *testing.T) {
 	})
 	t.Logf("%d guilds failed over %s after the kill (pod timeout %s, grace %s)", len(theirs), time.Since(killed).Round(100*time.Millisecond),
 		1500*time.Millisecond, grace)
-	job, err := s.Client.RebalanceStatus(context.Background())
-	if err != nil || job.Kind != "failover" || job.Pod != s.Cfgs[victim].ID || job.Done != len(theirs) || job.Failed != 0 {
+	// The job counts a move done once it has seen the guild settle: a beat
+	// after the map says so.
+	var job assignments.RebalanceJob
+	waitFor(t, 5*time.Second, "the failover job finished", func() bool {
+		job, err = s.Client.RebalanceStatus(context.Background())
+		return err == nil && !job.FinishedAt.IsZero()
+	})
+	if job.Kind != "failover" || job.Pod != s.Cfgs[victim].ID || job.Done != len(theirs) || job.Failed != 0 {
 		t.Fatalf("failover job: %+v, %v; want %d moves done off %s", job, err, len(theirs), s.Cfgs[victim].ID)
 	}
 	for _, g := range theirs {

@@ -18,6 +18,7 @@ type guildJSON struct {
 	Name     string        `json:"name"`
 	Shard    int           `json:"shard"`
 	Channels []channelJSON `json:"channels"`
+	Roles    []channelJSON `json:"roles"`
 }
 
 type channelJSON struct {
@@ -26,9 +27,12 @@ type channelJSON struct {
 }
 
 func toGuildJSON(g Guild) guildJSON {
-	out := guildJSON{ID: idStr(g.ID), Name: g.Name, Shard: g.Shard, Channels: []channelJSON{}}
+	out := guildJSON{ID: idStr(g.ID), Name: g.Name, Shard: g.Shard, Channels: []channelJSON{}, Roles: []channelJSON{}}
 	for _, c := range g.Channels {
 		out.Channels = append(out.Channels, channelJSON{ID: idStr(c.ID), Name: c.Name})
+	}
+	for _, r := range g.Roles {
+		out.Roles = append(out.Roles, channelJSON{ID: idStr(r.ID), Name: r.Name})
 	}
 	return out
 }
@@ -252,6 +256,17 @@ func (s *Server) controlRoutes(mux *http.ServeMux) {
 			since = n
 		}
 		writeJSON(w, 200, s.SentSince(since))
+	})
+	mux.HandleFunc("GET /_fake/ratelimits", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, 200, s.RateLimitStats())
+	})
+	mux.HandleFunc("POST /_fake/ratelimits/reset", func(w http.ResponseWriter, r *http.Request) {
+		limits := s.RateLimitStats().Limits
+		if !ctlDecode(w, r, &limits) { // an empty body keeps the current limits
+			return
+		}
+		s.ResetRateLimits(limits)
+		writeJSON(w, 200, s.RateLimitStats())
 	})
 	mux.HandleFunc("GET /_fake/sessions", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 200, s.Sessions())

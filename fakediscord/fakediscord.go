@@ -66,6 +66,9 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	// ResumeWindow is how long a disconnected session stays resumable. Default 3m.
 	ResumeWindow time.Duration
+	// NonceWindow is how long a create-message nonce sent with
+	// enforce_nonce is remembered ("the past few minutes"). Default 3m.
+	NonceWindow time.Duration
 	// HistoryLimit bounds the dispatches kept per session for RESUME. Default 10000.
 	HistoryLimit int
 	// MaxGuildsPerShard makes IDENTIFY fail with close 4011 (sharding required)
@@ -77,8 +80,15 @@ type Config struct {
 	// InteractionDeadline is the time allowed for the first interaction
 	// response. Default 3s, like Discord.
 	InteractionDeadline time.Duration
+	// RateLimits configures the REST rate limits; the zero value is
+	// Discord's (50 requests/s global, 5 messages per 5 s per channel, …).
+	RateLimits RateLimits
 	// Logger receives debug/info logs. Default discards.
 	Logger *slog.Logger
+	// ClientSecret is the OAuth2 client secret of the application (client
+	// id = ApplicationID) accepted by /api/v10/oauth2/token. Default
+	// "fake-client-secret".
+	ClientSecret string
 }
 
 func (c *Config) defaults() {
@@ -106,6 +116,9 @@ func (c *Config) defaults() {
 	if c.ResumeWindow <= 0 {
 		c.ResumeWindow = 3 * time.Minute
 	}
+	if c.NonceWindow == 0 {
+		c.NonceWindow = 3 * time.Minute
+	}
 	if c.HistoryLimit <= 0 {
 		c.HistoryLimit = 10000
 	}
@@ -118,6 +131,9 @@ func (c *Config) defaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.ClientSecret == "" {
+		c.ClientSecret = "fake-client-secret"
+	}
 }
 
 // Server is a fake Discord. Create it with New.
@@ -126,6 +142,7 @@ type Server struct {
 	// ids the guild being seeded gets (both under mu).
 	seeded          int
 	pendingChannels []Channel
+	pendingRole     uint64
 
 	cfg     Config
 	log     *slog.Logger
@@ -134,12 +151,15 @@ type Server struct {
 	priv    ed25519.PrivateKey
 	handler http.Handler
 	client  *http.Client // delivers webhook interactions
+	rl      *rateLimiter
 
 	mu           sync.Mutex
 	ids          snowflakes
 	guilds       map[uint64]*guild
 	guildOrder   []uint64
 	messages     map[uint64]*message
+	nonces       map[string]nonceEntry // enforce_nonce: author:nonce → the message it created
+	nonceReplays int
 	sessions     map[string]*session
 	sessionOrder []string
 	conns        map[*gwConn]struct{}
@@ -151,7 +171,10 @@ type Server struct {
 	interactions map[uint64]*interaction
 	byToken      map[string]*interaction
 	commands     map[uint64][]map[string]any // 0 = global, else guild id
+	dms          map[uint64]uint64           // DM channel id → recipient
+	dmByUser     map[uint64]uint64           // recipient → DM channel id
 	closed       bool
+	oauth        *oauthState
 
 	srvMu sync.Mutex
 	srv   *http.Server
@@ -176,8 +199,10 @@ func New(cfg Config) (*Server, error) {
 		pub:          pub,
 		priv:         priv,
 		client:       &http.Client{},
+		rl:           newRateLimiter(cfg.RateLimits),
 		guilds:       map[uint64]*guild{},
 		messages:     map[uint64]*message{},
+		nonces:       map[string]nonceEntry{},
 		sessions:     map[string]*session{},
 		conns:        map[*gwConn]struct{}{},
 		bucketLast:   map[int]time.Time{},
@@ -185,6 +210,9 @@ func New(cfg Config) (*Server, error) {
 		interactions: map[uint64]*interaction{},
 		byToken:      map[string]*interaction{},
 		commands:     map[uint64][]map[string]any{},
+		dms:          map[uint64]uint64{},
+		dmByUser:     map[uint64]uint64{},
+		oauth:        newOAuthState(),
 	}
 	s.handler = s.routes()
 	return s, nil

@@ -393,7 +393,11 @@ func (c *gwConn) readLoop() {
 			if !s.resume(c, p.D) {
 				return
 			}
-		case opPresenceUpdate, opVoiceState, opRequestMembers:
+		case opRequestMembers:
+			if !s.requestMembers(c, p.D) {
+				return
+			}
+		case opPresenceUpdate, opVoiceState:
 			s.mu.Lock()
 			authed := c.sess != nil
 			s.mu.Unlock()

@@ -81,6 +81,10 @@ type interaction struct {
 	channelID uint64
 	original  *message
 	ephemeral bool
+	// commandType and userID make the response message's type (20 or 23)
+	// and interaction_metadata.
+	commandType int
+	userID      uint64
 }
 
 // DeliverInteraction creates an application command interaction and delivers
@@ -195,12 +199,15 @@ func (s *Server) newInteractionLocked(spec InteractionSpec) (json.RawMessage, *i
 	}
 	data := map[string]any{"id": idStr(cmdID), "name": spec.Name, "type": ctype, "guild_id": idStr(spec.GuildID)}
 	if ctype == CommandChatInput {
-		opts, err := commandOptions(spec.Options)
+		opts, err := commandOptions(spec.Options, s.optionTypesLocked(spec.GuildID, spec.Name))
 		if err != nil {
 			return nil, nil, err
 		}
 		if len(opts) > 0 {
 			data["options"] = opts
+			if res := s.resolveOptionsLocked(spec.GuildID, opts); len(res) > 0 {
+				data["resolved"] = res
+			}
 		}
 	}
 	switch ctype {
@@ -221,6 +228,9 @@ func (s *Server) newInteractionLocked(spec InteractionSpec) (json.RawMessage, *i
 		data["target_id"] = idStr(spec.TargetID)
 		data["resolved"] = map[string]any{"users": map[string]any{idStr(spec.TargetID): userPayload(spec.TargetID, false)}}
 	}
+	if g, ok := s.guilds[spec.GuildID]; ok {
+		g.join(spec.UserID, time.Now())
+	}
 	id := s.ids.next()
 	token := fmt.Sprintf("aW50ZXJhY3Rpb246%d:%s", id, newSessionID())
 	member := memberPayload(spec.UserID)
@@ -239,14 +249,16 @@ func (s *Server) newInteractionLocked(spec InteractionSpec) (json.RawMessage, *i
 	if err != nil {
 		return nil, nil, fmt.Errorf("marshal interaction: %w", err)
 	}
-	in := &interaction{id: id, guildID: spec.GuildID, channelID: spec.ChannelID, rec: InteractionRecord{
+	in := &interaction{id: id, guildID: spec.GuildID, channelID: spec.ChannelID, commandType: ctype, userID: spec.UserID, rec: InteractionRecord{
 		ID: idStr(id), Token: token, GuildID: idStr(spec.GuildID), Name: spec.Name, CreatedAt: time.Now(),
 	}}
 	return payload, in, nil
 }
 
-// commandOptions accepts an options array as is, or builds one from an object.
-func commandOptions(raw json.RawMessage) ([]any, error) {
+// commandOptions accepts an options array as is, or builds one from an
+// object: an option's type is the registered command's (types, by name),
+// else guessed from the JSON value.
+func commandOptions(raw json.RawMessage, types map[string]int) ([]any, error) {
 	if len(bytes.TrimSpace(raw)) == 0 || string(bytes.TrimSpace(raw)) == "null" {
 		return nil, nil
 	}
@@ -269,6 +281,9 @@ func commandOptions(raw json.RawMessage) ([]any, error) {
 			if x == float64(int64(x)) {
 				typ = 4 // INTEGER
 			}
+		}
+		if t, ok := types[name]; ok {
+			typ = t
 		}
 		out = append(out, map[string]any{"name": name, "type": typ, "value": v})
 	}
@@ -382,6 +397,12 @@ func (s *Server) createOriginalLocked(in *interaction, data messageBody) *messag
 	if data.Content != nil {
 		m.content = *data.Content
 	}
+	m.typ = messageChatInputCommand
+	if in.commandType != CommandChatInput {
+		m.typ = messageContextMenuCommand
+	}
+	m.interaction = map[string]any{"id": in.rec.ID, "type": InteractionApplicationCommand, "name": in.rec.Name,
+		"user": userPayload(in.userID, false), "authorizing_integration_owners": map[string]any{"0": idStr(in.guildID)}}
 	in.original, in.ephemeral = m, data.Flags&ephemeralFlag != 0
 	s.messages[m.id] = m
 	if !in.ephemeral {
@@ -570,4 +591,121 @@ func (s *Server) handleWebhookMessage(w http.ResponseWriter, r *http.Request) {
 		}
 		writeJSON(w, 200, s.messagePayload(m, true))
 	}
+}
+
+// Application command option types with resolved data
+// (https://discord.com/developers/docs/interactions/application-commands#application-command-object-application-command-option-type).
+const (
+	optionSubCommand      = 1
+	optionSubCommandGroup = 2
+	optionUser            = 6
+	optionChannel         = 7
+	optionRole            = 8
+	optionMentionable     = 9
+)
+
+// optionTypesLocked maps option names to types from the registered command
+// (guild command first, then global), subcommand options included.
+func (s *Server) optionTypesLocked(guildID uint64, name string) map[string]int {
+	types := map[string]int{}
+	var walk func(opts any)
+	walk = func(opts any) {
+		list, _ := opts.([]any)
+		for _, o := range list {
+			m, _ := o.(map[string]any)
+			n, _ := m["name"].(string)
+			t, _ := m["type"].(float64)
+			if n != "" && t > 0 {
+				types[n] = int(t)
+			}
+			walk(m["options"])
+		}
+	}
+	for _, scope := range []uint64{guildID, 0} {
+		for _, c := range s.commands[scope] {
+			if c["name"] == name && fmt.Sprint(c["type"]) == strconv.Itoa(CommandChatInput) {
+				walk(c["options"])
+				return types
+			}
+		}
+	}
+	return types
+}
+
+// resolveOptionsLocked builds data.resolved for user, channel, role and
+// mentionable options (in subcommands too), as Discord does.
+func (s *Server) resolveOptionsLocked(guildID uint64, opts []any) map[string]any {
+	g := s.guilds[guildID]
+	users, members, channels, roles := map[string]any{}, map[string]any{}, map[string]any{}, map[string]any{}
+	addUser := func(id uint64) {
+		users[idStr(id)] = userPayload(id, false)
+		if id == s.appID {
+			users[idStr(id)] = s.botUser()
+		}
+		if g != nil && g.isMember(id) {
+			m := s.memberLocked(g, id)
+			delete(m, "user")
+			m["permissions"] = "1071698660929"
+			members[idStr(id)] = m
+		}
+	}
+	addRole := func(id uint64) bool {
+		if g == nil {
+			return false
+		}
+		for i, r := range g.roles {
+			if r.ID == id {
+				roles[idStr(id)] = rolePayload(r, i)
+				return true
+			}
+		}
+		return false
+	}
+	var walk func(list []any)
+	walk = func(list []any) {
+		for _, o := range list {
+			m, _ := o.(map[string]any)
+			t, _ := m["type"].(int)
+			if f, ok := m["type"].(float64); ok {
+				t = int(f)
+			}
+			if t == optionSubCommand || t == optionSubCommandGroup {
+				sub, _ := m["options"].([]any)
+				walk(sub)
+				continue
+			}
+			id, err := strconv.ParseUint(fmt.Sprint(m["value"]), 10, 64)
+			if err != nil {
+				continue
+			}
+			switch t {
+			case optionUser:
+				addUser(id)
+			case optionRole:
+				addRole(id)
+			case optionMentionable:
+				if !addRole(id) {
+					addUser(id)
+				}
+			case optionChannel:
+				if g == nil {
+					continue
+				}
+				for _, c := range g.channels {
+					if c.ID == id {
+						channels[idStr(id)] = map[string]any{"id": idStr(id), "name": c.Name, "type": 0, "guild_id": idStr(g.id),
+							"permissions": "1071698660929", "parent_id": nil}
+					}
+				}
+			}
+		}
+	}
+	walk(opts)
+	out := map[string]any{}
+	for k, v := range map[string]map[string]any{"users": users, "members": members, "channels": channels, "roles": roles} {
+		if len(v) > 0 {
+			out[k] = v
+		}
+	}
+	return out
 }

@@ -47,43 +47,64 @@ const maxBody = 8 << 20
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	api := "/api/v9"
-	bot := func(pattern string, h http.HandlerFunc) {
+	// bot routes need "Authorization: Bot <token>"; open routes are
+	// authenticated by what is in their path (interaction tokens).
+	bot := func(pattern string, rt route, h http.HandlerFunc) {
 		method, path, _ := strings.Cut(pattern, " ")
-		mux.Handle(method+" "+api+path, s.record(s.requireBot(h)))
+		mux.Handle(method+" "+api+path, s.record(s.limited(rt, true, h)))
 	}
-	open := func(pattern string, h http.HandlerFunc) {
+	open := func(pattern string, rt route, h http.HandlerFunc) {
 		method, path, _ := strings.Cut(pattern, " ")
-		mux.Handle(method+" "+api+path, s.record(h))
+		mux.Handle(method+" "+api+path, s.record(s.limited(rt, false, h)))
 	}
-	open("GET /gateway", s.handleGateway)
-	bot("GET /gateway/bot", s.handleGatewayBot)
-	bot("GET /users/@me", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, s.botUser()) })
-	bot("GET /users/{id}", s.handleUser)
-	bot("GET /guilds/{gid}", s.handleGetGuild)
-	bot("GET /guilds/{gid}/channels", s.handleGuildChannels)
-	bot("PUT /guilds/{gid}/bans/{uid}", s.handleBan)
-	bot("DELETE /guilds/{gid}/bans/{uid}", s.handleUnban)
-	bot("DELETE /guilds/{gid}/members/{uid}", s.handleKick)
-	bot("PATCH /guilds/{gid}/members/{uid}", s.handleMemberModify)
-	bot("POST /channels/{cid}/messages", s.handleCreateMessage)
-	bot("GET /channels/{cid}/messages/{mid}", s.handleGetMessage)
-	bot("PATCH /channels/{cid}/messages/{mid}", s.handleEditMessage)
-	bot("DELETE /channels/{cid}/messages/{mid}", s.handleDeleteMessage)
+	byChannel := func(b string) route { return route{bucket: b, major: majorChannel} }
+	byGuild := func(b string) route { return route{bucket: b, major: majorGuild} }
+	plain := func(b string) route { return route{bucket: b} }
+
+	open("GET /gateway", plain(BucketGateway), s.handleGateway)
+	bot("GET /gateway/bot", plain(BucketGateway), s.handleGatewayBot)
+	bot("GET /users/@me", plain(BucketUsers), func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, s.botUser()) })
+	bot("GET /users/{id}", plain(BucketUsers), s.handleUser)
+	bot("POST /users/@me/channels", plain(BucketCreateDM), s.handleCreateDM)
+	bot("GET /applications/@me", plain(BucketApplication), s.handleApplication)
+	bot("GET /oauth2/applications/@me", plain(BucketApplication), s.handleApplication)
+	bot("GET /guilds/{gid}", byGuild(BucketGuild), s.handleGetGuild)
+	bot("GET /guilds/{gid}/channels", byGuild(BucketGuildChannels), s.handleGuildChannels)
+	bot("GET /guilds/{gid}/roles", byGuild(BucketGuildRoles), s.handleGuildRoles)
+	bot("GET /guilds/{gid}/audit-logs", byGuild(BucketAuditLog), s.handleAuditLog)
+	bot("GET /guilds/{gid}/bans", byGuild(BucketGuildBans), s.handleListBans)
+	bot("GET /guilds/{gid}/bans/{uid}", byGuild(BucketGuildBans), s.handleGetBan)
+	bot("PUT /guilds/{gid}/bans/{uid}", byGuild(BucketGuildBans), s.handleBan)
+	bot("DELETE /guilds/{gid}/bans/{uid}", byGuild(BucketGuildBans), s.handleUnban)
+	bot("GET /guilds/{gid}/members/{uid}", byGuild(BucketGuildMembers), s.handleGetMember)
+	bot("DELETE /guilds/{gid}/members/{uid}", byGuild(BucketGuildMembers), s.handleKick)
+	bot("PATCH /guilds/{gid}/members/{uid}", byGuild(BucketGuildMembers), s.handleMemberModify)
+	bot("GET /channels/{cid}", byChannel(BucketChannel), s.handleGetChannel)
+	bot("GET /channels/{cid}/messages", byChannel(BucketGetMessages), s.handleListMessages)
+	bot("POST /channels/{cid}/messages", byChannel(BucketCreateMessage), s.handleCreateMessage)
+	bot("POST /channels/{cid}/messages/bulk-delete", byChannel(BucketBulkDelete), s.handleBulkDelete)
+	bot("GET /channels/{cid}/messages/{mid}", byChannel(BucketGetMessages), s.handleGetMessage)
+	bot("PATCH /channels/{cid}/messages/{mid}", byChannel(BucketEditMessage), s.handleEditMessage)
+	bot("DELETE /channels/{cid}/messages/{mid}", byChannel(BucketDeleteMessage), s.handleDeleteMessage)
+	bot("PUT /channels/{cid}/messages/{mid}/reactions/{emoji}/@me", byChannel(BucketReactions), s.handleAddReaction)
 	for _, p := range []string{"/applications/{app}/commands", "/applications/{app}/guilds/{gid}/commands"} {
-		bot("GET "+p, s.handleListCommands)
-		bot("PUT "+p, s.handleOverwriteCommands)
-		bot("POST "+p, s.handleCreateCommand)
-		bot("DELETE "+p+"/{cmd}", s.handleDeleteCommand)
+		bot("GET "+p, plain(BucketCommands), s.handleListCommands)
+		bot("PUT "+p, plain(BucketCommands), s.handleOverwriteCommands)
+		bot("POST "+p, plain(BucketCommands), s.handleCreateCommand)
+		bot("DELETE "+p+"/{cmd}", plain(BucketCommands), s.handleDeleteCommand)
 	}
-	// Interaction responses are authenticated by the interaction token, not the bot token.
-	open("POST /interactions/{iid}/{token}/callback", s.handleCallback)
-	open("POST /webhooks/{app}/{token}", s.handleFollowup)
-	open("GET /webhooks/{app}/{token}/messages/{mid}", s.handleWebhookMessage)
-	open("PATCH /webhooks/{app}/{token}/messages/{mid}", s.handleWebhookMessage)
-	open("DELETE /webhooks/{app}/{token}/messages/{mid}", s.handleWebhookMessage)
-	mux.Handle(api+"/", s.record(func(w http.ResponseWriter, r *http.Request) {
+	// Interaction responses are authenticated by the interaction token, not
+	// the bot token, and are not bound to the global limit.
+	callback := route{bucket: BucketInteractionCallback, major: majorInteraction, exempt: true}
+	webhook := route{bucket: BucketWebhook, major: majorWebhook, exempt: true}
+	open("POST /interactions/{iid}/{token}/callback", callback, s.handleCallback)
+	open("POST /webhooks/{app}/{token}", webhook, s.handleFollowup)
+	open("GET /webhooks/{app}/{token}/messages/{mid}", webhook, s.handleWebhookMessage)
+	open("PATCH /webhooks/{app}/{token}/messages/{mid}", webhook, s.handleWebhookMessage)
+	open("DELETE /webhooks/{app}/{token}/messages/{mid}", webhook, s.handleWebhookMessage)
+	mux.Handle(api+"/", s.record(s.limited(route{}, false, func(w http.ResponseWriter, r *http.Request) {
 		discordError(w, http.StatusNotFound, 0, "404: Not Found")
-	}))
+	})))
 
 	mux.HandleFunc("/gateway-ws", s.serveGateway)
 	mux.HandleFunc("/gateway-ws/", s.serveGateway)
@@ -95,22 +116,20 @@ func (s *Server) routes() http.Handler {
 		}
 		http.NotFound(w, r)
 	})
+	s.oauthRoutes(mux)
+	users := s.oauthUserRoutes()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if rest, ok := strings.CutPrefix(r.URL.Path, "/api/v10/"); ok {
 			r.URL.Path = api + "/" + rest
 		}
-		mux.ServeHTTP(w, r)
-	})
-}
-
-func (s *Server) requireBot(h http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Authorization") != "Bot "+s.cfg.Token {
-			discordError(w, http.StatusUnauthorized, 0, "401: Unauthorized")
+		// A user's OAuth2 access token ("Bearer …") on /users/@me… is the
+		// signed-in user, not the bot.
+		if strings.HasPrefix(r.URL.Path, api+"/users/@me") && strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
+			users.ServeHTTP(w, r)
 			return
 		}
-		h(w, r)
-	}
+		mux.ServeHTTP(w, r)
+	})
 }
 
 type statusWriter struct {
@@ -290,7 +309,9 @@ func (s *Server) handleBan(w http.ResponseWriter, r *http.Request) {
 		discordError(w, 404, 10013, "Unknown User")
 		return
 	}
-	_ = s.banLocked(g.id, uid, r.Header.Get("X-Audit-Log-Reason"))
+	reason := auditReason(r)
+	_ = s.banLocked(g.id, uid, reason)
+	s.auditLocked(g, s.appID, uid, AuditMemberBanAdd, reason, nil, nil)
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -303,6 +324,9 @@ func (s *Server) handleUnban(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	_, banned := g.bans[uid]
+	if banned {
+		s.auditLocked(g, s.appID, uid, AuditMemberBanRemove, auditReason(r), nil, nil)
+	}
 	s.mu.Unlock()
 	if !banned {
 		discordError(w, 404, 10026, "Unknown Ban")
@@ -315,8 +339,16 @@ func (s *Server) handleUnban(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleKick(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	g := s.guildFromPath(w, r)
-	s.mu.Unlock()
 	uid, _ := pathID(r, "uid")
+	if g != nil && !g.isMember(uid) {
+		s.mu.Unlock()
+		discordError(w, 404, 10007, "Unknown Member")
+		return
+	}
+	if g != nil {
+		s.auditLocked(g, s.appID, uid, AuditMemberKick, auditReason(r), nil, nil)
+	}
+	s.mu.Unlock()
 	if g == nil {
 		return
 	}
@@ -338,10 +370,22 @@ func (s *Server) handleMemberModify(w http.ResponseWriter, r *http.Request) {
 	if g == nil {
 		return
 	}
-	m := memberPayload(uid)
-	for k, v := range body {
-		m[k] = v
+	if !g.isMember(uid) {
+		discordError(w, 404, 10007, "Unknown Member")
+		return
 	}
+	g.join(uid, time.Now())
+	mem := g.members[uid]
+	if mem.patch == nil {
+		mem.patch = map[string]any{}
+	}
+	changes := []map[string]any{}
+	for k, v := range body {
+		changes = append(changes, map[string]any{"key": k, "old_value": mem.patch[k], "new_value": v})
+		mem.patch[k] = v
+	}
+	s.auditLocked(g, s.appID, uid, AuditMemberUpdate, auditReason(r), changes, nil)
+	m := s.memberLocked(g, uid)
 	m["guild_id"] = idStr(g.id)
 	s.dispatchLocked(g.id, "GUILD_MEMBER_UPDATE", m, IntentGuildMembers)
 	writeJSON(w, 200, m)
@@ -353,6 +397,26 @@ type messageBody struct {
 	Components json.RawMessage `json:"components"`
 	StickerIDs []string        `json:"sticker_ids"`
 	Flags      int             `json:"flags"`
+	// MessageReference makes the message a reply (type 19).
+	MessageReference *messageReference `json:"message_reference"`
+	// Nonce (a string or an integer) with EnforceNonce: a second create by
+	// the same author with the same nonce within Config.NonceWindow returns
+	// the first message and creates none.
+	Nonce        json.RawMessage `json:"nonce"`
+	EnforceNonce bool            `json:"enforce_nonce"`
+}
+
+type nonceEntry struct {
+	message uint64
+	at      time.Time
+}
+
+// NonceReplays is how many creates enforce_nonce answered with an existing
+// message instead of a new one.
+func (s *Server) NonceReplays() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.nonceReplays
 }
 
 func (b messageBody) empty() bool {
@@ -380,17 +444,51 @@ func (s *Server) handleCreateMessage(w http.ResponseWriter, r *http.Request) {
 	cid, _ := pathID(r, "cid")
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	g := s.channelGuildLocked(cid)
-	if g == nil {
+	var guildID uint64
+	if g := s.channelGuildLocked(cid); g != nil {
+		guildID = g.id
+	} else if _, dm := s.dms[cid]; !dm {
 		discordError(w, 404, 10003, "Unknown Channel")
 		return
+	}
+	refID, ok := s.replyTargetLocked(w, cid, body.MessageReference)
+	if !ok {
+		return
+	}
+	nonce := strings.Trim(strings.TrimSpace(string(body.Nonce)), `"`)
+	if len(nonce) > 25 {
+		discordError(w, 400, 50035, "Invalid Form Body: nonce longer than 25 characters")
+		return
+	}
+	nonceKey := fmt.Sprintf("%d:%s", s.appID, nonce)
+	if body.EnforceNonce && nonce != "" {
+		if e, ok := s.nonces[nonceKey]; ok && time.Since(e.at) < s.cfg.NonceWindow {
+			if m, ok := s.messages[e.message]; ok {
+				s.nonceReplays++
+				writeJSON(w, 200, s.messagePayload(m, true))
+				return
+			}
+		}
 	}
 	content := ""
 	if body.Content != nil {
 		content = *body.Content
 	}
-	m := &message{id: s.ids.next(), guildID: g.id, channelID: cid, authorID: s.appID, content: content, bot: true, at: time.Now(), embeds: body.Embeds}
+	m := &message{id: s.ids.next(), guildID: guildID, channelID: cid, authorID: s.appID, content: content, bot: true, at: time.Now(), embeds: body.Embeds}
+	if refID != 0 {
+		m.typ, m.refID = messageReply, refID
+	}
 	s.messages[m.id] = m
+	if body.EnforceNonce && nonce != "" {
+		if len(s.nonces) >= 10000 { // forget expired ones now and then
+			for k, e := range s.nonces {
+				if time.Since(e.at) >= s.cfg.NonceWindow {
+					delete(s.nonces, k)
+				}
+			}
+		}
+		s.nonces[nonceKey] = nonceEntry{message: m.id, at: m.at}
+	}
 	s.dispatchMessageLocked("MESSAGE_CREATE", m)
 	writeJSON(w, 200, s.messagePayload(m, true))
 }
@@ -398,7 +496,7 @@ func (s *Server) handleCreateMessage(w http.ResponseWriter, r *http.Request) {
 func (s *Server) channelMessageLocked(w http.ResponseWriter, r *http.Request) *message {
 	cid, _ := pathID(r, "cid")
 	mid, _ := pathID(r, "mid")
-	if s.channelGuildLocked(cid) == nil {
+	if !s.channelExistsLocked(cid) {
 		discordError(w, 404, 10003, "Unknown Channel")
 		return nil
 	}
@@ -448,6 +546,17 @@ func (s *Server) handleEditMessage(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleDeleteMessage(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	m := s.channelMessageLocked(w, r)
+	if m != nil && m.guildID == 0 {
+		delete(s.messages, m.id)
+		s.dispatchLocked(0, "MESSAGE_DELETE", map[string]any{"id": idStr(m.id), "channel_id": idStr(m.channelID)}, IntentDirectMessages)
+		s.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	if m != nil && !m.bot { // deleting someone else's message is audited
+		s.auditLocked(s.guilds[m.guildID], s.appID, m.authorID, AuditMessageDelete, auditReason(r), nil,
+			map[string]any{"channel_id": idStr(m.channelID), "count": "1"})
+	}
 	s.mu.Unlock()
 	if m == nil {
 		return

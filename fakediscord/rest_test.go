@@ -57,6 +57,9 @@ func restSession(t *testing.T, base, token string) *discordgo.Session {
 		t.Fatal(err)
 	}
 	s.LogLevel = -1
+	// Connections discordgo dialed for a burst but never used would hold up
+	// the fake's graceful shutdown (the server waits 5 s for new ones).
+	t.Cleanup(s.Client.CloseIdleConnections)
 	return s
 }
 

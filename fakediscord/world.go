@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 )
 
@@ -14,6 +15,7 @@ const (
 	IntentGuildModeration       = 1 << 2
 	IntentGuildMessages         = 1 << 9
 	IntentGuildMessageReactions = 1 << 10
+	IntentDirectMessages        = 1 << 12
 	IntentMessageContent        = 1 << 15 // privileged
 )
 
@@ -32,6 +34,7 @@ type Guild struct {
 	Name     string    `json:"name"`
 	Shard    int       `json:"shard"` // shard for Config.Shards
 	Channels []Channel `json:"channels"`
+	Roles    []Role    `json:"roles"`
 }
 
 // Channel is a guild text channel.
@@ -45,8 +48,28 @@ type guild struct {
 	name     string
 	ownerID  uint64
 	channels []Channel
+	roles    []Role
 	created  time.Time
 	bans     map[uint64]string
+	// members are the users the fake has seen in the guild (authors,
+	// invokers, reactors, the owner); gone are those kicked, banned or left.
+	members map[uint64]*member
+	gone    map[uint64]bool
+	audit   []auditEntry
+}
+
+// Role is a guild role.
+type Role struct {
+	ID          uint64 `json:"-"`
+	Name        string `json:"name"`
+	Permissions string `json:"permissions"`
+}
+
+type member struct {
+	joined time.Time
+	// patch holds what PATCH /guilds/{gid}/members/{uid} set (nick,
+	// communication_disabled_until, roles, …).
+	patch map[string]any
 }
 
 type message struct {
@@ -57,6 +80,9 @@ type message struct {
 	edited                           *time.Time
 	embeds                           json.RawMessage
 	flags                            int
+	typ                              int    // message type: 0 default, 19 reply, 20/23 interaction responses
+	refID                            uint64 // the message replied to (type 19)
+	interaction                      map[string]any
 }
 
 // CreateGuild creates a guild (id 0 = generate a snowflake) with a #general
@@ -78,11 +104,19 @@ func (s *Server) createGuildLocked(id uint64, name string) Guild {
 	if name == "" {
 		name = fmt.Sprintf("guild-%d", len(s.guildOrder)+1)
 	}
-	g := &guild{id: id, name: name, ownerID: s.ids.next(), created: time.Now(), bans: map[uint64]string{}}
+	g := &guild{id: id, name: name, ownerID: s.ids.next(), created: time.Now(), bans: map[uint64]string{},
+		members: map[uint64]*member{}, gone: map[uint64]bool{}}
 	g.channels = s.pendingChannels
 	if g.channels == nil {
 		g.channels = []Channel{{ID: s.ids.next(), Name: "general"}, {ID: s.ids.next(), Name: "mod-log"}}
 	}
+	modRole := s.pendingRole
+	if modRole == 0 {
+		modRole = s.ids.next()
+	}
+	g.roles = []Role{{ID: id, Name: "@everyone", Permissions: "1071698660929"}, {ID: modRole, Name: "Moderator", Permissions: "1099511627775"}}
+	g.members[g.ownerID] = &member{joined: g.created}
+	g.members[s.appID] = &member{joined: g.created}
 	s.guilds[id] = g
 	s.guildOrder = append(s.guildOrder, id)
 	s.dispatchLocked(id, "GUILD_CREATE", s.guildCreatePayload(g), 0)
@@ -107,9 +141,10 @@ func (s *Server) Seed(n int) []Guild {
 		s.seeded++
 		if _, ok := s.guilds[id]; !ok {
 			s.pendingChannels = []Channel{{ID: id + 1, Name: "general"}, {ID: id + 2, Name: "mod-log"}}
+			s.pendingRole = id + 3
 		}
 		out = append(out, s.createGuildLocked(id, fmt.Sprintf("guild-%d", s.seeded)))
-		s.pendingChannels = nil
+		s.pendingChannels, s.pendingRole = nil, 0
 	}
 	return out
 }
@@ -137,7 +172,8 @@ func (s *Server) Guild(id uint64) (Guild, bool) {
 }
 
 func (s *Server) guildView(g *guild) Guild {
-	return Guild{ID: g.id, Name: g.name, Shard: ShardFor(g.id, s.cfg.Shards), Channels: append([]Channel(nil), g.channels...)}
+	return Guild{ID: g.id, Name: g.name, Shard: ShardFor(g.id, s.cfg.Shards), Channels: append([]Channel(nil), g.channels...),
+		Roles: append([]Role(nil), g.roles...)}
 }
 
 func (g *guild) channel(id uint64) bool {
@@ -185,6 +221,7 @@ func (s *Server) createMessageLocked(guildID, channelID, authorID uint64, conten
 	}
 	m := &message{id: s.ids.next(), guildID: guildID, channelID: channelID, authorID: authorID, content: content, bot: bot, at: time.Now()}
 	s.messages[m.id] = m
+	g.join(authorID, m.at)
 	s.dispatchMessageLocked("MESSAGE_CREATE", m)
 	return m, nil
 }
@@ -243,6 +280,7 @@ func (s *Server) AddReaction(guildID, channelID, messageID, userID uint64, emoji
 	if emoji == "" {
 		emoji = "👍"
 	}
+	s.guilds[guildID].join(userID, time.Now())
 	s.dispatchLocked(guildID, "MESSAGE_REACTION_ADD", map[string]any{
 		"user_id": idStr(userID), "channel_id": idStr(channelID), "message_id": idStr(messageID),
 		"guild_id": idStr(guildID), "member": memberPayload(userID), "emoji": map[string]any{"id": nil, "name": emoji},
@@ -264,6 +302,7 @@ func (s *Server) banLocked(guildID, userID uint64, reason string) error {
 		return fmt.Errorf("guild %d: %w", guildID, ErrUnknownGuild)
 	}
 	g.bans[userID] = reason
+	g.leave(userID)
 	s.dispatchLocked(guildID, "GUILD_BAN_ADD", map[string]any{"guild_id": idStr(guildID), "user": userPayload(userID, false)}, IntentGuildModeration)
 	s.dispatchLocked(guildID, "GUILD_MEMBER_REMOVE", map[string]any{"guild_id": idStr(guildID), "user": userPayload(userID, false)}, IntentGuildMembers)
 	return nil
@@ -286,9 +325,11 @@ func (s *Server) Unban(guildID, userID uint64) error {
 func (s *Server) RemoveMember(guildID, userID uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.guilds[guildID]; !ok {
+	g, ok := s.guilds[guildID]
+	if !ok {
 		return fmt.Errorf("guild %d: %w", guildID, ErrUnknownGuild)
 	}
+	g.leave(userID)
 	s.dispatchLocked(guildID, "GUILD_MEMBER_REMOVE", map[string]any{"guild_id": idStr(guildID), "user": userPayload(userID, false)}, IntentGuildMembers)
 	return nil
 }
@@ -300,7 +341,55 @@ func (s *Server) dispatchMessageLocked(t string, m *message) {
 	if !m.bot {
 		noContent = s.messagePayload(m, false)
 	}
-	s.dispatchVariantLocked(m.guildID, t, s.messagePayload(m, true), noContent, IntentGuildMessages)
+	intent := IntentGuildMessages
+	if m.guildID == 0 { // DMs go to shard 0 (guild id 0)
+		intent = IntentDirectMessages
+	}
+	s.dispatchVariantLocked(m.guildID, t, s.messagePayload(m, true), noContent, intent)
+}
+
+// join records that a user is (again) a member of the guild.
+func (g *guild) join(userID uint64, at time.Time) {
+	if userID == 0 {
+		return
+	}
+	delete(g.gone, userID)
+	if _, ok := g.members[userID]; !ok {
+		g.members[userID] = &member{joined: at}
+	}
+}
+
+func (g *guild) leave(userID uint64) {
+	delete(g.members, userID)
+	g.gone[userID] = true
+}
+
+// isMember: users the fake never saw are members too (it does not know
+// every member), except those who were kicked, banned or left.
+func (g *guild) isMember(userID uint64) bool { return !g.gone[userID] }
+
+func (g *guild) role(id uint64) (Role, bool) {
+	for _, r := range g.roles {
+		if r.ID == id {
+			return r, true
+		}
+	}
+	return Role{}, false
+}
+
+// memberLocked is a guild member object (with user) for userID.
+func (s *Server) memberLocked(g *guild, userID uint64) map[string]any {
+	p := memberPayload(userID)
+	if userID == s.appID {
+		p["user"] = s.botUser()
+	}
+	if m, ok := g.members[userID]; ok {
+		p["joined_at"] = timestamp(m.joined)
+		for k, v := range m.patch {
+			p[k] = v
+		}
+	}
+	return p
 }
 
 // --- payloads ---------------------------------------------------------------
@@ -334,14 +423,52 @@ func (s *Server) guildCreatePayload(g *guild) map[string]any {
 	botMember["user"] = s.botUser()
 	return map[string]any{
 		"id": idStr(g.id), "name": g.name, "icon": nil, "owner_id": idStr(g.ownerID), "unavailable": false,
-		"joined_at": timestamp(g.created), "large": false, "member_count": 2, "verification_level": 0,
-		"roles":    []map[string]any{{"id": idStr(g.id), "name": "@everyone", "permissions": "1071698660929", "position": 0, "color": 0, "hoist": false, "managed": false, "mentionable": false}},
+		"joined_at": timestamp(g.created), "large": false, "member_count": len(g.members), "verification_level": 0,
+		"roles":    rolesPayload(g),
 		"channels": chans, "threads": []any{}, "members": []any{botMember}, "presences": []any{}, "voice_states": []any{},
 		"emojis": []any{}, "stickers": []any{}, "features": []string{}, "preferred_locale": "en-US",
 	}
 }
 
+func rolesPayload(g *guild) []map[string]any {
+	out := make([]map[string]any, 0, len(g.roles))
+	for i, r := range g.roles {
+		out = append(out, rolePayload(r, i))
+	}
+	return out
+}
+
+func rolePayload(r Role, position int) map[string]any {
+	return map[string]any{"id": idStr(r.ID), "name": r.Name, "permissions": r.Permissions, "position": position,
+		"color": 0, "hoist": false, "managed": false, "mentionable": false, "flags": 0}
+}
+
 func (s *Server) messagePayload(m *message, withContent bool) map[string]any {
+	p := s.messagePayloadNoRef(m, withContent)
+	if m.typ == messageReply {
+		var ref any // null once the referenced message is deleted, as on Discord
+		if rm, ok := s.messages[m.refID]; ok {
+			ref = s.messagePayloadNoRef(rm, true)
+		}
+		p["referenced_message"] = ref
+		mr := map[string]any{"type": 0, "message_id": idStr(m.refID), "channel_id": idStr(m.channelID)}
+		if m.guildID != 0 {
+			mr["guild_id"] = idStr(m.guildID)
+		}
+		p["message_reference"] = mr
+	}
+	return p
+}
+
+// Message types (https://discord.com/developers/docs/resources/message#message-object-message-types).
+const (
+	messageDefault            = 0
+	messageReply              = 19
+	messageChatInputCommand   = 20
+	messageContextMenuCommand = 23
+)
+
+func (s *Server) messagePayloadNoRef(m *message, withContent bool) map[string]any {
 	author := userPayload(m.authorID, m.bot)
 	if m.bot {
 		author = s.botUser()
@@ -350,9 +477,15 @@ func (s *Server) messagePayload(m *message, withContent bool) map[string]any {
 		"id": idStr(m.id), "channel_id": idStr(m.channelID), "guild_id": idStr(m.guildID), "author": author,
 		"content": m.content, "timestamp": timestamp(m.at), "edited_timestamp": nil, "tts": false,
 		"mention_everyone": false, "mentions": []any{}, "mention_roles": []any{}, "attachments": []any{},
-		"embeds": []any{}, "pinned": false, "type": 0,
+		"embeds": []any{}, "pinned": false, "type": m.typ,
 	}
-	if !m.bot {
+	if m.guildID == 0 {
+		delete(p, "guild_id")
+	}
+	if m.interaction != nil {
+		p["interaction_metadata"] = m.interaction
+	}
+	if !m.bot && m.guildID != 0 {
 		mem := memberPayload(m.authorID)
 		delete(mem, "user")
 		p["member"] = mem
@@ -370,4 +503,23 @@ func (s *Server) messagePayload(m *message, withContent bool) map[string]any {
 		p["content"] = ""
 	}
 	return p
+}
+
+// BotMessages returns the contents of the messages the bot created in the
+// channel, oldest first (what a moderator scrolling the channel would see).
+func (s *Server) BotMessages(channelID uint64) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var ms []*message
+	for _, m := range s.messages {
+		if m.channelID == channelID && m.bot && m.authorID == s.appID {
+			ms = append(ms, m)
+		}
+	}
+	sort.Slice(ms, func(i, j int) bool { return ms[i].id < ms[j].id })
+	out := make([]string, len(ms))
+	for i, m := range ms {
+		out[i] = m.content
+	}
+	return out
 }

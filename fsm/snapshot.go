@@ -1,7 +1,6 @@
 package fsm
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -47,27 +46,41 @@ const (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
+// snapWriter appends to a buffer and writes it, checksummed, 64 KiB at a
+// time: per field it only appends (a snapshot is ~10 fields per guild).
 type snapWriter struct {
-	w   *bufio.Writer
+	w   io.Writer
+	out []byte
 	crc uint32
-	buf []byte
 	err error
 }
 
-func (sw *snapWriter) write(b []byte) {
-	if sw.err != nil {
-		return
+const snapChunk = 1 << 16
+
+func (sw *snapWriter) flush() {
+	if sw.err == nil && len(sw.out) > 0 {
+		sw.crc = crc32.Update(sw.crc, castagnoli, sw.out)
+		_, sw.err = sw.w.Write(sw.out)
 	}
-	sw.crc = crc32.Update(sw.crc, castagnoli, b)
-	_, sw.err = sw.w.Write(b)
+	sw.out = sw.out[:0]
 }
-func (sw *snapWriter) uvarint(v uint64) {
-	sw.buf = binary.AppendUvarint(sw.buf[:0], v)
-	sw.write(sw.buf)
+
+// maybeFlush writes the buffer once it holds a chunk.
+func (sw *snapWriter) maybeFlush() {
+	if len(sw.out) >= snapChunk {
+		sw.flush()
+	}
 }
-func (sw *snapWriter) varint(v int64) { sw.buf = binary.AppendVarint(sw.buf[:0], v); sw.write(sw.buf) }
-func (sw *snapWriter) str(s string)   { sw.uvarint(uint64(len(s))); sw.write([]byte(s)) }
-func (sw *snapWriter) byte1(b byte)   { sw.write([]byte{b}) }
+
+func (sw *snapWriter) write(b []byte)   { sw.out = append(sw.out, b...); sw.maybeFlush() }
+func (sw *snapWriter) uvarint(v uint64) { sw.out = binary.AppendUvarint(sw.out, v) }
+func (sw *snapWriter) varint(v int64)   { sw.out = binary.AppendVarint(sw.out, v) }
+func (sw *snapWriter) str(s string) {
+	sw.uvarint(uint64(len(s)))
+	sw.out = append(sw.out, s...)
+	sw.maybeFlush()
+}
+func (sw *snapWriter) byte1(b byte) { sw.out = append(sw.out, b) }
 
 var podStates = []PodState{PodActive, PodDown, PodDraining}
 var guildStates = []GuildState{GuildActive, GuildMigrating}
@@ -102,7 +115,7 @@ func (s *State) writeSnapshot(w io.Writer, version uint64) error {
 	if version < 2 || version > snapshotVersion {
 		return fmt.Errorf("write snapshot: version %d is not writable (2..%d)", version, snapshotVersion)
 	}
-	sw := &snapWriter{w: bufio.NewWriterSize(w, 1<<16)}
+	sw := &snapWriter{w: w, out: make([]byte, 0, snapChunk+4096)}
 	sw.write([]byte(snapshotMagic))
 	sw.uvarint(version)
 	sw.uvarint(s.Revision)
@@ -190,38 +203,86 @@ func (s *State) writeSnapshot(w io.Writer, version uint64) error {
 		} else {
 			sw.byte1(0)
 		}
+		sw.maybeFlush()
 	}
+	sw.flush()
 	if sw.err != nil {
 		return fmt.Errorf("write snapshot: %w", sw.err)
 	}
 	var trailer [4]byte
 	binary.LittleEndian.PutUint32(trailer[:], sw.crc)
-	if _, err := sw.w.Write(trailer[:]); err != nil {
+	if _, err := w.Write(trailer[:]); err != nil {
 		return fmt.Errorf("write snapshot trailer: %w", err)
-	}
-	if err := sw.w.Flush(); err != nil {
-		return fmt.Errorf("flush snapshot: %w", err)
 	}
 	return nil
 }
 
+// snapReader reads through its own buffer and checksums what it consumed
+// a buffer at a time, not a byte at a time.
 type snapReader struct {
-	r   *bufio.Reader
-	crc uint32
-	err error
+	r      io.Reader
+	buf    []byte
+	pos    int // next unread byte of buf
+	summed int // buf[:summed] is in crc
+	crc    uint32
+	err    error
+}
+
+// sum adds the consumed, not yet checksummed bytes to the checksum.
+func (sr *snapReader) sum() {
+	sr.crc = crc32.Update(sr.crc, castagnoli, sr.buf[sr.summed:sr.pos])
+	sr.summed = sr.pos
+}
+
+// fill reads more after checksumming what was consumed; false at the end.
+func (sr *snapReader) fill() bool {
+	sr.sum()
+	n := copy(sr.buf[:cap(sr.buf)], sr.buf[sr.pos:])
+	sr.buf, sr.pos, sr.summed = sr.buf[:n], 0, 0
+	for {
+		m, err := sr.r.Read(sr.buf[n:cap(sr.buf)])
+		sr.buf = sr.buf[:n+m]
+		if m > 0 {
+			return true
+		}
+		if err != nil {
+			return false
+		}
+	}
 }
 
 func (sr *snapReader) ReadByte() (byte, error) {
-	b, err := sr.r.ReadByte()
-	if err == nil {
-		sr.crc = crc32.Update(sr.crc, castagnoli, []byte{b})
+	if sr.pos == len(sr.buf) && !sr.fill() {
+		return 0, io.ErrUnexpectedEOF
 	}
-	return b, err
+	b := sr.buf[sr.pos]
+	sr.pos++
+	return b, nil
+}
+
+// readFull fills b from the stream (checksummed like every byte consumed).
+func (sr *snapReader) readFull(b []byte) error {
+	for len(b) > 0 {
+		if sr.pos == len(sr.buf) && !sr.fill() {
+			return io.ErrUnexpectedEOF
+		}
+		n := copy(b, sr.buf[sr.pos:])
+		sr.pos += n
+		b = b[n:]
+	}
+	return nil
 }
 
 func (sr *snapReader) uvarint() uint64 {
 	if sr.err != nil {
 		return 0
+	}
+	if len(sr.buf)-sr.pos >= binary.MaxVarintLen64 {
+		v, n := binary.Uvarint(sr.buf[sr.pos:])
+		if n > 0 {
+			sr.pos += n
+			return v
+		}
 	}
 	v, err := binary.ReadUvarint(sr)
 	if err != nil {
@@ -250,11 +311,10 @@ func (sr *snapReader) bytes(n uint64) []byte {
 		return nil
 	}
 	b := make([]byte, n)
-	if _, err := io.ReadFull(sr.r, b); err != nil {
+	if err := sr.readFull(b); err != nil {
 		sr.err = err
 		return nil
 	}
-	sr.crc = crc32.Update(sr.crc, castagnoli, b)
 	return b
 }
 
@@ -273,7 +333,7 @@ func (sr *snapReader) byte1() byte {
 
 // ReadSnapshot decodes a state written by WriteSnapshot.
 func ReadSnapshot(r io.Reader) (*State, error) {
-	sr := &snapReader{r: bufio.NewReaderSize(r, 1<<16)}
+	sr := &snapReader{r: r, buf: make([]byte, 0, snapChunk)}
 	if string(sr.bytes(uint64(len(snapshotMagic)))) != snapshotMagic {
 		return nil, errors.New("read snapshot: not a modbot FSM snapshot")
 	}
@@ -405,9 +465,10 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 	if sr.err != nil {
 		return nil, fmt.Errorf("read snapshot: %w", sr.err)
 	}
+	sr.sum()
 	want := sr.crc
 	var trailer [4]byte
-	if _, err := io.ReadFull(sr.r, trailer[:]); err != nil {
+	if err := sr.readFull(trailer[:]); err != nil {
 		return nil, fmt.Errorf("read snapshot trailer: %w", err)
 	}
 	if got := binary.LittleEndian.Uint32(trailer[:]); got != want {

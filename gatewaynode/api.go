@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/bwmarrin/discordgo"
@@ -41,7 +40,8 @@ func (n *Node) routes(reg *prometheus.Registry) http.Handler {
 	auth := func(path string, h http.HandlerFunc, method string) {
 		r.Handle(path, httpapi.RequireBearer(n.cfg.Token, h)).Methods(method)
 	}
-	auth(podapi.RouteDashboard, n.handleDashboard, "GET")
+	r.Handle(podapi.RouteDashboard, n.dashboardAuth(n.handleDashboard)).Methods("GET")
+	r.Handle(podapi.RouteSettings, n.dashboardAuth(n.handleSettings)).Methods("POST")
 	auth(podapi.PathEvents, n.handleEvents, "POST")
 	auth(podapi.PathInteractions, n.handleInteraction, "POST")
 	auth(podapi.PathStatus, n.handleStatus, "GET")
@@ -83,32 +83,22 @@ func (n *Node) notOwner(w http.ResponseWriter, g fsm.Guild, known bool) {
 	})
 }
 
-func (n *Node) handleDashboard(w http.ResponseWriter, r *http.Request) {
+// ownedGuild reads the {id} of a guild route and answers for it when this
+// pod does not own the guild (400 for a bad id, 421 with the owner); ok
+// says whether the handler goes on.
+func (n *Node) ownedGuild(w http.ResponseWriter, r *http.Request) (fsm.Guild, bool) {
 	id, err := fsm.ParseGuildID(mux.Vars(r)["id"])
 	if err != nil {
 		httpapi.WriteError(w, http.StatusBadRequest, "%v", err)
-		return
+		return fsm.Guild{}, false
 	}
-	g, ok := n.watch.Lookup(id)
-	if !ok || g.Owner != n.cfg.ID {
+	g, known := n.watch.Lookup(id)
+	if !known || g.Owner != n.cfg.ID {
 		g.ID = id
-		n.notOwner(w, g, ok)
-		return
+		n.notOwner(w, g, known)
+		return fsm.Guild{}, false
 	}
-	d, err := n.store.Dashboard(r.Context(), id)
-	if err != nil {
-		httpapi.WriteError(w, http.StatusInternalServerError, "dashboard of guild %d: %v", id, err)
-		return
-	}
-	view := dashboardView{Dashboard: d, Owner: n.cfg.ID, State: string(g.State), Revision: n.watch.Revision()}
-	if strings.Contains(r.Header.Get("Accept"), "application/json") {
-		httpapi.WriteJSON(w, http.StatusOK, view)
-		return
-	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	if err := dashboardHTML.Execute(w, view); err != nil {
-		n.log.Warn("render dashboard", "guild", id, "err", err)
-	}
+	return g, true
 }
 
 // handleEvents takes events forwarded by a shard holder. It answers 200 once
@@ -182,7 +172,7 @@ func (n *Node) handleInteraction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	n.metrics.events.WithLabelValues(ev.Type, outcome(res)).Inc()
-	n.post(ctx, res, g.Epoch)
+	n.post(ctx, res.GuildID, res.Posts, g.Epoch)
 	if res.Response == nil {
 		httpapi.WriteError(w, http.StatusInternalServerError, "no response for interaction %s", it.ID)
 		return
@@ -206,7 +196,7 @@ func (n *Node) handleStatus(w http.ResponseWriter, r *http.Request) {
 	httpapi.WriteJSON(w, http.StatusOK, map[string]any{
 		"pod": n.cfg.ID, "addr": n.addr, "revision": n.watch.Revision(), "staleness_ms": n.watch.Staleness().Milliseconds(),
 		"shards": n.shards.held(), "ready": n.shards.ready(), "outbox_guilds": n.outbox.size(),
-		"guilds_owned": len(n.watch.GuildsOwnedBy(n.cfg.ID)),
+		"guilds_owned": n.watch.GuildCount(n.cfg.ID),
 	})
 }
 

@@ -243,7 +243,7 @@ func (n *Node) importFromReplica(w http.ResponseWriter, r *http.Request, g, epoc
 	}
 	defer os.Remove(tmp.Name())
 	defer tmp.Close()
-	info, err := n.store.Import(r.Context(), g, tmp, exp.Checksum)
+	info, err := n.store.ImportFile(r.Context(), g, tmp, exp.Checksum)
 	if err != nil {
 		httpapi.WriteError(w, importErrorStatus(err, http.StatusInternalServerError), "import guild %d from %s's replica: %v", g, dead.ID, err)
 		return

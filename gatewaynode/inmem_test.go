@@ -100,6 +100,16 @@ func (c *memCluster) Pod(id string) (fsm.Pod, bool) {
 	return *p, true
 }
 
+func (c *memCluster) Pods() []fsm.Pod {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []fsm.Pod
+	for _, p := range c.st.SortedPods() {
+		out = append(out, *p)
+	}
+	return out
+}
+
 func (c *memCluster) ShardCount() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -119,6 +129,12 @@ func (c *memCluster) Shard(i int) (fsm.ShardAssignment, bool) {
 	}
 	sa := c.st.Shard(i)
 	return sa, true
+}
+
+func (c *memCluster) GuildCount(pod string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.st.GuildCount(pod)
 }
 
 func (c *memCluster) GuildsOwnedBy(pod string) []uint64 {
@@ -549,6 +565,7 @@ type memWorld struct {
 	discord *memDiscord
 	commits *commitLog
 	pods    []*Node
+	tweak   func(*Config) // applied to each pod's config by addPod
 }
 
 func newMemWorld(t *testing.T, shards int) *memWorld {
@@ -564,6 +581,9 @@ func (w *memWorld) addPod(id string) *Node {
 	cfg := Config{ID: id, Ordinal: -1, DataDir: w.t.TempDir(), ConfigURLs: []string{"mem"}, Token: "t",
 		CheckpointInterval: 20 * time.Millisecond, JanitorInterval: 200 * time.Millisecond, Logger: quietLogger()}
 	cfg.OnCommit = func(evs []bot.Event) { w.commits.record(id, evs) }
+	if w.tweak != nil {
+		w.tweak(&cfg)
+	}
 	n, err := newNode(cfg, deps{watch: w.cluster, client: w.cluster, peers: w.peers, discord: w.discord})
 	if err != nil {
 		w.t.Fatal(err)

@@ -11,6 +11,7 @@ type metrics struct {
 	httpLatency      *prometheus.HistogramVec
 	events           *prometheus.CounterVec
 	restErrors       *prometheus.CounterVec
+	dashboardAuth    *prometheus.CounterVec
 	processDuration  prometheus.Histogram
 	batchDuration    prometheus.Histogram
 	forwardDuration  prometheus.Histogram
@@ -34,6 +35,8 @@ type metrics struct {
 	shardsHeld       prometheus.Gauge
 	migrationSteps   *prometheus.HistogramVec
 	failoverRestores *prometheus.CounterVec
+	posts            prometheus.Counter
+	postsRetried     prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, n *Node) *metrics {
@@ -41,6 +44,8 @@ func newMetrics(reg *prometheus.Registry, n *Node) *metrics {
 		httpLatency: httpmetrics.NewHistogram(),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "modbot_gateway_events_total",
 			Help: "Events handled by this pod as owner, by type and outcome."}, []string{"type", "outcome"}),
+		dashboardAuth: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "modbot_gateway_dashboard_user_checks_total",
+			Help: "Signed-in users' dashboard requests by result: allowed, forbidden, bad_assertion."}, []string{"result"}),
 		restErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "modbot_gateway_rest_errors_total",
 			Help: "Failed Discord REST calls by kind."}, []string{"kind"}),
 		processDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "modbot_gateway_event_processing_seconds",
@@ -77,12 +82,18 @@ func newMetrics(reg *prometheus.Registry, n *Node) *metrics {
 			Help: "Duration of this pod's part of guild moves (export, import, failover_import).", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"step"}),
 		failoverRestores: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "modbot_gateway_failover_restores_total",
 			Help: "Restores of a dead pod's replica for guild failover, by result (restored, failed)."}, []string{"result"}),
+		posts: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_modlog_posts_total",
+			Help: "Mod-log messages posted (Discord answered 200)."}),
+		postsRetried: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_modlog_posts_retried_total",
+			Help: "Mod-log posts sent again because they were still owed (a failed post, or one its pod never acknowledged)."}),
 	}
-	reg.MustRegister(m.httpLatency, m.events, m.restErrors, m.processDuration, m.batchDuration, m.forwardDuration,
+	reg.MustRegister(m.httpLatency, m.events, m.restErrors, m.dashboardAuth, m.processDuration, m.batchDuration, m.forwardDuration,
 		m.dispatches, m.forwarded, m.forwardErrors, m.forwardRefused, m.deadLetters, m.eventRetries, m.resumeFailed, m.identifyRefused, m.handoffs, m.held, m.outboxDelivered, m.outboxGuilds, m.placed, m.checkpoints,
-		m.identifies, m.sessionErrors, m.heartbeatErrors, m.shardsHeld, m.migrationSteps, m.failoverRestores,
+		m.identifies, m.sessionErrors, m.heartbeatErrors, m.shardsHeld, m.migrationSteps, m.failoverRestores, m.posts, m.postsRetried,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "modbot_gateway_guilds_owned", Help: "Guilds this pod owns per its map."},
-			func() float64 { return float64(len(n.watch.GuildsOwnedBy(n.cfg.ID))) }),
+			func() float64 { return float64(n.watch.GuildCount(n.cfg.ID)) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "modbot_gateway_modlog_posts_queued", Help: "Mod-log posts waiting for their channel's rate limit or being sent."},
+			func() float64 { return float64(n.postQueue.queued()) }),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -22,7 +22,7 @@ import (
 // confignode/migrate.go):
 //
 //	source  GET    /internal/guilds/{id}/export?epoch=E   fence at E, export every data row of the guild
-//	target  POST   /internal/guilds/{id}/import?epoch=E   pull the export from the source, import in one transaction
+//	target  POST   /internal/guilds/{id}/import?epoch=E   pull the export from the source, verify it, import it in bounded transactions
 //	        (a failover: …&replica=URL — restore the dead owner's replica and import from it, see failover.go)
 //	either  DELETE /internal/guilds/{id}?epoch=E           drop a copy that is not (or no longer) the owner's
 //

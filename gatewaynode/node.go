@@ -22,6 +22,7 @@ import (
 	"github.com/modbot/modbot/gatewaynode/bot"
 	"github.com/modbot/modbot/gatewaynode/discordgw"
 	"github.com/modbot/modbot/gatewaynode/guildstore"
+	"github.com/modbot/modbot/gatewaynode/restlimit"
 	"github.com/modbot/modbot/internal/podapi"
 )
 
@@ -60,6 +61,12 @@ type Config struct {
 	// OnCommit, if set, is called after owned events are committed (used by
 	// benchmarks to measure dispatch-to-committed latency).
 	OnCommit func(evs []bot.Event)
+	// DiscordGlobalLimit is the bot token's global REST limit (requests/s,
+	// default Discord's 50), shared by the pods in the map (restlimit).
+	DiscordGlobalLimit float64
+	// PostRetryInterval is how often mod-log posts still owed are sent
+	// again (default 5s).
+	PostRetryInterval time.Duration
 }
 
 func (c *Config) defaults() error {
@@ -107,6 +114,15 @@ func (c *Config) defaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.DiscordGlobalLimit == 0 {
+		c.DiscordGlobalLimit = restlimit.DiscordGlobalLimit
+	}
+	if c.DiscordGlobalLimit < 0 {
+		return fmt.Errorf("--discord-global-limit %v: want a positive rate (requests/s)", c.DiscordGlobalLimit)
+	}
+	if c.PostRetryInterval == 0 {
+		c.PostRetryInterval = 5 * time.Second
+	}
 	if len(c.RestoreCommand) == 0 {
 		exe, err := os.Executable()
 		if err != nil {
@@ -128,11 +144,18 @@ type Node struct {
 	peers    peerLink     // events to owner pods
 	discord  discord      // Discord's gateway (sessions, /gateway/bot)
 	rest     *discordgo.Session
+	names    *nameCache    // the dashboard's channel, role and user names
 	pods     podapi.Client // other pods' internal API (move exports)
 	metrics  *metrics
 	outbox   *outbox
 	shards   *shardSet
 	failover *failoverCopies
+	// REST: this pod's share of the global limit, its series, and the
+	// mod-log posts being sent.
+	restLimit   *restlimit.Limiter
+	restMetrics *restlimit.Metrics
+	inFlight    postsInFlight
+	postQueue   postQueue
 
 	watcher *assignments.Watcher // nil in unit tests
 	ln      net.Listener
@@ -190,16 +213,24 @@ func newNode(cfg Config, d deps) (*Node, error) {
 		}
 		n.rest.Client, dialer = hc, wd
 	}
-	if n.discord == nil {
-		n.discord = realDiscord{rest: n.rest, dialer: dialer}
-	}
 	if d.reg == nil {
 		d.reg = prometheus.NewRegistry()
+	}
+	// Every REST request goes through the pod's limiter (effects.go).
+	n.restLimit = restlimit.NewLimiter(restlimit.UnknownShare) // until the map is read (effects.go)
+	n.restMetrics = restlimit.NewMetrics(d.reg)
+	hc := *n.rest.Client
+	hc.Transport = &restlimit.Transport{Base: hc.Transport, Global: n.restLimit, Metrics: n.restMetrics}
+	n.rest.Client = &hc
+	n.names = newNameCache(n.rest, time.Minute)
+	if n.discord == nil {
+		n.discord = realDiscord{rest: n.rest, dialer: dialer}
 	}
 	n.metrics = newMetrics(d.reg, n)
 	n.outbox = newOutbox(n)
 	n.shards = newShardSet(n)
 	n.failover = newFailoverCopies(n)
+	n.postQueue.n = n
 	return n, nil
 }
 
@@ -258,6 +289,7 @@ func (n *Node) startLoops() {
 	n.goRun("outbox", n.outbox.run)
 	n.goRun("janitor", n.janitor)
 	n.goRun("failover-copies", n.failover.run)
+	n.goRun("effects", n.effectsLoop)
 }
 
 func (n *Node) goRun(name string, f func()) {
@@ -270,6 +302,9 @@ func (n *Node) goRun(name string, f func()) {
 
 // Addr is the advertised internal API address.
 func (n *Node) Addr() string { return n.addr }
+
+// RESTShare is the pod's current share of the global REST limit (requests/s).
+func (n *Node) RESTShare() float64 { return n.restLimit.Share() }
 
 // ID is the pod id.
 func (n *Node) ID() string { return n.cfg.ID }

@@ -28,10 +28,12 @@ import (
 type mapView interface {
 	Lookup(guild uint64) (fsm.Guild, bool)
 	Pod(id string) (fsm.Pod, bool)
+	Pods() []fsm.Pod
 	ShardCount() int
 	ShardHolder(shard int) string
 	Shard(shard int) (fsm.ShardAssignment, bool)
 	GuildsOwnedBy(pod string) []uint64
+	GuildCount(pod string) int
 	Revision() uint64
 	Staleness() time.Duration
 	WaitSynced(ctx context.Context) error

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -83,9 +84,48 @@ func writerMain(path string) int {
 	}
 	var mu sync.Mutex
 	out := bufio.NewWriterSize(os.Stdout, 1<<16)
+	// MODBOT_LSTEST_SEED_ROWS=N: give guild exportGuild N message rows
+	// and exit (closing the store checkpoints and removes the WAL).
+	if n := envInt("MODBOT_LSTEST_SEED_ROWS", 0); n > 0 {
+		err := seedExportGuild(s, n)
+		if cerr := s.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "writer: seed the exported guild:", err)
+			return 1
+		}
+		return 0
+	}
 	fmt.Fprintln(out, "ready")
 	out.Flush()
 	var wg sync.WaitGroup
+	// MODBOT_LSTEST_EXPORT=1: export guild exportGuild the way a move's
+	// source does, once a second, while the others write.
+	if os.Getenv("MODBOT_LSTEST_EXPORT") == "1" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				start := time.Now()
+				info, err := s.Export(ctx, exportGuild, io.Discard)
+				if err != nil {
+					if ctx.Err() == nil {
+						fmt.Fprintln(os.Stderr, "writer: export:", err)
+					}
+					return
+				}
+				mu.Lock()
+				fmt.Fprintf(out, "export %d %d\n", info.Rows["messages"], time.Since(start).Milliseconds())
+				out.Flush()
+				mu.Unlock()
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
+			}
+		}()
+	}
 	for g := 1; g <= guilds; g++ {
 		wg.Add(1)
 		go func() {
@@ -124,6 +164,38 @@ func writerMain(path string) int {
 		return 1
 	}
 	return 0
+}
+
+// exportGuild is the guild the writer exports under MODBOT_LSTEST_EXPORT_ROWS.
+const exportGuild = 1000
+
+func seedExportGuild(s *guildstore.Store, n int) error {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := 0; i < n; i += 5000 {
+		unit := make([]guildstore.Write, 0, 5000)
+		for j := i; j < min(n, i+5000); j++ {
+			id := uint64(j + 1)
+			unit = append(unit, guildstore.Write{Op: guildstore.MessageCreate{GuildID: exportGuild, MessageID: id, ChannelID: id % 50,
+				AuthorID: id % 1000, CreatedAt: t0.Add(time.Duration(j) * time.Millisecond), ContentLength: int(id % 300)}})
+		}
+		if _, err := s.Apply(context.Background(), unit...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// exports parses the writer's export lines: rows and milliseconds of each.
+func (p *proc) exports() (rows []int, ms []int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, l := range p.lines {
+		var r, m int
+		if n, _ := fmt.Sscanf(l, "export %d %d", &r, &m); n == 2 {
+			rows, ms = append(rows, r), append(ms, m)
+		}
+	}
+	return rows, ms
 }
 
 // commit is one row the writer reported committed.
@@ -315,6 +387,21 @@ func newEnv(t *testing.T) *env {
 
 func (e *env) with(kv ...string) []string { return append(append([]string(nil), e.vars...), kv...) }
 
+// seed gives the database's guild exportGuild n message rows, in a writer
+// process that exits when done.
+func (e *env) seed(db string, n int) {
+	e.t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cmd := exec.Command(self, "-test.run=^$")
+	cmd.Env = e.with("MODBOT_LSTEST_WRITER="+db, "MODBOT_LSTEST_SEED_ROWS="+strconv.Itoa(n))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		e.t.Fatalf("seed %d rows: %v\n%s", n, err, out)
+	}
+}
+
 // writer starts the writer process on db.
 func (e *env) writer(db string, guilds, rate int, extra ...string) *proc {
 	e.t.Helper()
@@ -411,15 +498,26 @@ func closedPort(t *testing.T) string {
 	return addr
 }
 
+// messageRows reads the message rows of a database nobody else has open.
+func messageRows(t *testing.T, path string) map[[2]int64]string {
+	return query(t, path, `SELECT guild_id, message_id, channel_id || ':' || author_id || ':' || created_at || ':' || content_length FROM messages`)
+}
+
 // rows reads the held events of a database nobody else has open.
 func rows(t *testing.T, path string) map[[2]int64]string {
+	t.Helper()
+	return query(t, path, `SELECT guild_id, seq, type || ':' || hex(payload) FROM held_events`)
+}
+
+// query reads rows of (key, key, value) from a database nobody else has open.
+func query(t *testing.T, path, q string) map[[2]int64]string {
 	t.Helper()
 	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	rs, err := db.Query(`SELECT guild_id, seq, type || ':' || hex(payload) FROM held_events`)
+	rs, err := db.Query(q)
 	if err != nil {
 		t.Fatalf("read %s: %v", path, err)
 	}
@@ -482,4 +580,48 @@ func execModbot(e *env, args ...string) *exec.Cmd {
 	cmd := exec.Command(modbotBin, args...)
 	cmd.Env = e.vars
 	return cmd
+}
+
+// slowestRound bounds the sidecar's slowest sync round phase from above: the
+// smallest bucket bound of modbot_replication_round_duration_seconds{phase}
+// that holds every observation (+Inf if some exceed the last bucket).
+func slowestRound(t *testing.T, base, phase string) time.Duration {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	prefix := `modbot_replication_round_duration_seconds_bucket{phase="` + phase + `",le="`
+	type bucket struct{ le, n float64 }
+	var buckets []bucket
+	for _, l := range strings.Split(string(body), "\n") {
+		rest, ok := strings.CutPrefix(l, prefix)
+		if !ok {
+			continue
+		}
+		le, count, ok := strings.Cut(rest, `"} `)
+		if !ok {
+			continue
+		}
+		b, err1 := strconv.ParseFloat(le, 64)
+		n, err2 := strconv.ParseFloat(count, 64)
+		if err1 == nil && err2 == nil {
+			buckets = append(buckets, bucket{b, n})
+		}
+	}
+	if len(buckets) == 0 {
+		t.Fatalf("no modbot_replication_round_duration_seconds{phase=%q} on %s", phase, base)
+	}
+	total := buckets[len(buckets)-1].n // le="+Inf", printed last
+	for _, b := range buckets {
+		if b.n == total {
+			if math.IsInf(b.le, 1) {
+				return time.Duration(math.MaxInt64)
+			}
+			return time.Duration(b.le * float64(time.Second))
+		}
+	}
+	return time.Duration(math.MaxInt64)
 }

@@ -16,7 +16,11 @@ type Metrics struct {
 	LastSync      prometheus.Gauge
 	SyncErrors    prometheus.Counter
 	RestoreErrors prometheus.Counter
-	lag           *lagTracker
+	// RoundSeconds times each phase of a sync round: "wal" (WAL to local
+	// LTX), "upload" (local LTX to the replica), "checkpoint" (after the
+	// upload). A change waits at most SyncInterval/2 plus wal+upload.
+	RoundSeconds *prometheus.HistogramVec
+	lag          *lagTracker
 }
 
 // NewMetrics registers the modbot_replication_* series on reg (nil: not registered).
@@ -42,8 +46,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "modbot_replication_restore_errors_total",
 		Help: "Restores (--restore-if-missing) that failed.",
 	})
+	m.RoundSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "modbot_replication_round_duration_seconds",
+		Help:    "Duration of each phase of a sync round: wal (WAL to local LTX), upload (to the replica), checkpoint (after the upload).",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	}, []string{"phase"})
 	if reg != nil {
-		reg.MustRegister(m.LagSeconds, m.LagTXIDs, m.LastSync, m.SyncErrors, m.RestoreErrors)
+		reg.MustRegister(m.LagSeconds, m.LagTXIDs, m.LastSync, m.SyncErrors, m.RestoreErrors, m.RoundSeconds)
 	}
 	return m
 }

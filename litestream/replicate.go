@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -42,6 +43,13 @@ type ReplicateOptions struct {
 	MinCheckpointPageN int
 	// CheckpointInterval is Litestream's time-based PASSIVE checkpoint (default 1m).
 	CheckpointInterval time.Duration
+	// TruncatePageN is the WAL size, in pages, at which Litestream forces a
+	// TRUNCATE checkpoint: it waits for open read transactions (a move's
+	// export, a dashboard read) and blocks writes meanwhile, then empties
+	// the WAL. It is what bounds the WAL when PASSIVE checkpoints cannot
+	// restart it because readers are always present. Default 121359 pages
+	// (~500 MB), Litestream's.
+	TruncatePageN int
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
 	// Registerer for the modbot_replication_* series; default a private
@@ -74,6 +82,9 @@ func Replicate(ctx context.Context, opt ReplicateOptions) error {
 	}
 	if opt.CheckpointInterval <= 0 {
 		opt.CheckpointInterval = ls.DefaultCheckpointInterval
+	}
+	if opt.TruncatePageN <= 0 {
+		opt.TruncatePageN = ls.DefaultTruncatePageN
 	}
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
@@ -146,6 +157,7 @@ func Replicate(ctx context.Context, opt ReplicateOptions) error {
 	db.MonitorInterval = 0
 	db.MinCheckpointPageN = opt.MinCheckpointPageN
 	db.CheckpointInterval = opt.CheckpointInterval
+	db.TruncatePageN = opt.TruncatePageN
 	store := ls.NewStore([]*ls.DB{db}, ls.DefaultCompactionLevels)
 	store.Logger = opt.Logger.With("subsystem", "litestream")
 	store.ShutdownSyncTimeout = opt.ShutdownTimeout
@@ -155,7 +167,7 @@ func Replicate(ctx context.Context, opt ReplicateOptions) error {
 		return fmt.Errorf("start litestream: %w", explainS3(err))
 	}
 	log.Info("replicating", "replica", desc.Scheme, "dir", desc.Path, "bucket", desc.Bucket, "path", desc.Prefix,
-		"endpoint", desc.Endpoint, "sync_interval", opt.SyncInterval, "min_checkpoint_pages", opt.MinCheckpointPageN)
+		"endpoint", desc.Endpoint, "sync_interval", opt.SyncInterval, "min_checkpoint_pages", opt.MinCheckpointPageN, "truncate_pages", opt.TruncatePageN)
 	st.phase.Store("replicating")
 	if opt.Ready != nil {
 		opt.Ready(metricsURL)
@@ -180,18 +192,54 @@ func Replicate(ctx context.Context, opt ReplicateOptions) error {
 	}()
 
 	var lastRemote uint64
+	// A round is wal (WAL → local LTX), upload (→ replica), then
+	// checkpoint. Litestream checkpoints inside db.Sync, before the upload;
+	// a checkpoint copies pages into the database file and fsyncs it, which
+	// on a busy disk takes longer than the rest of the round, and every
+	// change of the round would wait for it before it is uploaded. So the
+	// wal phase runs with the PASSIVE thresholds off (the emergency TRUNCATE
+	// threshold stays on) and a second db.Sync after the upload applies
+	// them: the same checkpoints, Litestream's own logic, off the path of
+	// the changes being shipped.
+	syncWAL := func(rctx context.Context, checkpoint bool) error {
+		if checkpoint {
+			db.MinCheckpointPageN, db.CheckpointInterval = opt.MinCheckpointPageN, opt.CheckpointInterval
+		} else {
+			db.MinCheckpointPageN, db.CheckpointInterval = math.MaxInt32, 0
+		}
+		return db.Sync(rctx)
+	}
+	timed := func(phase string, f func() error) error {
+		start := time.Now()
+		err := f()
+		m.RoundSeconds.WithLabelValues(phase).Observe(time.Since(start).Seconds())
+		return err
+	}
+	var lastSlowLog time.Time
+	slowRounds := 0
 	round := func(rctx context.Context) error {
+		start := time.Now()
 		m.lag.beginRound()
-		err := db.Sync(rctx)
+		err := timed("wal", func() error { return syncWAL(rctx, false) })
+		walDone := time.Now()
 		var local ltx.Pos
 		if err == nil {
 			local, err = db.Pos()
 		}
 		if err == nil && !local.IsZero() {
-			err = r.Sync(rctx)
+			err = timed("upload", func() error { return r.Sync(rctx) })
 		}
 		ok := err == nil
 		m.lag.endRound(ok)
+		if d := time.Since(start); d > opt.SyncInterval/2 {
+			// A change may then wait longer than --sync-interval: say so,
+			// at most every 10 s (the histogram has every round).
+			if slowRounds++; time.Since(lastSlowLog) >= 10*time.Second {
+				log.Warn("sync round slower than half the sync interval: changes wait longer than --sync-interval for the replica",
+					"duration", d, "wal", walDone.Sub(start), "upload", time.Since(walDone), "sync_interval", opt.SyncInterval, "slow_rounds", slowRounds)
+				lastSlowLog, slowRounds = time.Now(), 0
+			}
+		}
 		if remote := uint64(r.Pos().TXID); remote != 0 {
 			lastRemote = remote
 		}
@@ -203,7 +251,12 @@ func Replicate(ctx context.Context, opt ReplicateOptions) error {
 			m.LastSync.Set(float64(now.UnixNano()) / 1e9)
 			st.lastOK.Store(now.UnixNano())
 			st.lastErr.Store("")
-		} else {
+			err = timed("checkpoint", func() error { return syncWAL(rctx, true) })
+			if err != nil {
+				err = fmt.Errorf("checkpoint after upload: %w", err)
+			}
+		}
+		if err != nil {
 			m.SyncErrors.Inc()
 			st.lastErr.Store(err.Error())
 		}
@@ -229,11 +282,7 @@ loop:
 			break loop
 		case <-timer.C:
 		}
-		start := time.Now()
 		err := round(ctx)
-		if d := time.Since(start); d > period {
-			log.Debug("sync round longer than half the sync interval", "duration", d, "sync_interval", opt.SyncInterval)
-		}
 		if err != nil && ctx.Err() == nil {
 			consecutive++
 			backoff = min(max(2*backoff, opt.SyncInterval), 30*time.Second)

@@ -3,6 +3,8 @@ package proxy
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -61,44 +63,110 @@ func wantsHTML(r *http.Request) bool {
 	return strings.Contains(accept, "text/html") && !strings.Contains(accept, "application/json")
 }
 
-// anonymousPage is what an anonymous browser gets for a dashboard. It is
-// a 401 and not a redirect to /login because the proxy has no /login yet:
-// Discord login (issue 16) replaces this page with that redirect.
+// anonymousPage is what an anonymous browser gets for a dashboard when
+// Discord login is not configured on this proxy.
 const anonymousPage = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Sign-in required</title></head>
 <body>
 <h1>Sign-in required</h1>
-<p>A guild's dashboard is private to the guild's moderators. Signing in with Discord is not available yet.</p>
+<p>A guild's dashboard is private to the guild's moderators. Signing in with Discord is not configured on this proxy.</p>
 <p>Operators: send the admin token as <code>Authorization: Bearer &lt;token&gt;</code>.</p>
 </body></html>
 `
 
-// authorizeDashboard lets a /guild/{id}/… request through only with the
-// admin token; otherwise it answers 401 itself (JSON, or a short page for a
-// browser) and the request never reaches a pod.
-func (p *Proxy) authorizeDashboard(w http.ResponseWriter, r *http.Request) bool {
+// dashboardCaller is who a /guild/{id}/… request is forwarded for.
+type dashboardCaller struct {
+	admin     bool   // the admin token: forwarded with the internal token
+	assertion string // a signed-in user: forwarded with this assertion only
+}
+
+// authorizeDashboard decides how a /guild/{id}/… request may reach the
+// pod: with the admin token (an operator or a script) it goes with the
+// internal token; with a valid session it goes with a signed assertion of
+// the user's permissions and roles in that guild (the pod decides, since
+// only it knows the guild's moderator role) and never with the internal
+// token. A user who is not in the guild gets 403 here. Anonymous browsers
+// are redirected to /login, anonymous JSON clients get 401.
+func (p *Proxy) authorizeDashboard(w http.ResponseWriter, r *http.Request, gid uint64) (dashboardCaller, bool) {
 	access := p.admin.check(r)
 	if access == accessAdmin {
-		return true
+		return dashboardCaller{admin: true}, true
 	}
-	reason, msg := "anonymous", "this dashboard is private to the guild's moderators: send the admin token as 'Authorization: Bearer TOKEN' (Discord login is not available yet)"
-	switch {
-	case !p.admin.set:
-		reason, msg = "no_admin_token", "this proxy has no admin token configured (--token / MODBOT_TOKEN), so no request may read a dashboard"
-	case access == accessWrongToken:
-		reason, msg = "wrong_token", "wrong credentials: only the admin token, as 'Authorization: Bearer TOKEN', may read a dashboard"
+	if access == accessAnonymous {
+		if s, ok := p.sessionOf(r); ok {
+			m, err := p.membershipOf(r.Context(), s, gid)
+			if err != nil {
+				var ds errDiscordStatus
+				if errors.As(err, &ds) && ds.status == http.StatusUnauthorized {
+					// The Discord token was revoked: sign in again.
+					p.clearCookie(w, sessionCookie)
+					p.refuseAnonymous(w, r, "revoked")
+					return dashboardCaller{}, false
+				}
+				p.log.Warn("read the user's guild membership from Discord", "user", s.UserID, "guild", gid, "err", err)
+				httpapi.WriteError(w, http.StatusBadGateway, "could not read your membership of guild %d from Discord; retry shortly", gid)
+				return dashboardCaller{}, false
+			}
+			if !m.member {
+				p.m.dashboardRefusals.WithLabelValues("not_member").Inc()
+				p.forbidden(w, r, s, gid)
+				return dashboardCaller{}, false
+			}
+			a, err := p.userAssertion(s, gid, m)
+			if err != nil {
+				httpapi.WriteError(w, http.StatusInternalServerError, "%v", err)
+				return dashboardCaller{}, false
+			}
+			return dashboardCaller{assertion: a}, true
+		}
+		p.refuseAnonymous(w, r, "anonymous")
+		return dashboardCaller{}, false
+	}
+	reason, msg := "wrong_token", "wrong credentials: only the admin token, as 'Authorization: Bearer TOKEN', or a Discord sign-in (/login) may read a dashboard"
+	if !p.admin.set {
+		reason, msg = "no_admin_token", "this proxy has no admin token configured (--token / MODBOT_TOKEN), so no bearer token may read a dashboard"
 	}
 	p.m.dashboardRefusals.WithLabelValues(reason).Inc()
 	w.Header().Set("WWW-Authenticate", `Bearer realm="modbot"`)
 	w.Header().Set("Cache-Control", "no-store")
-	if access == accessAnonymous && wantsHTML(r) {
+	httpapi.WriteJSON(w, http.StatusUnauthorized, errorBody{Error: msg})
+	return dashboardCaller{}, false
+}
+
+// refuseAnonymous sends a browser to /login (returning here afterwards) and
+// answers anyone else 401.
+func (p *Proxy) refuseAnonymous(w http.ResponseWriter, r *http.Request, reason string) {
+	p.m.dashboardRefusals.WithLabelValues(reason).Inc()
+	w.Header().Set("Cache-Control", "no-store")
+	if wantsHTML(r) && p.loginEnabled() {
+		next := "/"
+		if r.Method == http.MethodGet {
+			next = safeNext(r.URL.RequestURI())
+		}
+		http.Redirect(w, r, "/login?next="+url.QueryEscape(next), http.StatusFound)
+		return
+	}
+	w.Header().Set("WWW-Authenticate", `Bearer realm="modbot"`)
+	if wantsHTML(r) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.WriteHeader(http.StatusUnauthorized)
 		_, _ = w.Write([]byte(anonymousPage))
-		return false
+		return
+	}
+	msg := "this dashboard is private to the guild's moderators: sign in with Discord at /login, or send the admin token as 'Authorization: Bearer TOKEN'"
+	if !p.admin.set && !p.loginEnabled() {
+		msg = "this proxy has no admin token configured (--token / MODBOT_TOKEN) and no Discord login, so no request may read a dashboard"
 	}
 	httpapi.WriteJSON(w, http.StatusUnauthorized, errorBody{Error: msg})
-	return false
+}
+
+func (p *Proxy) forbidden(w http.ResponseWriter, r *http.Request, s session, gid uint64) {
+	if wantsHTML(r) {
+		writePage(w, http.StatusForbidden, "Not allowed", fmt.Sprintf("%s, you are not a member of guild %d, so you cannot see its dashboard.", s.Username, gid), "/logout", "Sign out")
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	httpapi.WriteJSON(w, http.StatusForbidden, errorBody{Error: fmt.Sprintf("user %d is not a member of guild %d", s.UserID, gid)})
 }
 
 // unsafePath reports why a request path must not be routed ("" when it may):
@@ -129,3 +197,5 @@ func (p *Proxy) refuseUnsafePath(w http.ResponseWriter, r *http.Request) {
 	p.m.unsafePaths.Inc()
 	httpapi.WriteError(w, http.StatusBadRequest, "path refused (%s): dot-segments and encoded slashes are not allowed", unsafePath(r.URL))
 }
+
+func constantEqual(a, b string) bool { return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/modbot/modbot/fsm"
 	"github.com/modbot/modbot/internal/httpapi"
+	"github.com/modbot/modbot/internal/podapi"
 )
 
 // hopHeaders are the hop-by-hop headers (RFC 9110 §7.6.1) that a proxy must
@@ -203,6 +204,13 @@ func (p *Proxy) awaitMap(ctx context.Context, resp *http.Response, guild uint64,
 
 // outbound builds the request to a pod with the internal headers.
 func (p *Proxy) outbound(ctx context.Context, method, url string, src http.Header, body []byte, g fsm.Guild) (*http.Request, error) {
+	return p.outboundAs(ctx, method, url, src, body, g, dashboardCaller{admin: true})
+}
+
+// outboundAs is outbound for a caller: the internal token only for the
+// admin (and the proxy's own webhook traffic), the user assertion alone for
+// a signed-in browser.
+func (p *Proxy) outboundAs(ctx context.Context, method, url string, src http.Header, body []byte, g fsm.Guild, who dashboardCaller) (*http.Request, error) {
 	var rd io.Reader = http.NoBody
 	if len(body) > 0 {
 		rd = bytes.NewReader(body)
@@ -213,7 +221,12 @@ func (p *Proxy) outbound(ctx context.Context, method, url string, src http.Heade
 	}
 	h := make(http.Header, len(src)+6)
 	copyHeader(h, src, true)
-	if p.cfg.InternalToken != "" {
+	// The browser's cookies (the sealed session) are the proxy's business.
+	h.Del("Cookie")
+	switch {
+	case who.assertion != "":
+		h.Set(podapi.HeaderUserAssertion, who.assertion)
+	case who.admin && p.cfg.InternalToken != "":
 		h.Set("Authorization", "Bearer "+p.cfg.InternalToken)
 	}
 	if g.ID != 0 {
@@ -230,12 +243,13 @@ func (p *Proxy) outbound(ctx context.Context, method, url string, src http.Heade
 // checked first, so an anonymous client learns nothing, not even whether the
 // guild is placed.
 func (p *Proxy) handleGuild(w http.ResponseWriter, r *http.Request) {
-	if !p.authorizeDashboard(w, r) {
+	id, idErr := fsm.ParseGuildID(mux.Vars(r)["id"])
+	who, ok := p.authorizeDashboard(w, r, id)
+	if !ok {
 		return
 	}
-	id, err := fsm.ParseGuildID(mux.Vars(r)["id"])
-	if err != nil {
-		httpapi.WriteError(w, http.StatusBadRequest, "%v", err)
+	if idErr != nil {
+		httpapi.WriteError(w, http.StatusBadRequest, "%v", idErr)
 		return
 	}
 	target, err := guildTarget(r.URL, mux.Vars(r)["id"])
@@ -259,7 +273,7 @@ func (p *Proxy) handleGuild(w http.ResponseWriter, r *http.Request) {
 		}
 		note(w, 0, pod.ID)
 		hdr := r.Header
-		out, err := p.outbound(ctx, r.Method, podURL(pod.Addr)+target, hdr, body, g)
+		out, err := p.outboundAs(ctx, r.Method, podURL(pod.Addr)+target, hdr, body, g, who)
 		if err != nil {
 			httpapi.WriteError(w, http.StatusBadGateway, "build request to %s: %v", pod.ID, err)
 			return

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"encoding/hex"
@@ -120,6 +121,19 @@ func (m *memMap) update(fn func(guilds map[uint64]fsm.Guild, pods map[string]fsm
 		}
 	}
 	return m.rev
+}
+
+// Snapshot is the whole map, like assignments.Watcher's (for /status).
+func (m *memMap) Snapshot() assignments.Snapshot {
+	pods := m.Pods()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := assignments.Snapshot{Revision: m.rev, Pods: pods}
+	for _, g := range m.guilds {
+		s.Guilds = append(s.Guilds, g)
+	}
+	slices.SortFunc(s.Guilds, func(a, b fsm.Guild) int { return cmp.Compare(a.ID, b.ID) })
+	return s
 }
 
 func (m *memMap) addPod(id string, ordinal int, addr string, st fsm.PodState) {

@@ -25,6 +25,8 @@ type metrics struct {
 	// dashboardRefusals counts /guild/{id}/… requests refused with 401.
 	dashboardRefusals *prometheus.CounterVec
 	unsafePaths       prometheus.Counter
+	logins            *prometheus.CounterVec
+	sessionRefusals   prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, m Map, replay *replayCache) *metrics {
@@ -70,6 +72,12 @@ func newMetrics(reg *prometheus.Registry, m Map, replay *replayCache) *metrics {
 		Name: "modbot_proxy_unsafe_paths_total",
 		Help: "Requests refused with 400 because their path had a dot-segment or an encoded slash (never routed).",
 	})
+	x.logins = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "modbot_proxy_logins_total", Help: "Discord sign-ins finished at /callback, by result: ok, state_mismatch, denied, exchange_failed.",
+	}, []string{"result"})
+	x.sessionRefusals = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "modbot_proxy_session_refusals_total", Help: "Session cookies refused (tampered, sealed with another key, or expired).",
+	})
 	replayEntries := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "modbot_proxy_replay_cache_entries", Help: "Accepted webhook signatures this replica remembers to refuse replays.",
 	}, func() float64 { n, _ := replay.stats(); return float64(n) })
@@ -81,7 +89,7 @@ func newMetrics(reg *prometheus.Registry, m Map, replay *replayCache) *metrics {
 		Name: "modbot_proxy_map_revision", Help: "Revision of the assignment map the proxy routes by.",
 	}, func() float64 { return float64(m.Revision()) })
 	reg.MustRegister(x.httpLatency, x.forwardErrs, x.holds, x.holdTime, x.deferred, x.sigFailures, x.misdirected, x.interactions,
-		x.dashboardRefusals, x.unsafePaths, replayEntries, replayEvictions, rev)
+		x.dashboardRefusals, x.unsafePaths, x.logins, x.sessionRefusals, replayEntries, replayEvictions, rev)
 	return x
 }
 

@@ -1,7 +1,9 @@
 // Package proxy is the stateless HTTP front of modbot: it verifies Discord's
 // signed interaction webhooks (signature, timestamp freshness, replay) and
-// routes them, and the dashboards under /guild/{id}/… (admin token only
-// until Discord login exists), to the gateway pod that owns the guild.
+// routes them, and the dashboards under /guild/{id}/… (the admin token, or a
+// user signed in with Discord whose signed assertion the pod checks), to the
+// gateway pod that owns the guild. It also serves the login (/login,
+// /callback, /logout) and the operators' /status page.
 //
 // Routing comes from a Map that is pushed to the proxy (assignments.Watcher:
 // list+watch of the config nodes' change stream) and answered from memory: no
@@ -18,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -72,7 +75,29 @@ type Config struct {
 	// pods' internal API (proxy→pod; it is never accepted from a client).
 	// Default: Token, so a one-token setup such as dev keeps working.
 	InternalToken string
-	Logger        *slog.Logger // default slog.Default()
+	// OAuth turns on "log in with Discord" (/login, /callback, /logout)
+	// when OAuth.ClientID is set; SessionKey is then required.
+	OAuth OAuthConfig
+	// SessionKey (32 bytes, from a Secret; the same on every replica)
+	// seals the session and login cookies with AES-256-GCM.
+	SessionKey []byte
+	// SecureCookies marks the cookies Secure: set it when browsers reach
+	// the proxy over TLS (an Ingress terminating it counts).
+	SecureCookies bool
+	// SessionTTL is how long a sign-in lasts (at most the Discord token's
+	// lifetime). Default 12 h.
+	SessionTTL time.Duration
+	// Operators are the Discord user ids that may read /status.
+	Operators []uint64
+	// ConfigStatus, when set, gives /status the control plane's leader,
+	// term and voters (assignments.Client.Status).
+	ConfigStatus ConfigStatus
+	// RebalanceStatus, when set, shows the current rebalance or drain job
+	// on /status (assignments.Client.RebalanceStatus).
+	RebalanceStatus RebalanceStatus
+	// Name is this replica's name on /status (default "proxy").
+	Name   string
+	Logger *slog.Logger // default slog.Default()
 	// Registry receives the proxy's metrics and is served on /metrics
 	// (default: a new registry with the Go and process collectors).
 	Registry *prometheus.Registry
@@ -139,6 +164,17 @@ func (c *Config) defaults() {
 	if c.InternalToken == "" {
 		c.InternalToken = c.Token
 	}
+	def(&c.SessionTTL, 12*time.Hour)
+	if c.OAuth.AuthorizeURL == "" {
+		c.OAuth.AuthorizeURL = DefaultDiscordAuthorizeURL
+	}
+	if c.OAuth.APIURL == "" {
+		c.OAuth.APIURL = DefaultDiscordAPIURL
+	}
+	c.OAuth.APIURL = strings.TrimRight(c.OAuth.APIURL, "/")
+	if c.Name == "" {
+		c.Name = "proxy"
+	}
 	if c.MaxBodyBytes <= 0 {
 		c.MaxBodyBytes = 1 << 20
 	}
@@ -170,8 +206,24 @@ type Proxy struct {
 	handler http.Handler
 	replay  *replayCache
 	admin   adminCredential
-	ready   atomic.Bool
-	readyCh chan struct{} // closed once ready
+	seal    *sealer // nil: no Discord login
+	discord *http.Client
+	members memberCache
+	events  *eventLog
+	// stopStreams ends the /status SSE streams when shutdown begins, so a
+	// graceful shutdown does not wait for browsers to leave.
+	stopStreams     chan struct{}
+	stopStreamsOnce sync.Once
+
+	statusMu   sync.Mutex // guards the cached config status
+	statusAt   time.Time
+	statusLast *assignments.Status
+	statusErr  error
+	// rebalanceLast is the last rebalance or drain job read with the
+	// config status (nil: none).
+	rebalanceLast *rebalanceStatus
+	ready         atomic.Bool
+	readyCh       chan struct{} // closed once ready
 
 	ctx    context.Context // ends on Close
 	cancel context.CancelFunc
@@ -196,6 +248,19 @@ func New(cfg Config) (*Proxy, error) {
 	p.replay = newReplayCache(cfg.ReplayCacheSize)
 	p.admin = newAdminCredential(cfg.Token)
 	p.m = newMetrics(cfg.Registry, cfg.Map, p.replay)
+	p.discord = &http.Client{Timeout: 10 * time.Second}
+	if cfg.OAuth.ClientID != "" {
+		if len(cfg.SessionKey) == 0 {
+			return nil, errors.New("proxy: Discord login (OAuth.ClientID) needs a SessionKey (--session-key: 32 bytes as 64 hex digits from a Secret, the same on every replica)")
+		}
+		var err error
+		if p.seal, err = newSealer(cfg.SessionKey); err != nil {
+			return nil, fmt.Errorf("proxy: %w", err)
+		}
+		if cfg.InternalToken == "" {
+			return nil, errors.New("proxy: Discord login needs an internal token (--internal-token or --token): it signs the user assertions the pods verify")
+		}
+	}
 	if cfg.Token == "" {
 		p.log.Warn("no admin token (--token): every /guild/{id}/… request is refused with 401 until one is set")
 	}
@@ -203,8 +268,14 @@ func New(cfg Config) (*Proxy, error) {
 	if p.tr == nil {
 		p.tr = NewTransport(cfg.DialTimeout, cfg.ResponseHeaderTimeout, cfg.MaxIdleConnsPerHost)
 	}
+	p.events = newEventLog()
+	p.stopStreams = make(chan struct{})
 	p.handler = p.routes()
-	p.wg.Add(1)
+	p.wg.Add(2)
+	go func() {
+		defer p.wg.Done()
+		p.followEvents()
+	}()
 	go func() {
 		defer p.wg.Done()
 		if err := cfg.Map.WaitSynced(p.ctx); err == nil {
@@ -281,6 +352,7 @@ func (p *Proxy) Start(addr string) (string, error) {
 // Shutdown stops the server gracefully (in-flight requests finish, bounded
 // by ctx), then releases everything.
 func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.stopStreamsOnce.Do(func() { close(p.stopStreams) })
 	p.srvMu.Lock()
 	srv := p.srv
 	p.srvMu.Unlock()
@@ -327,6 +399,12 @@ func (p *Proxy) routes() http.Handler {
 	r.Handle("/readyz", p.instrument("/readyz", http.HandlerFunc(p.handleReady))).Methods(http.MethodGet, http.MethodHead)
 	r.Handle("/metrics", promhttp.HandlerFor(p.m.reg, promhttp.HandlerOpts{})).Methods(http.MethodGet)
 	r.Handle("/webhooks/discord", p.instrument("/webhooks/discord", http.HandlerFunc(p.handleInteraction))).Methods(http.MethodPost)
+	r.Handle("/", p.instrument("/", http.HandlerFunc(p.handleHome))).Methods(http.MethodGet)
+	r.Handle("/login", p.instrument("/login", http.HandlerFunc(p.handleLogin))).Methods(http.MethodGet)
+	r.Handle("/callback", p.instrument("/callback", http.HandlerFunc(p.handleCallback))).Methods(http.MethodGet)
+	r.Handle("/logout", p.instrument("/logout", http.HandlerFunc(p.handleLogout))).Methods(http.MethodGet, http.MethodPost)
+	r.Handle("/status", p.instrument("/status", http.HandlerFunc(p.handleStatusPage))).Methods(http.MethodGet)
+	r.Handle("/status/events", p.instrument("/status/events", http.HandlerFunc(p.handleStatusEvents))).Methods(http.MethodGet)
 	guild := p.instrument("/guild/{id}", http.HandlerFunc(p.handleGuild))
 	r.Handle("/guild/{id}", guild)
 	r.PathPrefix("/guild/{id}/").Handler(guild)

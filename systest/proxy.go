@@ -6,19 +6,26 @@ import (
 	"time"
 
 	"github.com/modbot/modbot/assignments"
+	"github.com/modbot/modbot/fakediscord"
 	"github.com/modbot/modbot/proxy"
 )
 
 // Proxy is a proxy started by System.StartProxy: it routes by its own
 // watcher of the config cluster, verifies interactions with the fake
 // Discord's key and takes Token as its admin token (dashboards need
-// "Authorization: Bearer " + Token).
+// "Authorization: Bearer " + Token, or a sign-in through the fake's
+// consent page as one of its seeded users, see fakediscord.SeedUsers).
 type Proxy struct {
 	*proxy.Proxy
 	URL     string // base URL, http://127.0.0.1:port
 	Watcher *assignments.Watcher
 	stop    func()
 }
+
+// SessionKey seals the session cookies of every proxy a System starts: one
+// key, so any of them accepts a sign-in made through another (like the
+// replicas of a Deployment sharing one Secret). Test-only.
+var SessionKey = []byte("systest-session-key-32-bytes!!!!")
 
 // Close stops the proxy and its watcher.
 func (p *Proxy) Close() { p.stop() }
@@ -45,7 +52,12 @@ func (s *System) StartProxy(ctx context.Context) (*Proxy, error) {
 		<-watchDone
 	}
 	var err error
-	if p.Proxy, err = proxy.New(proxy.Config{Map: w, PublicKey: s.Discord.PublicKey(), Token: Token, Logger: s.opts.Logger}); err != nil {
+	cfg := proxy.Config{Map: w, PublicKey: s.Discord.PublicKey(), Token: Token, Logger: s.opts.Logger,
+		OAuth: proxy.OAuthConfig{ClientID: s.Discord.Config().ApplicationID, ClientSecret: s.Discord.Config().ClientSecret,
+			AuthorizeURL: s.DiscordURL + "/oauth2/authorize", APIURL: s.DiscordURL + "/api/v10"},
+		SessionKey: SessionKey, Operators: []uint64{fakediscord.SeedModeratorID},
+		ConfigStatus: s.Client.Status, RebalanceStatus: s.Client.RebalanceStatus, Name: fmt.Sprintf("proxy-%d", n)}
+	if p.Proxy, err = proxy.New(cfg); err != nil {
 		p.stop()
 		return nil, err
 	}

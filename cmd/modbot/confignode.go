@@ -1,16 +1,18 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 
 	"github.com/modbot/modbot/confignode"
 	"github.com/modbot/modbot/internal/cli"
+	"github.com/modbot/modbot/pgmirror"
 )
 
 func runConfigNode(args []string) error {
 	fs := flag.NewFlagSet("config-node", flag.ContinueOnError)
-	cli.Usage(fs, "modbot config-node --id config-0 --data-dir DIR --raft-addr HOST:PORT --http-addr HOST:PORT [--bootstrap [--shards N]] [--join URL,…] [--token T]")
+	cli.Usage(fs, "modbot config-node --id config-0 --data-dir DIR --raft-addr HOST:PORT --http-addr HOST:PORT [--bootstrap [--shards N]] [--join URL,…] [--pg-url postgres://…] [--token T]")
 	var c confignode.Config
 	var join string
 	fs.StringVar(&c.ID, "id", "", "node id, stable across restarts (e.g. the StatefulSet hostname config-0)")
@@ -18,11 +20,12 @@ func runConfigNode(args []string) error {
 	fs.StringVar(&c.RaftAddr, "raft-addr", "", "Raft bind and advertise address host:port")
 	fs.StringVar(&c.HTTPAddr, "http-addr", "127.0.0.1:8000", "API address host:port")
 	fs.BoolVar(&c.Bootstrap, "bootstrap", false, "form a new cluster with this node as its first voter (ignored when data exists)")
+	bootstrapID := fs.String("bootstrap-id", "", "bootstrap (as --bootstrap) only when --id is this id, e.g. config-0: one StatefulSet spec for every node, the others --join")
 	fs.IntVar(&c.Shards, "shards", 4, "Discord shard count, set when bootstrapping")
 	fs.StringVar(&join, "join", "", "comma-separated config node URLs to join through (retried until one accepts)")
 	fs.StringVar(&c.Token, "token", "", "API bearer token")
 	fs.BoolVar(&c.NoAuth, "insecure-no-auth", false, "serve the API without authentication (never in production)")
-	fs.StringVar(new(string), "pg-url", "", "PostgreSQL URL for the reporting mirror (not used by the config node yet)")
+	pgURL := fs.String("pg-url", "", "PostgreSQL URL of the reporting mirror (postgres://USER:PASSWORD@HOST:PORT/DB): this node runs a mirror; one mirror per database writes")
 	fs.DurationVar(&c.PodTimeout, "pod-timeout", 0, "mark a pod down after this long without a heartbeat (default 10s)")
 	fs.DurationVar(&c.WriteTimeout, "write-timeout", 0, "how long a write waits for a quorum before 503 (default 5s)")
 	fs.IntVar(&c.WatchHistory, "watch-history", 0, "change events kept for watch resumption (default 100000)")
@@ -40,6 +43,9 @@ func runConfigNode(args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %v", fs.Args())
 	}
+	if *bootstrapID != "" && *bootstrapID == c.ID {
+		c.Bootstrap = true
+	}
 	c.Join = cli.SplitList(join)
 	c.Logger = cli.Logger("config-node")
 	ctx, stop := cli.SignalContext()
@@ -48,7 +54,35 @@ func runConfigNode(args []string) error {
 	if err != nil {
 		return err
 	}
+	mirrorDone := startMirror(ctx, n, c, *pgURL)
 	<-ctx.Done()
 	c.Logger.Info("signal received; stopping (a leader hands leadership over first)")
+	<-mirrorDone
 	return n.Close()
+}
+
+// startMirror runs the Postgres mirror beside the node when --pg-url is
+// set. It follows this node's own stream first. A mirror that cannot start
+// is logged, and the node serves on without it: Postgres is for reporting
+// only. The channel closes when the mirror has stopped.
+func startMirror(ctx context.Context, n *confignode.Node, c confignode.Config, pgURL string) <-chan struct{} {
+	done := make(chan struct{})
+	if pgURL == "" {
+		close(done)
+		return done
+	}
+	m, err := pgmirror.New(pgmirror.Options{
+		ConfigURLs: append([]string{n.URL()}, c.Join...), Token: c.Token, PGURL: pgURL,
+		Name: c.ID, Logger: c.Logger, Registerer: n.Registry(),
+	})
+	if err != nil {
+		c.Logger.Error("postgres mirror not started; the config node serves without it", "err", err)
+		close(done)
+		return done
+	}
+	go func() {
+		defer close(done)
+		_ = m.Run(ctx)
+	}()
+	return done
 }

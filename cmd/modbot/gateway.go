@@ -22,6 +22,7 @@ func runGateway(args []string) error {
 	fs.StringVar(&c.Token, "token", "", "API token shared with the config nodes and peers")
 	fs.StringVar(&c.DiscordToken, "discord-token", "", "Discord bot token")
 	fs.StringVar(&c.DiscordURL, "discord-url", "", "base URL of a fake Discord (default: real Discord)")
+	fs.Float64Var(&c.DiscordGlobalLimit, "discord-global-limit", 50, "the bot token's global REST limit (requests/s), shared by every gateway pod in the map")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", 0, "heartbeat to the control plane (default 1s)")
 	fs.StringVar(&c.ReplicationStatus, "replication-status", "", "the replication sidecar's /healthz URL: its lag is reported with heartbeats (the data-loss window of a failover)")
 	fs.StringVar(&c.RestoreFrom, "restore-from", "", "this pod's replica (as for modbot replicate): a missing database is restored from it before start")

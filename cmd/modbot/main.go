@@ -20,6 +20,7 @@ var commands = []struct {
 	{"fakediscord", "run the fake Discord (REST, gateway, interactions) for tests and dev", runFakeDiscord},
 	{"dev", "run the whole system locally (what make run starts)", runDev},
 	{"replicate", "replicate a gateway pod's SQLite with Litestream (sidecar process)", runReplicate},
+	{"pgmirror", "mirror the guild→pod map into PostgreSQL for reporting (config nodes with --pg-url run it too)", runPgMirror},
 	{"restore", "restore a gateway pod's SQLite from its replica (integrity-checked)", runRestore},
 }
 

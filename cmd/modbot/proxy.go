@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,12 +21,12 @@ import (
 
 func runProxy(args []string) error {
 	fs := flag.NewFlagSet("proxy", flag.ContinueOnError)
-	cli.Usage(fs, "modbot proxy --http-addr 127.0.0.1:8080 --config http://HOST:PORT[,…] --discord-public-key HEX [--token T] [--internal-token T] [--webhook-max-skew 5m]")
+	cli.Usage(fs, "modbot proxy --http-addr 127.0.0.1:8080 --config http://HOST:PORT[,…] --discord-public-key HEX [--token T] [--internal-token T] [--webhook-max-skew 5m] [--discord-client-id ID --discord-client-secret S --session-key HEX --public-url URL [--secure-cookies] [--operators ID,…]]")
 	var c proxy.Config
 	addr := fs.String("http-addr", "127.0.0.1:8080", "listen address host:port (Discord webhooks, dashboards, health, metrics)")
 	configURLs := fs.String("config", "", "comma-separated config node URLs to watch the guild → pod map from")
 	keyHex := fs.String("discord-public-key", "", "the application's Ed25519 public key (hex, from the Discord developer portal)")
-	fs.StringVar(&c.Token, "token", "", "the admin token: the only credential that may read a /guild/{id}/… dashboard (Authorization: Bearer …); also the internal token unless --internal-token is set")
+	fs.StringVar(&c.Token, "token", "", "the admin token: reads any /guild/{id}/… dashboard and /status (Authorization: Bearer …); also the internal token unless --internal-token is set")
 	fs.StringVar(&c.InternalToken, "internal-token", "", "bearer token the proxy sends to the gateway pods' internal API and the config nodes' watch (default: --token)")
 	fs.DurationVar(&c.WebhookMaxSkew, "webhook-max-skew", 5*time.Minute, "refuse (401) a signed interaction whose X-Signature-Timestamp is further than this from this host's clock, either way")
 	fs.IntVar(&c.ReplayCacheSize, "webhook-replay-cache-size", 100_000, "accepted interaction signatures remembered (per replica) to refuse replays within the window")
@@ -34,6 +37,14 @@ func runProxy(args []string) error {
 	fs.DurationVar(&c.DialTimeout, "dial-timeout", time.Second, "time to connect to an owner pod before 504")
 	fs.DurationVar(&c.RetryAfter, "retry-after", time.Second, "Retry-After of 503 answers")
 	fs.Int64Var(&c.MaxBodyBytes, "max-body-bytes", 1<<20, "request body limit (413 beyond)")
+	fs.StringVar(&c.OAuth.ClientID, "discord-client-id", "", "OAuth2 client id of the Discord application: turns on log in with Discord (/login, /callback, /logout)")
+	fs.StringVar(&c.OAuth.ClientSecret, "discord-client-secret", "", "OAuth2 client secret of the application (from a Secret)")
+	discordURL := fs.String("discord-url", "", "Discord's base URL for the OAuth2 consent page and API (a fake Discord's in development; default https://discord.com)")
+	fs.StringVar(&c.OAuth.RedirectURL, "public-url", "", "this site's public base URL (https://modbot.example.com); /callback under it must be registered as the application's redirect (default: from each request's Host)")
+	sessionKey := fs.String("session-key", "", "64 hex digits (32 bytes, from a Secret, the same on every replica) sealing the session cookies; required with --discord-client-id")
+	fs.BoolVar(&c.SecureCookies, "secure-cookies", false, "mark the session cookies Secure (browsers reach the proxy over TLS)")
+	fs.DurationVar(&c.SessionTTL, "session-ttl", 12*time.Hour, "how long a sign-in lasts")
+	operators := fs.String("operators", "", "comma-separated Discord user ids allowed to read /status")
 	name := fs.String("name", "", "this proxy's name in metrics labels (default the hostname)")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
@@ -54,6 +65,31 @@ func runProxy(args []string) error {
 	}
 	if c.ReplayCacheSize <= 0 {
 		return fmt.Errorf("--webhook-replay-cache-size %d: must be positive (the default is 100000)", c.ReplayCacheSize)
+	}
+	if c.OAuth.ClientID != "" {
+		if c.OAuth.ClientSecret == "" {
+			return errors.New("--discord-client-secret (or DISCORD_CLIENT_SECRET) is required with --discord-client-id: copy it from the Discord developer portal's OAuth2 page")
+		}
+		if *sessionKey == "" {
+			return errors.New("--session-key (or MODBOT_SESSION_KEY) is required with --discord-client-id: 64 hex digits from a Secret, the same on every replica (openssl rand -hex 32)")
+		}
+		if c.SessionKey, err = hex.DecodeString(*sessionKey); err != nil || len(c.SessionKey) != 32 {
+			return errors.New("--session-key must be 64 hex digits (32 bytes): generate one with openssl rand -hex 32")
+		}
+	}
+	if *discordURL != "" {
+		base := strings.TrimRight(*discordURL, "/")
+		c.OAuth.AuthorizeURL, c.OAuth.APIURL = base+"/oauth2/authorize", base+"/api/v10"
+	}
+	if c.OAuth.RedirectURL != "" {
+		c.OAuth.RedirectURL = strings.TrimRight(c.OAuth.RedirectURL, "/") + "/callback"
+	}
+	for _, s := range cli.SplitList(*operators) {
+		id, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return fmt.Errorf("--operators: %q is not a Discord user id", s)
+		}
+		c.Operators = append(c.Operators, id)
 	}
 	internalToken := c.InternalToken
 	if internalToken == "" {
@@ -83,6 +119,8 @@ func runProxy(args []string) error {
 		<-watchDone
 	}()
 	c.Map = w
+	c.ConfigStatus, c.RebalanceStatus = client.Status, client.RebalanceStatus
+	c.Name = *name
 	p, err := proxy.New(c)
 	if err != nil {
 		return err

@@ -24,6 +24,7 @@ func runReplicate(args []string) error {
 	fs.DurationVar(&o.SyncInterval, "sync-interval", time.Second, "the most a committed change waits before it is on the replica (rounds run every half interval)")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "budget of the final sync on SIGTERM")
 	fs.IntVar(&o.MinCheckpointPageN, "checkpoint-pages", 1000, "WAL pages at which Litestream runs a PASSIVE checkpoint (Litestream owns checkpoints)")
+	fs.IntVar(&o.TruncatePageN, "truncate-pages", 121359, "WAL pages at which Litestream forces a TRUNCATE checkpoint, waiting out readers and blocking writes meanwhile: the WAL's bound (121359 pages ≈ 500 MB)")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}

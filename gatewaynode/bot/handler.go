@@ -21,6 +21,7 @@ type Store interface {
 	Settings(ctx context.Context, guildID uint64) (guildstore.Settings, error)
 	Report(ctx context.Context, guildID, reportID uint64) (guildstore.Report, bool, error)
 	ReportsForUser(ctx context.Context, guildID, userID uint64) ([]guildstore.Report, error)
+	UnpostedReports(ctx context.Context, guildID uint64, before time.Time, limit int) ([]guildstore.Report, error)
 }
 
 var _ Store = (*guildstore.Store)(nil)
@@ -358,4 +359,20 @@ func parseIDs(ss ...string) ([]uint64, error) {
 		out[i] = id
 	}
 	return out, nil
+}
+
+// PendingPosts are the mod-log posts of the guild's reports created before
+// before that were never acknowledged (AckPosted): a post that failed, or
+// that its pod died before acknowledging. Posting them again is safe: they
+// carry the same Nonce as the first attempt.
+func (h *Handler) PendingPosts(ctx context.Context, guildID uint64, before time.Time, limit int) ([]PostMessage, error) {
+	rs, err := h.Store.UnpostedReports(ctx, guildID, before, limit)
+	if err != nil {
+		return nil, err
+	}
+	posts := make([]PostMessage, len(rs))
+	for i, r := range rs {
+		posts[i] = modlogPost(r)
+	}
+	return posts, nil
 }

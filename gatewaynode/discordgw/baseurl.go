@@ -73,6 +73,14 @@ type rewriteTransport struct {
 	next                 http.RoundTripper
 }
 
+// CloseIdleConnections lets http.Client.CloseIdleConnections reach the
+// pooled connections (a wrapper without it hides them).
+func (t rewriteTransport) CloseIdleConnections() {
+	if c, ok := t.next.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
 func (t rewriteTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	r2 := r.Clone(r.Context())
 	r2.URL.Scheme, r2.URL.Host, r2.Host = t.scheme, t.host, t.host

@@ -3,8 +3,10 @@ package guildstore
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -20,6 +22,19 @@ func BenchmarkApplyMessageCreate(b *testing.B) {
 		b.Run("sync="+sync, func(b *testing.B) { benchApply(b, sync, 8) })
 	}
 }
+
+// BenchmarkApplyIngestShape is the ingest benchmark's traffic without the
+// gateway: 64 producers (so commits hold dozens of events), 50 guilds, 97
+// authors, one channel.
+func BenchmarkApplyIngestShape(b *testing.B) {
+	ingestShape = true
+	defer func() { ingestShape = false }()
+	for _, sync := range []string{"FULL", "NORMAL"} {
+		b.Run("sync="+sync, func(b *testing.B) { benchApply(b, sync, 64) })
+	}
+}
+
+var ingestShape bool
 
 func benchApply(b *testing.B, syncMode string, producers int) {
 	ctx := context.Background()
@@ -44,8 +59,11 @@ func benchApply(b *testing.B, syncMode string, producers int) {
 				}
 				id := uint64(i + 1)
 				t := time.Now()
-				_, err := s.Apply(ctx, Write{Epoch: 1, Op: MessageCreate{GuildID: 1 + id%16, MessageID: id, ChannelID: id % 50,
-					AuthorID: id % 1000, CreatedAt: t, ContentLength: 42}})
+				op := MessageCreate{GuildID: 1 + id%16, MessageID: id, ChannelID: id % 50, AuthorID: id % 1000, CreatedAt: t, ContentLength: 42}
+				if ingestShape {
+					op.GuildID, op.ChannelID, op.AuthorID = 1+id%50, 1, 1000+id%97
+				}
+				_, err := s.Apply(ctx, Write{Epoch: 1, Op: op})
 				lat[i] = time.Since(t)
 				if err != nil {
 					b.Error(err)
@@ -176,6 +194,31 @@ func BenchmarkHeldDrain(b *testing.B) {
 				elapsed += time.Since(start)
 			}
 			b.ReportMetric(float64(rounds*events)/elapsed.Seconds(), "events/s")
+		})
+	}
+}
+
+// BenchmarkDashboard reads the dashboard of a guild of 1,000 and of 100,000
+// messages from 16 goroutines (the dashboard benchmark's clients), without
+// the HTTP page around it: reads/s is the store's share of issue 18's target.
+func BenchmarkDashboard(b *testing.B) {
+	for _, n := range []int{1000, benchRows} {
+		b.Run(fmt.Sprintf("messages=%d", n), func(b *testing.B) {
+			ctx := context.Background()
+			s := openTest(b, "dash.db")
+			seedMessages(b, s, 1, n)
+			b.SetParallelism(max(1, 16/runtime.GOMAXPROCS(0)))
+			b.ResetTimer()
+			start := time.Now()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := s.Dashboard(ctx, 1); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "reads/s")
 		})
 	}
 }

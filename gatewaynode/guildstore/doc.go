@@ -7,7 +7,7 @@
 // # Invariants
 //
 // Each is checked by the tests named after it (store_test.go,
-// export_test.go, deadletters_test.go).
+// export_test.go, import_test.go, deadletters_test.go).
 //
 //   - One writer per guild, fenced by epoch (TestStaleEpochWriteIsRejected).
 //     guild_epochs holds each guild's epoch. A Write whose Epoch is lower than
@@ -37,11 +37,14 @@
 //     (TestModActionsOfOneSessionConvergeInAnyOrder); the report's posted
 //     time is the earliest acknowledgement.
 //   - Imports are all-or-nothing (TestImportIsAllOrNothing). Import first
-//     validates the stream into a spool file, then in one transaction deletes
-//     the guild's data rows, inserts the exported ones, and commits only if
-//     they hash to the wanted checksum and agree with the trailer's row
-//     counts (else ErrChecksumMismatch or ErrBadExport, with nothing
-//     changed). Re-importing is idempotent. An export of another format
+//     validates the whole stream into a spool file: unless it hashes to the
+//     wanted checksum and agrees with the trailer's row counts
+//     (ErrChecksumMismatch, ErrBadExport) nothing changes. It then replaces
+//     the guild's data rows in bounded transactions interleaved with other
+//     guilds' writes; until the last one the guild cannot be exported
+//     (ErrImporting), and a failed or crashed publish leaves none of its
+//     rows (import.go lists these invariants and their tests). Re-importing
+//     is idempotent. An export of another format
 //     version is refused (TestExportOfAnotherFormatVersionIsRefused).
 //   - Held events belong to the pod that received them, not to the guild's
 //     data (TestImportKeepsTheTargetsHeldEventsInOrder,
@@ -55,6 +58,11 @@
 //     not fenced. A held event's seq is per guild and never reused
 //     (TestHeldEventsRoundTripInOrder); HeldPage reads the buffer in seq
 //     order a page at a time (TestHeldPageReadsEveryEventOnceInSeqOrder).
+//   - The dashboard's rollups equal their raw rows at every commit
+//     (TestRollupsEqualCountsOfRawRowsAfterAnyWriteSequence): the writer
+//     sums each transaction's message changes and upserts the rollup rows
+//     before its COMMIT (rollup.go); a moved guild's rollups are rebuilt from
+//     the rows imported, so they equal the source's.
 //   - No event is lost silently. An event whose handler kept failing is kept
 //     in dead_letters until an operator replays or discards it
 //     (TestDeadLettersStayUntilReplayed, TestFailedReplayKeepsTheDeadLetter);

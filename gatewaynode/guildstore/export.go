@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Export format ("modbot-guild-export" version 2), newline-delimited JSON:
@@ -209,7 +210,10 @@ func (rs *rowScanner) scan(rows *sql.Rows) ([]any, error) {
 }
 
 // Export streams the guild's data rows (exportTables), from one consistent
-// read snapshot. The pod's held events and dead letters for the guild are
+// read snapshot: one read transaction on a read connection, never the
+// writer, so other writes (the guild's own included) commit while it
+// streams and it sees none of them (TestAnExportIsOneSnapshotAndNeverHoldsTheWriter).
+// A guild whose import is unfinished here fails with ErrImporting. The pod's held events and dead letters for the guild are
 // not included: they stay with this pod.
 func (s *Store) Export(ctx context.Context, guildID uint64, w io.Writer) (ExportInfo, error) {
 	info, err := s.export(ctx, guildID, w, true)
@@ -234,6 +238,13 @@ func (s *Store) export(ctx context.Context, guildID uint64, w io.Writer, framed 
 		return ExportInfo{}, err
 	}
 	defer tx.Rollback()
+	var importing int
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM guild_imports WHERE guild_id = ?`, int64(guildID)).Scan(&importing); err != nil {
+		return ExportInfo{}, fmt.Errorf("read guild_imports: %w", err)
+	}
+	if importing > 0 {
+		return ExportInfo{}, ErrImporting
+	}
 	return exportTx(ctx, tx, guildID, w, framed)
 }
 
@@ -509,24 +520,55 @@ func (er *exportReader) finish(wantChecksum string) (ExportInfo, error) {
 }
 
 // Import replaces the guild's data rows (exportTables) with the export read
-// from r, in one transaction that commits only if the rows hash to
-// wantChecksum (and match the stream's trailer). On any error nothing
-// changes. Re-importing the same export is a no-op in effect. The stream is
-// first validated into a local spool file, so the write lock is not held
-// while the network transfers it. An export whose epoch is lower than the
-// guild's stored epoch fails with ErrStaleEpoch.
+// from r, once the whole export is verified: its rows must hash to
+// wantChecksum and match the stream's trailer, else nothing changes. The
+// stream is verified into a local spool file first, so nothing is written
+// while the network transfers it; the verified rows are then published in
+// bounded transactions interleaved with other guilds' writes (import.go),
+// and the last one makes the import complete. A failed publish leaves
+// nothing of the guild but its epoch. Re-importing the same export is a
+// no-op in effect. An export whose epoch is lower than the guild's stored
+// epoch fails with ErrStaleEpoch.
 //
 // This pod's held events and dead letters for the guild are neither deleted
 // nor replaced: they are events this pod received (e.g. as the shard holder,
 // after a forward to the old owner failed) and still has to deliver, in
 // their order, after the import.
 func (s *Store) Import(ctx context.Context, guildID uint64, r io.Reader, wantChecksum string) (ExportInfo, error) {
+	start := time.Now()
 	info, err := s.importGuild(ctx, guildID, r, wantChecksum)
 	if err != nil {
 		return ExportInfo{}, fmt.Errorf("import guild %d: %w", guildID, err)
 	}
-	s.log.Info("imported guild", "guild", guildID, "rows", info.Rows, "checksum", info.Checksum)
+	s.log.Info("imported guild", "guild", guildID, "rows", info.Rows, "checksum", info.Checksum, "took", time.Since(start).Round(time.Millisecond))
 	return info, nil
+}
+
+// ImportFile is Import of an export this process wrote to a local file (a
+// failover's export of a restored replica): the file is read twice, once
+// to verify it and once to publish it, without a spool copy.
+func (s *Store) ImportFile(ctx context.Context, guildID uint64, f *os.File, wantChecksum string) (ExportInfo, error) {
+	start := time.Now()
+	info, err := s.importFile(ctx, guildID, f, wantChecksum)
+	if err != nil {
+		return ExportInfo{}, fmt.Errorf("import guild %d from %s: %w", guildID, f.Name(), err)
+	}
+	s.log.Info("imported guild", "guild", guildID, "rows", info.Rows, "checksum", info.Checksum, "from", f.Name(),
+		"took", time.Since(start).Round(time.Millisecond))
+	return info, nil
+}
+
+func (s *Store) importFile(ctx context.Context, guildID uint64, f *os.File, wantChecksum string) (ExportInfo, error) {
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return ExportInfo{}, err
+	}
+	if _, _, err := verifyExport(ctx, bufio.NewReaderSize(f, 256<<10), guildID, wantChecksum, nil); err != nil {
+		return ExportInfo{}, err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return ExportInfo{}, err
+	}
+	return s.publish(ctx, guildID, f, wantChecksum)
 }
 
 func (s *Store) importGuild(ctx context.Context, guildID uint64, r io.Reader, wantChecksum string) (ExportInfo, error) {
@@ -537,32 +579,15 @@ func (s *Store) importGuild(ctx context.Context, guildID uint64, r io.Reader, wa
 	defer os.Remove(spool.Name())
 	defer spool.Close()
 
-	// Phase 1: validate and verify the stream, spooling it, without the write lock.
-	er, err := newExportReader(r, guildID)
-	if err != nil {
-		return ExportInfo{}, err
-	}
+	// Verify the stream, spooling it, before writing anything.
 	sw := bufio.NewWriterSize(spool, 256<<10)
 	fmt.Fprintf(sw, `{"format":%q,"version":%d,"guild_id":"%d"}`+"\n", exportFormat, exportVersion, guildID)
-	for {
-		if err := ctx.Err(); err != nil {
-			return ExportInfo{}, err
-		}
-		_, _, err := er.next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return ExportInfo{}, err
-		}
-		sw.Write(er.buf)
-	}
-	info, err := er.finish(wantChecksum)
+	_, tr, err := verifyExport(ctx, r, guildID, wantChecksum, sw)
 	if err != nil {
 		return ExportInfo{}, err
 	}
-	tr, _ := json.Marshal(er.trailer)
-	sw.Write(tr)
+	trb, _ := json.Marshal(tr)
+	sw.Write(trb)
 	sw.WriteByte('\n')
 	if err := sw.Flush(); err != nil {
 		return ExportInfo{}, fmt.Errorf("spool: %w", err)
@@ -570,64 +595,18 @@ func (s *Store) importGuild(ctx context.Context, guildID uint64, r io.Reader, wa
 	if _, err := spool.Seek(0, io.SeekStart); err != nil {
 		return ExportInfo{}, fmt.Errorf("spool: %w", err)
 	}
-
-	// Phase 2: replace the guild's rows in one write transaction, hashing
-	// again what is inserted; commit only if it still matches.
-	err = s.w.job(ctx, func(ctx context.Context, t *wtx) error {
-		t.w.unseen[guildID] = true // the import may bring parked rows
-		var oldEpoch int64
-		err := t.queryRow(ctx, `SELECT epoch FROM guild_epochs WHERE guild_id = ?`, int64(guildID)).Scan(&oldEpoch)
-		if err != nil && !errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("read epoch: %w", err)
-		}
-		for _, tb := range exportTables {
-			if _, err := t.exec(ctx, `DELETE FROM `+tb.name+` WHERE guild_id = ?`, int64(guildID)); err != nil {
-				return fmt.Errorf("clear %s: %w", tb.name, err)
-			}
-		}
-		er, err := newExportReader(spool, guildID)
-		if err != nil {
-			return err
-		}
-		var newEpoch int64
-		for {
-			spec, vals, err := er.next()
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				return err
-			}
-			if spec.name == "guild_epochs" {
-				newEpoch = vals[1].(int64)
-			}
-			if _, err := t.exec(ctx, insertSQL(spec), vals...); err != nil {
-				return fmt.Errorf("insert %s: %w", spec.name, err)
-			}
-		}
-		if _, err := er.finish(wantChecksum); err != nil {
-			return err
-		}
-		if newEpoch < oldEpoch {
-			return fmt.Errorf("export epoch %d < stored epoch %d: %w", newEpoch, oldEpoch, ErrStaleEpoch)
-		}
-		return nil
-	})
-	if err != nil {
-		return ExportInfo{}, err
-	}
-	return info, nil
+	return s.publish(ctx, guildID, spool, wantChecksum)
 }
 
 func insertSQL(t tableSpec) string {
 	return `INSERT INTO ` + t.name + ` (` + strings.Join(t.cols, ", ") + `) VALUES (?` + strings.Repeat(", ?", len(t.cols)-1) + `)`
 }
 
-// deleteChunk is how many rows of one table DeleteGuild removes per transaction.
+// deleteChunk is how many rows PruneUnseenMessages removes per transaction.
 const deleteChunk = 5000
 
-// DeleteGuild removes all of the guild's rows, in chunked transactions so
-// other guilds' writes interleave. The guild's fencing epoch is kept as a
+// DeleteGuild removes all of the guild's rows, in bounded transactions
+// (chunkRows, chunkBudget) so other guilds' writes interleave. The guild's fencing epoch is kept as a
 // tombstone so a stale writer stays fenced. Idempotent; safe to resume. It
 // stops with ErrStaleEpoch if the guild's stored epoch rises above atEpoch
 // while it runs (the guild was moved back here and imported again).
@@ -639,39 +618,17 @@ const deleteChunk = 5000
 // Deleting it here lost events held between the outbox's last delivery and
 // the delete (e2e TestMoveUnderTrafficLosesNothing).
 func (s *Store) DeleteGuild(ctx context.Context, guildID, atEpoch uint64) error {
-	keys := map[string]string{"messages": "message_id", "unseen_messages": "message_id"}
-	for _, tb := range exportTables {
-		if tb.name == "guild_epochs" {
-			continue
+	// Stop if the guild came back at a newer epoch meanwhile (moved here
+	// again): those rows belong to the new owner.
+	check := func(ctx context.Context, t *wtx) error {
+		var stored int64
+		if err := t.queryRow(ctx, `SELECT epoch FROM guild_epochs WHERE guild_id = ?`, int64(guildID)).Scan(&stored); err == nil && uint64(stored) > atEpoch {
+			return fmt.Errorf("guild is at epoch %d, newer than %d: %w", stored, atEpoch, ErrStaleEpoch)
 		}
-		key, ok := keys[tb.name]
-		if !ok {
-			key = "rowid"
-		}
-		q := `DELETE FROM ` + tb.name + ` WHERE guild_id = ? AND ` + key + ` IN (SELECT ` + key + ` FROM ` + tb.name + ` WHERE guild_id = ? LIMIT ?)`
-		for {
-			var n int64
-			err := s.w.job(ctx, func(ctx context.Context, t *wtx) error {
-				// Stop if the guild came back at a newer epoch meanwhile (moved
-				// here again): those rows belong to the new owner.
-				var stored int64
-				if err := t.queryRow(ctx, `SELECT epoch FROM guild_epochs WHERE guild_id = ?`, int64(guildID)).Scan(&stored); err == nil && uint64(stored) > atEpoch {
-					return fmt.Errorf("guild is at epoch %d, newer than %d: %w", stored, atEpoch, ErrStaleEpoch)
-				}
-				res, err := t.exec(ctx, q, int64(guildID), int64(guildID), deleteChunk)
-				if err != nil {
-					return err
-				}
-				n, err = res.RowsAffected()
-				return err
-			})
-			if err != nil {
-				return fmt.Errorf("delete guild %d: %s: %w", guildID, tb.name, err)
-			}
-			if n < deleteChunk {
-				break
-			}
-		}
+		return nil
+	}
+	if err := s.deleteGuildRows(ctx, guildID, exportTables[1:], check, nil); err != nil {
+		return fmt.Errorf("delete guild %d: %w", guildID, err)
 	}
 	s.log.Info("deleted guild", "guild", guildID)
 	return nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -92,15 +93,30 @@ func TestImportIsAllOrNothing(t *testing.T) {
 		{"truncated", truncated, info.Checksum, ErrBadExport},
 		{"garbage", []byte("hello\n"), info.Checksum, ErrBadExport},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := dst.Import(ctx, g, bytes.NewReader(tc.data), tc.want)
-			if !errors.Is(err, tc.err) {
-				t.Fatalf("err = %v, want %v", err, tc.err)
-			}
-			if after := mustChecksum(t, dst, g); after != before {
-				t.Fatal("failed import changed the target")
-			}
-		})
+		for _, via := range []string{"Import", "ImportFile"} {
+			t.Run(via+"/"+tc.name, func(t *testing.T) {
+				var err error
+				if via == "Import" {
+					_, err = dst.Import(ctx, g, bytes.NewReader(tc.data), tc.want)
+				} else {
+					_, err = dst.ImportFile(ctx, g, fileOf(t, tc.data), tc.want)
+				}
+				if !errors.Is(err, tc.err) {
+					t.Fatalf("err = %v, want %v", err, tc.err)
+				}
+				if after := mustChecksum(t, dst, g); after != before {
+					t.Fatal("failed import changed the target")
+				}
+			})
+		}
+	}
+	// The file variant imports a good export as Import does.
+	other := openTest(t, "other.db")
+	if _, err := other.ImportFile(ctx, g, fileOf(t, data), info.Checksum); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustChecksum(t, other, g); got != info.Checksum {
+		t.Fatalf("ImportFile: checksum %s, want %s", got, info.Checksum)
 	}
 	// A stale export (epoch below the target's) is refused too.
 	if err := dst.Fence(ctx, g, 9); err != nil {
@@ -113,4 +129,19 @@ func TestImportIsAllOrNothing(t *testing.T) {
 	if mustChecksum(t, dst, g) != before {
 		t.Fatal("stale import changed the target")
 	}
+}
+
+// fileOf writes data to a file and returns it open, positioned at its end
+// (ImportFile must read it from the start).
+func fileOf(t *testing.T, data []byte) *os.File {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "export-*.ndjson")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }

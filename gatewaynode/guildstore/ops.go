@@ -182,15 +182,7 @@ func (o MessageCreate) apply(ctx context.Context, t *wtx) (Outcome, error) {
 	}
 	// The message's immutable facts are (re)written; content_length only
 	// while the message was never edited, so a replayed create cannot undo an edit.
-	out, err := applied(t.exec(ctx, `INSERT INTO messages (guild_id, message_id, channel_id, author_id, created_at, content_length)
-		VALUES (?, ?, ?, ?, ?, ?)
-		ON CONFLICT (guild_id, message_id) DO UPDATE SET
-			channel_id = excluded.channel_id, author_id = excluded.author_id, created_at = excluded.created_at,
-			content_length = CASE WHEN messages.edited_at IS NULL THEN excluded.content_length ELSE messages.content_length END
-		WHERE messages.channel_id != excluded.channel_id OR messages.author_id != excluded.author_id
-			OR messages.created_at != excluded.created_at
-			OR (messages.edited_at IS NULL AND messages.content_length != excluded.content_length)`,
-		int64(o.GuildID), int64(o.MessageID), int64(o.ChannelID), int64(o.AuthorID), ms(o.CreatedAt), o.ContentLength))
+	out, err := createRow(ctx, t, o)
 	if err != nil || !early {
 		return out, err
 	}
@@ -207,19 +199,84 @@ func (o MessageCreate) apply(ctx context.Context, t *wtx) (Outcome, error) {
 	return Outcome{Applied: true}, nil
 }
 
+// createRow inserts the message's row, or on a replay rewrites the facts
+// that differ (channel, author, created_at; content_length while never
+// edited), recording the row's rollup change either way.
+func createRow(ctx context.Context, t *wtx, o MessageCreate) (Outcome, error) {
+	g, m, ch, au, at := int64(o.GuildID), int64(o.MessageID), int64(o.ChannelID), int64(o.AuthorID), ms(o.CreatedAt)
+	n, err := rowsChanged(t.exec(ctx, `INSERT INTO messages (guild_id, message_id, channel_id, author_id, created_at, content_length)
+		VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (guild_id, message_id) DO NOTHING`, g, m, ch, au, at, o.ContentLength))
+	if err != nil {
+		return Outcome{}, fmt.Errorf("insert message: %w", err)
+	}
+	if n > 0 {
+		t.msgAdded(msgRow{guild: g, channel: ch, author: au, createdAt: at, live: true})
+		return Outcome{Applied: true}, nil
+	}
+	// A replay (or a create whose facts changed): the stored row stays but
+	// for what differs.
+	old := msgRow{guild: g}
+	if err := t.queryRow(ctx, `SELECT channel_id, author_id, created_at, deleted_at IS NULL, edited_at IS NOT NULL
+		FROM messages WHERE guild_id = ? AND message_id = ?`, g, m).Scan(&old.channel, &old.author, &old.createdAt, &old.live, &old.edited); err != nil {
+		return Outcome{}, fmt.Errorf("read the stored message: %w", err)
+	}
+	n, err = rowsChanged(t.exec(ctx, `UPDATE messages SET channel_id = ?1, author_id = ?2, created_at = ?3,
+			content_length = CASE WHEN edited_at IS NULL THEN ?4 ELSE content_length END
+		WHERE guild_id = ?5 AND message_id = ?6 AND (channel_id != ?1 OR author_id != ?2 OR created_at != ?3
+			OR (edited_at IS NULL AND content_length != ?4))`, ch, au, at, o.ContentLength, g, m))
+	if err != nil {
+		return Outcome{}, fmt.Errorf("update the stored message: %w", err)
+	}
+	if n > 0 {
+		t.msgRemoved(old)
+		t.msgAdded(msgRow{guild: g, channel: ch, author: au, createdAt: at, live: old.live, edited: old.edited})
+	}
+	return Outcome{Applied: n > 0}, nil
+}
+
 // editRow applies an edit to a stored message: the newest edit wins, ties
 // broken by the larger content length. It returns the rows changed.
 func editRow(ctx context.Context, t *wtx, guildID, messageID uint64, editedAt, contentLength int64) (int64, error) {
+	// The first edit makes the message count as edited.
+	r := msgRow{guild: int64(guildID)}
+	err := t.queryRow(ctx, `UPDATE messages SET edited_at = ?1, content_length = ?2
+		WHERE guild_id = ?3 AND message_id = ?4 AND edited_at IS NULL
+		RETURNING channel_id, author_id, created_at, deleted_at IS NULL`,
+		editedAt, contentLength, int64(guildID), int64(messageID)).Scan(&r.channel, &r.author, &r.createdAt, &r.live)
+	if err == nil {
+		t.msgRemoved(r)
+		r.edited = true
+		t.msgAdded(r)
+		return 1, nil
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return 0, fmt.Errorf("first edit: %w", err)
+	}
 	return rowsChanged(t.exec(ctx, `UPDATE messages SET edited_at = ?1, content_length = ?2
 		WHERE guild_id = ?3 AND message_id = ?4
-			AND (edited_at IS NULL OR edited_at < ?1 OR (edited_at = ?1 AND content_length < ?2))`,
+			AND edited_at IS NOT NULL AND (edited_at < ?1 OR (edited_at = ?1 AND content_length < ?2))`,
 		editedAt, contentLength, int64(guildID), int64(messageID)))
 }
 
 // deleteRow marks a stored message deleted: the earliest time wins.
 func deleteRow(ctx context.Context, t *wtx, guildID, messageID uint64, deletedAt int64) (int64, error) {
+	// The first delete takes the message out of the live counts.
+	r := msgRow{guild: int64(guildID), live: true}
+	err := t.queryRow(ctx, `UPDATE messages SET deleted_at = ?1
+		WHERE guild_id = ?2 AND message_id = ?3 AND deleted_at IS NULL
+		RETURNING channel_id, author_id, created_at, edited_at IS NOT NULL`,
+		deletedAt, int64(guildID), int64(messageID)).Scan(&r.channel, &r.author, &r.createdAt, &r.edited)
+	if err == nil {
+		t.msgRemoved(r)
+		r.live = false
+		t.msgAdded(r)
+		return 1, nil
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return 0, fmt.Errorf("first delete: %w", err)
+	}
 	return rowsChanged(t.exec(ctx, `UPDATE messages SET deleted_at = ?1
-		WHERE guild_id = ?2 AND message_id = ?3 AND (deleted_at IS NULL OR deleted_at > ?1)`,
+		WHERE guild_id = ?2 AND message_id = ?3 AND deleted_at > ?1`,
 		deletedAt, int64(guildID), int64(messageID)))
 }
 

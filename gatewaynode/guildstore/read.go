@@ -90,6 +90,22 @@ func (s *Store) Report(ctx context.Context, guildID, reportID uint64) (Report, b
 	return rs[0], true, nil
 }
 
+// UnpostedReports returns up to limit of the guild's reports created before
+// before whose mod-log post was never acknowledged, oldest first.
+func (s *Store) UnpostedReports(ctx context.Context, guildID uint64, before time.Time, limit int) ([]Report, error) {
+	rows, err := s.rdb.QueryContext(ctx, `SELECT `+reportCols+` FROM reports INDEXED BY reports_unposted
+		WHERE guild_id = ? AND modlog_posted_at IS NULL AND modlog_channel_id IS NOT NULL AND modlog_channel_id != 0 AND created_at < ?
+		ORDER BY id LIMIT ?`, int64(guildID), ms(before), limit)
+	if err != nil {
+		return nil, fmt.Errorf("unposted reports of guild %d: %w", guildID, err)
+	}
+	rs, err := scanReports(rows)
+	if err != nil {
+		return nil, fmt.Errorf("unposted reports of guild %d: %w", guildID, err)
+	}
+	return rs, nil
+}
+
 // ReportsForUser returns the reports against userID, newest first.
 func (s *Store) ReportsForUser(ctx context.Context, guildID, userID uint64) ([]Report, error) {
 	rows, err := s.rdb.QueryContext(ctx, `SELECT `+reportCols+` FROM reports WHERE guild_id = ? AND target_user_id = ? ORDER BY id DESC`,
@@ -190,34 +206,33 @@ func (s *Store) Dashboard(ctx context.Context, guildID uint64) (Dashboard, error
 }
 
 func (s *Store) dashboard(ctx context.Context, guildID uint64) (Dashboard, error) {
-	tx, err := s.rdb.BeginTx(ctx, nil)
-	if err != nil {
-		return Dashboard{}, err
-	}
-	defer tx.Rollback()
+	var d Dashboard
+	err := s.dash.readTx(ctx, func(q queryer) error {
+		var err error
+		d, err = s.dashboardTx(ctx, q, guildID)
+		return err
+	})
+	return d, err
+}
+
+// dashboardTx reads the dashboard in the read transaction q: the message
+// figures from the rollups (rollup.go), the rest from the raw rows.
+func (s *Store) dashboardTx(ctx context.Context, tx queryer, guildID uint64) (Dashboard, error) {
 	g := int64(guildID)
 	d := Dashboard{GuildID: guildID, ModActionsByKind: map[string]int64{}, TopChannels: []IDCount{}, TopAuthors: []IDCount{},
 		RecentReports: []Report{}, RecentActions: []ModAction{}}
-	since := s.opts.Now().Add(-24 * time.Hour).UnixMilli()
+	// The single figures in one statement.
 	var epoch int64
-	if err := tx.QueryRowContext(ctx, `SELECT coalesce((SELECT epoch FROM guild_epochs WHERE guild_id = ?), 0)`, g).Scan(&epoch); err != nil {
-		return d, err
+	if err := tx.QueryRowContext(ctx, `SELECT coalesce((SELECT epoch FROM guild_epochs WHERE guild_id = ?1), 0),
+			coalesce((SELECT live FROM rollup_messages WHERE guild_id = ?1), 0),
+			coalesce((SELECT deleted FROM rollup_messages WHERE guild_id = ?1), 0),
+			coalesce((SELECT edited FROM rollup_messages WHERE guild_id = ?1), 0),
+			(SELECT count(*) FROM reports WHERE guild_id = ?1),
+			(SELECT count(*) FROM held_events WHERE guild_id = ?1)`, g).Scan(
+		&epoch, &d.Messages, &d.MessagesDeleted, &d.MessagesEdited, &d.Reports, &d.HeldEvents); err != nil {
+		return d, fmt.Errorf("epoch and counts: %w", err)
 	}
 	d.Epoch = uint64(epoch)
-	if err := tx.QueryRowContext(ctx, `SELECT
-			count(*) FILTER (WHERE deleted_at IS NULL),
-			count(*) FILTER (WHERE deleted_at IS NOT NULL),
-			count(*) FILTER (WHERE edited_at IS NOT NULL AND deleted_at IS NULL),
-			count(*) FILTER (WHERE deleted_at IS NULL AND created_at >= ?)
-		FROM messages WHERE guild_id = ?`, since, g).Scan(&d.Messages, &d.MessagesDeleted, &d.MessagesEdited, &d.MessagesLast24h); err != nil {
-		return d, fmt.Errorf("message counts: %w", err)
-	}
-	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM reports WHERE guild_id = ?`, g).Scan(&d.Reports); err != nil {
-		return d, fmt.Errorf("report count: %w", err)
-	}
-	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM held_events WHERE guild_id = ?`, g).Scan(&d.HeldEvents); err != nil {
-		return d, fmt.Errorf("held count: %w", err)
-	}
 	rows, err := tx.QueryContext(ctx, `SELECT kind, count(*) FROM mod_actions WHERE guild_id = ? GROUP BY kind`, g)
 	if err != nil {
 		return d, fmt.Errorf("action counts: %w", err)
@@ -234,23 +249,29 @@ func (s *Store) dashboard(ctx context.Context, guildID uint64) (Dashboard, error
 	}
 	rows.Close()
 	for _, top := range []struct {
-		col string
-		dst *[]IDCount
-	}{{"channel_id", &d.TopChannels}, {"author_id", &d.TopAuthors}} {
-		rows, err := tx.QueryContext(ctx, `SELECT `+top.col+`, count(*) AS n FROM messages WHERE guild_id = ? AND deleted_at IS NULL
-			GROUP BY `+top.col+` ORDER BY n DESC, `+top.col+` LIMIT ?`, g, dashboardListLimit)
+		what, q string
+		dst     *[]IDCount
+	}{
+		{"top channels", `SELECT channel_id, live FROM rollup_message_channels
+			WHERE guild_id = ? ORDER BY live DESC, channel_id LIMIT ?`, &d.TopChannels},
+		{"top authors", `SELECT author_id, live FROM rollup_message_authors INDEXED BY rollup_message_authors_top
+			WHERE guild_id = ? ORDER BY live DESC, author_id LIMIT ?`, &d.TopAuthors},
+	} {
+		rows, err := tx.QueryContext(ctx, top.q, g, dashboardListLimit)
 		if err != nil {
-			return d, fmt.Errorf("top %s: %w", top.col, err)
+			return d, fmt.Errorf("%s: %w", top.what, err)
 		}
 		for rows.Next() {
 			var id, n int64
 			if err := rows.Scan(&id, &n); err != nil {
 				rows.Close()
-				return d, err
+				return d, fmt.Errorf("%s: %w", top.what, err)
 			}
 			*top.dst = append(*top.dst, IDCount{ID: uint64(id), Messages: n})
 		}
-		rows.Close()
+		if err := rows.Close(); err != nil {
+			return d, fmt.Errorf("%s: %w", top.what, err)
+		}
 	}
 	rrows, err := tx.QueryContext(ctx, `SELECT `+reportCols+` FROM reports WHERE guild_id = ? ORDER BY id DESC LIMIT ?`, g, dashboardListLimit)
 	if err != nil {
@@ -273,6 +294,16 @@ func (s *Store) dashboard(ctx context.Context, guildID uint64) (Dashboard, error
 	d.RecentActions = append(d.RecentActions, as...)
 	if d.Settings, err = settings(ctx, tx, guildID); err != nil {
 		return d, fmt.Errorf("settings: %w", err)
+	}
+	var later int64
+	if d.Activity, later, err = s.activity(ctx, tx, guildID); err != nil {
+		return d, err
+	}
+	// The last 24 hourly buckets (the hour of now and the 23 before it) and
+	// any later (a clock ahead of ours): hour resolution, from the rollup.
+	d.MessagesLast24h = later
+	for _, n := range d.Activity.MessagesHourly.Counts[hoursShown-24:] {
+		d.MessagesLast24h += n
 	}
 	return d, nil
 }

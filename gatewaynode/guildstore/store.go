@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"runtime"
 	"time"
 
 	_ "github.com/mattn/go-sqlite3" // the pod's SQLite driver (cgo); the only SQLite driver in this process
@@ -39,7 +40,10 @@ type Options struct {
 	// BusyTimeout is how long a connection waits for a lock held by another
 	// connection or process (e.g. the Litestream sidecar's checkpoints). Default 5s.
 	BusyTimeout time.Duration
-	// ReadConns is the size of the read pool. Default 4.
+	// ReadConns is how many dashboard reads run at once, each on its own
+	// connection with its prepared statements; the read pool holds twice
+	// as many connections, the other half for every other read. Default:
+	// the number of cores (at least 2).
 	ReadConns int
 	// MaxBatch caps how many writes one group commit contains. Default 4096.
 	MaxBatch int
@@ -57,7 +61,7 @@ func (o *Options) defaults() {
 		o.BusyTimeout = 5 * time.Second
 	}
 	if o.ReadConns <= 0 {
-		o.ReadConns = 4
+		o.ReadConns = max(2, runtime.NumCPU())
 	}
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = 4096
@@ -77,9 +81,11 @@ type Store struct {
 	path   string
 	opts   Options
 	log    *slog.Logger
-	wdb    *sql.DB // exactly one connection, used only by the writer goroutine
-	rdb    *sql.DB // read pool (query_only)
+	wdb    *sql.DB   // exactly one connection, used only by the writer goroutine
+	rdb    *sql.DB   // read pool (query_only)
+	dash   *readPool // the dashboard's connections, from rdb (readpool.go)
 	w      *writer
+	imp    imports // chunked imports in progress (import.go)
 	closed chan struct{}
 }
 
@@ -145,8 +151,8 @@ func OpenWithOptions(ctx context.Context, path string, opts Options) (*Store, er
 		wdb.Close()
 		return nil, fmt.Errorf("open %s (read pool): %w", path, err)
 	}
-	rdb.SetMaxOpenConns(opts.ReadConns)
-	rdb.SetMaxIdleConns(opts.ReadConns)
+	rdb.SetMaxOpenConns(2 * opts.ReadConns)
+	rdb.SetMaxIdleConns(2 * opts.ReadConns)
 	if err := rdb.PingContext(ctx); err != nil {
 		wdb.Close()
 		rdb.Close()
@@ -154,6 +160,7 @@ func OpenWithOptions(ctx context.Context, path string, opts Options) (*Store, er
 	}
 
 	s := &Store{path: path, opts: opts, log: opts.Logger.With("component", "guildstore", "db", path), wdb: wdb, rdb: rdb, closed: make(chan struct{})}
+	s.dash = newReadPool(rdb, opts.ReadConns)
 	w, err := newWriter(ctx, s)
 	if err != nil {
 		wdb.Close()
@@ -161,6 +168,10 @@ func OpenWithOptions(ctx context.Context, path string, opts Options) (*Store, er
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	s.w = w
+	if err := s.dropUnfinishedImports(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
 	return s, nil
 }
 
@@ -176,7 +187,7 @@ func (s *Store) Close() error {
 	}
 	close(s.closed)
 	s.w.wait()
-	return errors.Join(s.w.close(), s.rdb.Close(), s.wdb.Close())
+	return errors.Join(s.w.close(), s.dash.close(), s.rdb.Close(), s.wdb.Close())
 }
 
 // ms converts a time to the stored unix-millisecond form (0 for the zero time).

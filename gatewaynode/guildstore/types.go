@@ -55,11 +55,13 @@ type IDCount struct {
 
 // Dashboard is a guild's activity summary.
 type Dashboard struct {
-	GuildID          uint64           `json:"guild_id,string"`
-	Epoch            uint64           `json:"epoch"`
-	Messages         int64            `json:"messages"` // not deleted
-	MessagesDeleted  int64            `json:"messages_deleted"`
-	MessagesEdited   int64            `json:"messages_edited"`
+	GuildID         uint64 `json:"guild_id,string"`
+	Epoch           uint64 `json:"epoch"`
+	Messages        int64  `json:"messages"` // not deleted
+	MessagesDeleted int64  `json:"messages_deleted"`
+	MessagesEdited  int64  `json:"messages_edited"`
+	// MessagesLast24h counts live messages created in the current UTC hour
+	// and the 23 before it (hour resolution: the hourly rollup), or later.
 	MessagesLast24h  int64            `json:"messages_last_24h"`
 	Reports          int64            `json:"reports"`
 	ModActions       int64            `json:"mod_actions"`
@@ -70,6 +72,7 @@ type Dashboard struct {
 	RecentReports    []Report         `json:"recent_reports"`
 	RecentActions    []ModAction      `json:"recent_actions"`
 	Settings         Settings         `json:"settings"`
+	Activity         Activity         `json:"activity"`
 }
 
 // DeadLetter is an event whose handler kept failing (with an error other than

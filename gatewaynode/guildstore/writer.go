@@ -105,6 +105,8 @@ type writer struct {
 	// a row is parked or a guild imported, and never shrinks (a stale entry
 	// only costs that lookup). Touched only by the writer's goroutine.
 	unseen map[uint64]bool
+	// msgLog is the change log's backing array, reused across transactions.
+	msgLog []msgChange
 
 	commits, requests, writes, maxWrites atomic.Uint64
 }
@@ -301,16 +303,25 @@ type wtx struct {
 	w      *writer
 	epochs map[uint64]uint64 // epochs read or raised in this transaction
 	sp     int
+	// msgLog and rollupDrops are the transaction's message-rollup changes,
+	// applied by commit (rollup.go).
+	msgLog      []msgChange
+	rollupDrops map[int64]bool
+	unitLog     int // len(msgLog) when the current unit began
 }
 
 func (w *writer) begin() (*wtx, error) {
 	if _, err := w.conn.ExecContext(w.ctx, "BEGIN IMMEDIATE"); err != nil {
 		return nil, fmt.Errorf("begin: %w", err)
 	}
-	return &wtx{w: w, epochs: map[uint64]uint64{}}, nil
+	return &wtx{w: w, epochs: map[uint64]uint64{}, msgLog: w.msgLog[:0]}, nil
 }
 
 func (t *wtx) commit() error {
+	if err := t.flushRollups(t.w.ctx); err != nil {
+		t.rollback()
+		return fmt.Errorf("commit: %w", err)
+	}
 	if _, err := t.w.conn.ExecContext(t.w.ctx, "COMMIT"); err != nil {
 		t.rollback()
 		return fmt.Errorf("commit: %w", err)
@@ -358,6 +369,7 @@ func (t *wtx) applyUnit(ctx context.Context, u []Write) UnitResult {
 	if _, err := t.exec(ctx, "SAVEPOINT unit"); err != nil {
 		return UnitResult{Err: err}
 	}
+	t.unitLog = len(t.msgLog)
 	out := make([]Outcome, len(u))
 	for i, wr := range u {
 		if wr.Op == nil {
@@ -382,7 +394,8 @@ func (t *wtx) applyUnit(ctx context.Context, u []Write) UnitResult {
 }
 
 func (t *wtx) abortUnit(ctx context.Context, cause error) UnitResult {
-	t.epochs = map[uint64]uint64{} // raises inside the unit are undone
+	t.epochs = map[uint64]uint64{}  // raises inside the unit are undone
+	t.msgLog = t.msgLog[:t.unitLog] // and so are its message changes
 	if _, err := t.exec(ctx, "ROLLBACK TO unit"); err != nil {
 		return UnitResult{Err: errors.Join(cause, err)}
 	}

@@ -19,6 +19,12 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 	if err != nil {
 		status, b = http.StatusInternalServerError, []byte(`{"error":"encode response"}`)
 	}
+	WriteRawJSON(w, status, b)
+}
+
+// WriteRawJSON writes b, an encoded JSON value, and a newline (b's spare
+// capacity takes the newline without a copy).
+func WriteRawJSON(w http.ResponseWriter, status int, b []byte) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(b)+1))
 	w.WriteHeader(status)

@@ -29,6 +29,7 @@ const (
 	PathDeadLetters  = "/internal/dead-letters" // GET [?guild=&after=&limit=]
 
 	RouteDashboard        = "/guild/{id}/dashboard"
+	RouteSettings         = "/guild/{id}/settings"               // POST the dashboard's settings form (mod-log channel, moderator role)
 	RouteExport           = "/internal/guilds/{id}/export"       // GET ?epoch=E: the move's source streams the guild's rows
 	RouteImport           = "/internal/guilds/{id}/import"       // POST ?epoch=E: the move's target pulls and imports them
 	RouteGuild            = "/internal/guilds/{id}"              // DELETE ?epoch=E: drop a copy owned elsewhere

@@ -1,0 +1,5 @@
+//go:build !race
+
+package guildtable
+
+const raceEnabled = false

@@ -1,0 +1,517 @@
+package guildtable
+
+import (
+	"cmp"
+	"iter"
+	"slices"
+	"strings"
+
+	"github.com/modbot/modbot/fsm"
+)
+
+// config holds the tuning knobs; tests shrink them to reach every path with
+// few guilds.
+type config struct {
+	maxSeg int // records in a segment's base at most (<= 1<<16: positions are uint16)
+	ovMin  int // an overlay is merged once it holds more than max(ovMin, base/ovFrac)
+	ovFrac int
+	// compactSlack: the class table is compacted once it holds more than
+	// 2*live+compactSlack classes (dead classes are owners no longer seen).
+	compactSlack int
+}
+
+var defaultConfig = config{maxSeg: 1 << 14, ovMin: 256, ovFrac: 16, compactSlack: 1024}
+
+// Table is a set of guild records by id. See the package documentation.
+type Table struct {
+	cfg  config
+	segs []segment // by id range; segs[0].lo == 0; never empty once initialised
+	n    int       // guilds
+
+	classes     []class
+	liveClasses int // classes with live > 0
+	owners      []owner
+	ownerIdx    map[string]uint32
+	states      []fsm.GuildState
+	stateIdx    map[fsm.GuildState]uint32
+	lastOwner   uint32 // the owner of the last Set, tried first
+
+	mig map[uint64]*fsm.Migration // the guilds whose class has mig set
+}
+
+// class is one interned (owner, state, has-a-migration) triple.
+type class struct {
+	owner    uint32
+	stateIdx uint32
+	state    fsm.GuildState // states[stateIdx]
+	mig      bool
+	live     int // guilds of this class
+}
+
+type owner struct {
+	name  string
+	count int // guilds owned
+	// classes[2*state+mig] is 1 + the class of (this owner, state, mig),
+	// or 0 when there is none yet.
+	classes []uint32
+}
+
+// entry is one record unpacked.
+type entry struct {
+	id, epoch, rev uint64
+	class          uint32
+}
+
+// New returns an empty table.
+func New() *Table {
+	t := &Table{}
+	t.init(defaultConfig)
+	return t
+}
+
+func newWithConfig(c config) *Table {
+	t := &Table{}
+	t.init(c)
+	return t
+}
+
+func (t *Table) init(c config) {
+	t.cfg = c
+	t.segs = []segment{{}}
+	t.ownerIdx = map[string]uint32{}
+	t.stateIdx = map[fsm.GuildState]uint32{}
+	t.mig = map[uint64]*fsm.Migration{}
+}
+
+// Build returns a table holding gs, as if each were Set in order (a later
+// record with the same id wins). gs is not modified or kept. It costs
+// O(n) when gs is sorted by id (a snapshot is) and O(n log n) otherwise.
+func Build(gs []fsm.Guild) *Table {
+	return buildWithConfig(defaultConfig, gs)
+}
+
+func buildWithConfig(c config, gs []fsm.Guild) *Table {
+	t := newWithConfig(c)
+	sorted := true
+	for i := 1; i < len(gs); i++ {
+		if gs[i].ID <= gs[i-1].ID {
+			sorted = false
+			break
+		}
+	}
+	var order []int // indexes into gs, by id, one per id (the last)
+	m := len(gs)
+	if !sorted {
+		order = make([]int, len(gs))
+		for i := range order {
+			order[i] = i
+		}
+		slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(gs[a].ID, gs[b].ID) })
+		w := 0
+		for i, k := range order {
+			if i+1 < len(order) && gs[order[i+1]].ID == gs[k].ID {
+				continue // a later record of the same id wins
+			}
+			order[w] = k
+			w++
+		}
+		order = order[:w]
+		m = w
+	}
+	i := 0
+	next := func() entry {
+		g := &gs[i]
+		if order != nil {
+			g = &gs[order[i]]
+		}
+		i++
+		c := t.classFor(g.Owner, g.State, g.Migration != nil)
+		t.ref(c)
+		if g.Migration != nil {
+			t.mig[g.ID] = g.Migration
+		}
+		return entry{id: g.ID, epoch: g.Epoch, rev: g.Revision, class: c}
+	}
+	t.n = m
+	t.segs = t.encodeSegments(0, next, m, m*12/8+64, true)
+	return t
+}
+
+func (t *Table) ensure() {
+	if t.segs == nil {
+		t.init(defaultConfig)
+	}
+}
+
+// Len returns the number of guilds.
+func (t *Table) Len() int { return t.n }
+
+// Get returns a guild's record.
+func (t *Table) Get(id uint64) (fsm.Guild, bool) {
+	if t.n == 0 {
+		return fsm.Guild{}, false
+	}
+	s := &t.segs[t.segFor(id)]
+	if len(s.ov) > 0 {
+		if e, ok := s.ov[id]; ok {
+			if e.flags&ovDeleted != 0 {
+				return fsm.Guild{}, false
+			}
+			return t.guild(entry{id: id, epoch: e.epoch, rev: e.rev, class: e.class}), true
+		}
+	}
+	pos, ok := s.find(id)
+	if !ok {
+		return fsm.Guild{}, false
+	}
+	return t.guild(s.at(pos)), true
+}
+
+func (t *Table) guild(e entry) fsm.Guild {
+	c := &t.classes[e.class]
+	g := fsm.Guild{ID: e.id, Owner: t.owners[c.owner].name, State: c.state, Epoch: e.epoch, Revision: e.rev}
+	if c.mig {
+		g.Migration = t.mig[e.id]
+	}
+	return g
+}
+
+// Set inserts or replaces a guild's record. The Migration pointer is kept
+// as given (the caller must not modify what it points to afterwards).
+func (t *Table) Set(g fsm.Guild) {
+	t.ensure()
+	c := t.classFor(g.Owner, g.State, g.Migration != nil)
+	t.ref(c)
+	si := t.segFor(g.ID)
+	s := &t.segs[si]
+	var flags uint8
+	if e, ok := s.ov[g.ID]; ok {
+		flags = e.flags & ovInBase
+		if e.flags&ovDeleted == 0 {
+			t.unref(e.class)
+		} else {
+			t.n++
+			s.live++
+		}
+	} else if pos, ok := s.find(g.ID); ok {
+		flags = ovInBase
+		t.unref(s.classAt(pos))
+		s.shade(pos)
+	} else {
+		t.n++
+		s.live++
+	}
+	if s.ov == nil {
+		s.ov = map[uint64]ovEntry{}
+	}
+	s.ov[g.ID] = ovEntry{epoch: g.Epoch, rev: g.Revision, class: c, flags: flags}
+	if g.Migration != nil {
+		t.mig[g.ID] = g.Migration
+	} else if len(t.mig) > 0 {
+		delete(t.mig, g.ID)
+	}
+	t.maybeMerge(si)
+	t.maybeCompact()
+}
+
+// Delete removes a guild's record (nothing when it has none).
+func (t *Table) Delete(id uint64) {
+	if t.n == 0 {
+		return
+	}
+	si := t.segFor(id)
+	s := &t.segs[si]
+	if e, ok := s.ov[id]; ok {
+		if e.flags&ovDeleted != 0 {
+			return
+		}
+		t.unref(e.class)
+		if e.flags&ovInBase != 0 {
+			s.ov[id] = ovEntry{flags: ovInBase | ovDeleted}
+		} else {
+			delete(s.ov, id)
+		}
+	} else if pos, ok := s.find(id); ok {
+		t.unref(s.classAt(pos))
+		s.shade(pos)
+		if s.ov == nil {
+			s.ov = map[uint64]ovEntry{}
+		}
+		s.ov[id] = ovEntry{flags: ovInBase | ovDeleted}
+	} else {
+		return
+	}
+	t.n--
+	s.live--
+	delete(t.mig, id)
+	t.maybeMerge(si)
+}
+
+// Count returns the number of guilds owner owns.
+func (t *Table) Count(owner string) int {
+	o, ok := t.ownerIdx[owner]
+	if !ok {
+		return 0
+	}
+	return t.owners[o].count
+}
+
+// OwnedBy returns the ids of the guilds owner owns, ascending (nil when
+// none). It reads each segment's owner index and overlay, not every guild.
+func (t *Table) OwnedBy(owner string) []uint64 {
+	o, ok := t.ownerIdx[owner]
+	if !ok || t.owners[o].count == 0 {
+		return nil
+	}
+	out := make([]uint64, 0, t.owners[o].count)
+	var extra []uint64
+	for i := range t.segs {
+		s := &t.segs[i]
+		start := len(out)
+		out = s.appendOwned(out, o)
+		extra = extra[:0]
+		for id, e := range s.ov {
+			if e.flags&ovDeleted == 0 && t.classes[e.class].owner == o {
+				extra = append(extra, id)
+			}
+		}
+		if len(extra) == 0 {
+			continue
+		}
+		slices.Sort(extra)
+		// Merge extra into out[start:] from the back, in place.
+		nb := len(out) - start
+		out = append(out, extra...)
+		b, x, k := start+nb-1, len(extra)-1, len(out)-1
+		for x >= 0 {
+			if b >= start && out[b] > extra[x] {
+				out[k] = out[b]
+				b--
+			} else {
+				out[k] = extra[x]
+				x--
+			}
+			k--
+		}
+	}
+	return out
+}
+
+// All yields every guild in ascending id order. The table must not be
+// changed while the iteration runs.
+func (t *Table) All() iter.Seq[fsm.Guild] {
+	return func(yield func(fsm.Guild) bool) {
+		for i := range t.segs {
+			it := newSegIter(&t.segs[i])
+			for e, ok := it.next(); ok; e, ok = it.next() {
+				if !yield(t.guild(e)) {
+					return
+				}
+			}
+		}
+	}
+}
+
+// AppendTo appends every guild to dst in ascending id order.
+func (t *Table) AppendTo(dst []fsm.Guild) []fsm.Guild {
+	dst = slices.Grow(dst, t.n)
+	for g := range t.All() {
+		dst = append(dst, g)
+	}
+	return dst
+}
+
+// segFor returns the index of the segment whose range holds id.
+func (t *Table) segFor(id uint64) int {
+	lo, hi := 1, len(t.segs) // the answer is the last segment with lo <= id
+	for lo < hi {
+		mid := int(uint(lo+hi) >> 1)
+		if t.segs[mid].lo <= id {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	return lo - 1
+}
+
+// ---- interning ----
+
+func (t *Table) classFor(ownerName string, state fsm.GuildState, mig bool) uint32 {
+	o := t.lastOwner
+	if int(o) >= len(t.owners) || t.owners[o].name != ownerName {
+		var ok bool
+		o, ok = t.ownerIdx[ownerName]
+		if !ok {
+			name := strings.Clone(ownerName) // never keep a caller's larger buffer alive
+			o = uint32(len(t.owners))
+			t.owners = append(t.owners, owner{name: name})
+			t.ownerIdx[name] = o
+		}
+		t.lastOwner = o
+	}
+	si := t.stateFor(state)
+	k := 2 * int(si)
+	if mig {
+		k++
+	}
+	ow := &t.owners[o]
+	if k < len(ow.classes) && ow.classes[k] != 0 {
+		return ow.classes[k] - 1
+	}
+	c := uint32(len(t.classes))
+	t.classes = append(t.classes, class{owner: o, stateIdx: si, state: t.states[si], mig: mig})
+	if k >= len(ow.classes) {
+		ow.classes = append(ow.classes, make([]uint32, k+1-len(ow.classes))...)
+	}
+	ow.classes[k] = c + 1
+	return c
+}
+
+func (t *Table) stateFor(state fsm.GuildState) uint32 {
+	for i := range min(len(t.states), 4) { // there are two in practice
+		if t.states[i] == state {
+			return uint32(i)
+		}
+	}
+	si, ok := t.stateIdx[state]
+	if !ok {
+		st := fsm.GuildState(strings.Clone(string(state)))
+		si = uint32(len(t.states))
+		t.states = append(t.states, st)
+		t.stateIdx[st] = si
+	}
+	return si
+}
+
+func (t *Table) ref(c uint32) {
+	cl := &t.classes[c]
+	if cl.live == 0 {
+		t.liveClasses++
+	}
+	cl.live++
+	t.owners[cl.owner].count++
+}
+
+func (t *Table) unref(c uint32) {
+	cl := &t.classes[c]
+	cl.live--
+	if cl.live == 0 {
+		t.liveClasses--
+	}
+	t.owners[cl.owner].count--
+}
+
+// maybeCompact drops the classes and owners no guild uses once they
+// outnumber the live ones, renumbering the rest (a full rebuild: rare,
+// amortised over at least compactSlack new classes).
+func (t *Table) maybeCompact() {
+	if len(t.classes) <= 2*t.liveClasses+t.cfg.compactSlack {
+		return
+	}
+	remap := make([]uint32, len(t.classes))
+	oldOwners, oldStates := t.owners, t.states
+	t.owners, t.ownerIdx, t.states, t.stateIdx = nil, map[string]uint32{}, nil, map[fsm.GuildState]uint32{}
+	classes := t.classes
+	t.classes, t.liveClasses, t.lastOwner = nil, 0, 0
+	for i, c := range classes {
+		if c.live == 0 {
+			continue
+		}
+		n := t.classFor(oldOwners[c.owner].name, oldStates[c.stateIdx], c.mig)
+		remap[i] = n
+		nc := &t.classes[n]
+		nc.live = c.live
+		t.liveClasses++
+		t.owners[nc.owner].count += c.live
+	}
+	t.rebuild(0, len(t.segs), remap)
+}
+
+// ---- merging ----
+
+// maybeMerge rebuilds segment si once its overlay has outgrown its base,
+// taking a neighbour along when it has shrunk to under a quarter of the
+// maximum.
+func (t *Table) maybeMerge(si int) {
+	s := &t.segs[si]
+	if len(s.ov) <= max(t.cfg.ovMin, s.n/t.cfg.ovFrac) {
+		return
+	}
+	i, j := si, si+1
+	if s.live < t.cfg.maxSeg/4 && len(t.segs) > 1 {
+		if j < len(t.segs) {
+			j++
+		} else {
+			i--
+		}
+	}
+	t.rebuild(i, j, nil)
+}
+
+// rebuild replaces segments [i, j) by new ones holding their live records,
+// with classes renumbered through remap when it is not nil.
+func (t *Table) rebuild(i, j int, remap []uint32) {
+	m, words, base := 0, 0, 0
+	its := make([]*segIter, 0, j-i)
+	for k := i; k < j; k++ {
+		s := &t.segs[k]
+		m += s.live
+		words += len(s.words)
+		base += s.n
+		its = append(its, newSegIter(s))
+	}
+	next := func() entry {
+		for {
+			e, ok := its[0].next()
+			if ok {
+				if remap != nil {
+					e.class = remap[e.class]
+				}
+				return e
+			}
+			its = its[1:]
+		}
+	}
+	hint := m*12/8 + 64
+	if base > 0 {
+		hint = int(float64(words)*float64(m)/float64(base)*1.05) + 64
+	}
+	out := t.encodeSegments(t.segs[i].lo, next, m, hint, false)
+	t.segs = slices.Replace(t.segs, i, j, out...)
+	if len(t.segs) > 1 {
+		// An empty segment goes; its range joins its left neighbour's (or,
+		// for the first, the next one starts at 0).
+		t.segs = slices.DeleteFunc(t.segs, func(s segment) bool { return s.n == 0 && len(s.ov) == 0 })
+		if len(t.segs) == 0 {
+			t.segs = []segment{{}}
+		}
+		t.segs[0].lo = 0
+	}
+}
+
+// encodeSegments encodes m records pulled from next (ascending ids) into
+// segments, the first starting its range at lo. Bulk loads fill segments
+// to 3/4 of the maximum so that they take inserts before splitting.
+func (t *Table) encodeSegments(lo uint64, next func() entry, m, wordsHint int, bulk bool) []segment {
+	target := max(t.cfg.maxSeg*3/4, 1)
+	nseg := 1
+	if m > t.cfg.maxSeg || (bulk && m > target) {
+		nseg = (m + target - 1) / target
+	}
+	out := make([]segment, 0, nseg)
+	for k := range nseg {
+		size := m / nseg
+		if k < m%nseg {
+			size++
+		}
+		s := t.encodeSegment(next, size, wordsHint/nseg+64)
+		if k == 0 {
+			s.lo = lo
+		} else {
+			s.lo = s.blocks[0].first
+		}
+		out = append(out, s)
+	}
+	return out
+}
