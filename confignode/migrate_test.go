@@ -22,7 +22,10 @@ type stubPod struct {
 	fail  bool
 	// failDelete makes drops answer 503 (a pod that cannot be reached).
 	failDelete bool
-	srv        *httptest.Server
+	// hold makes an import that arrives while it is set hang until its
+	// caller gives up (the request's context ends): a move stuck in flight.
+	hold bool
+	srv  *httptest.Server
 }
 
 func newStubPod(t *testing.T) *stubPod {
@@ -30,7 +33,7 @@ func newStubPod(t *testing.T) *stubPod {
 	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.mu.Lock()
 		p.calls = append(p.calls, r.Method+" "+r.URL.Path)
-		fail, failDelete := p.fail, p.failDelete
+		fail, failDelete, hold := p.fail, p.failDelete, p.hold
 		p.mu.Unlock()
 		if r.Header.Get("Authorization") != "Bearer "+testToken {
 			http.Error(w, `{"error":"token"}`, 401)
@@ -38,6 +41,10 @@ func newStubPod(t *testing.T) *stubPod {
 		}
 		if failDelete && r.Method == http.MethodDelete {
 			http.Error(w, `{"error":"unreachable"}`, 503)
+			return
+		}
+		if hold && r.Method == http.MethodPost {
+			<-r.Context().Done()
 			return
 		}
 		if fail && r.Method == http.MethodPost {
@@ -183,6 +190,71 @@ func TestAutoRebalanceEvensOutWhenAPodJoins(t *testing.T) {
 	pods, err := c.Pods(ctx)
 	if err != nil || pods.Pods[0].Guilds != 50 || pods.Pods[1].Guilds != 50 {
 		t.Fatalf("after the automatic rebalance: %+v %v", pods.Pods, err)
+	}
+}
+
+// TestADrainSurvivesALeaderChange: the leader that started a drain loses
+// its term while the drain's moves are in flight. The next leader settles
+// those moves and carries the drain on by itself: the pod ends owning no
+// guild, and GET /v1/rebalance on the new leader reports a drain of that pod
+// finished with no move failed.
+func TestADrainSurvivesALeaderChange(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	a, b := newStubPod(t), newStubPod(t)
+	c := tc.client()
+	ctx := context.Background()
+	for i, p := range []*stubPod{a, b} {
+		if _, err := c.RegisterPod(ctx, assignments.RegisterPodRequest{ID: "gateway-" + itoa(i), Addr: p.addr()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tc.place(c, 0, 20)
+	owned := func() int {
+		var n int
+		tc.nodes[tc.waitLeader()].store.View(func(s *fsm.State) { n = s.GuildCount("gateway-0") })
+		return n
+	}
+	before := owned()
+	if before == 0 {
+		t.Fatal("gateway-0 owns no guild to drain")
+	}
+	for _, p := range []*stubPod{a, b} {
+		p.mu.Lock()
+		p.hold = true
+		p.mu.Unlock()
+	}
+	l := tc.leader()
+	job, err := c.Drain(ctx, "gateway-0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if job.Total != before {
+		t.Fatalf("the drain plans %d moves, want %d", job.Total, before)
+	}
+	waitFor(t, 10*time.Second, "an import of the drain in flight", func() bool { return b.called("POST ") })
+	for _, p := range []*stubPod{a, b} {
+		p.mu.Lock()
+		p.hold = false
+		p.mu.Unlock()
+	}
+	waitFor(t, 15*time.Second, "leadership to move", func() bool {
+		_ = tc.nodes[l].raft.LeadershipTransfer().Error()
+		nl := tc.leader()
+		return nl >= 0 && nl != l
+	})
+	waitFor(t, 60*time.Second, "the new leader to finish the drain", func() bool {
+		j, err := tc.nodeClient(tc.waitLeader()).RebalanceStatus(ctx)
+		if err != nil || j.Kind != "drain" || j.Pod != "gateway-0" || j.FinishedAt.IsZero() {
+			return false
+		}
+		job = j
+		return true
+	})
+	if job.Failed != 0 || job.Done != job.Total {
+		t.Fatalf("the resumed drain: %d of %d done, %d failed: %v", job.Done, job.Total, job.Failed, job.Errors)
+	}
+	if n := owned(); n != 0 {
+		t.Fatalf("gateway-0 owns %d guilds after the resumed drain", n)
 	}
 }
 

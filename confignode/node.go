@@ -420,6 +420,7 @@ func (n *Node) lead(t *term) {
 	}
 	n.identify.reset(time.Now())
 	_ = n.leader.spawn(t, "orphans", func(context.Context) { n.mover.sweepOrphans(t) })
+	_ = n.leader.spawn(t, "resume-drains", n.mover.resumeDrains)
 	if n.cfg.AutoRebalance {
 		_ = n.leader.spawn(t, "auto-rebalance", n.mover.autoRebalance)
 	}

@@ -236,6 +236,49 @@ func (m *mover) moveAndWait(ctx context.Context, mv assignments.Move, job *rebal
 	return ctx.Err()
 }
 
+// resumeDrainGrace bounds how long resumeDrains waits for the previous
+// term's moves to settle before it plans anyway.
+const resumeDrainGrace = 30 * time.Second
+
+// resumeDrains, a task of every term, carries on the drains a previous
+// leader left unfinished. A drain is the pod's state (draining), not the
+// leader's memory: when the term that ran it ends, its in-flight moves stop
+// and the next leader settles them as orphans. This task then gives every
+// draining pod that still owns guilds a new drain job, once per term, so a
+// drain survives a leader change and GET /v1/rebalance reports it again. It
+// waits until no guild is migrating (at most resumeDrainGrace), so the plan
+// includes the guilds whose moves the old term left in flight.
+func (m *mover) resumeDrains(ctx context.Context) {
+	n := m.n
+	resumed := map[string]bool{}
+	start := time.Now()
+	for sleepCtx(ctx, time.Second) {
+		var pending []string
+		var migrating int
+		n.store.View(func(s *fsm.State) {
+			migrating = s.Migrating()
+			for _, p := range s.SortedPods() {
+				if p.State == fsm.PodDraining && !resumed[p.ID] && s.GuildCount(p.ID) > 0 {
+					pending = append(pending, p.ID)
+				}
+			}
+		})
+		if len(pending) == 0 {
+			return
+		}
+		if migrating > 0 && time.Since(start) < resumeDrainGrace {
+			continue
+		}
+		pod := pending[0]
+		moves := n.plan("drain", pod)
+		if _, err := m.runJob("drain", pod, moves); err != nil {
+			continue // a job is running; look again next tick
+		}
+		resumed[pod] = true
+		n.log.Info("resuming the drain a previous leader left unfinished", "pod", pod, "moves", len(moves))
+	}
+}
+
 // autoRebalance (with --auto-rebalance) starts a rebalance when the set of
 // active pods changes — a pod joined, left, drained or went down — and the
 // guild counts of the active pods then differ by more than 20 % of the mean.

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"errors"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -145,10 +147,12 @@ func TestDrainEmptiesAPodWithoutLosingMessages(t *testing.T) {
 //
 // A job is a task of the leader's term: when two starved cores cost the
 // leader its term, the job stops and its in-flight moves end "context
-// canceled" (the new leader finishes or aborts them). The operator then runs
-// it again, and so does this helper, at most three times; any other failure
-// fails the test. What the callers assert afterwards is what a job must never
-// break: every message exactly once, in its final owner.
+// canceled" (the new leader finishes or aborts them). A new leader resumes a
+// drain by itself (the pod is still draining) but has no record of a
+// rebalance and answers 404. The operator then runs it again, and so does
+// this helper, at most three times; any other failure fails the test. What
+// the callers assert afterwards is what a job must never break: every
+// message exactly once, in its final owner.
 func runJobToTheEnd(t *testing.T, s *system, kind string, wait time.Duration, start func() (assignments.RebalanceJob, error), checkPlan func(assignments.RebalanceJob)) assignments.RebalanceJob {
 	t.Helper()
 	ctx := context.Background()
@@ -158,20 +162,34 @@ func runJobToTheEnd(t *testing.T, s *system, kind string, wait time.Duration, st
 	}
 	checkPlan(job)
 	for attempt := 1; ; attempt++ {
+		// A new leader that has no record of the job answers 404: it
+		// resumes a drain by itself within a few seconds, never a
+		// rebalance.
+		var lostSince time.Time
+		lost := false
 		waitFor(t, wait, "the "+kind+" finished", func() bool {
 			j, err := s.Client.RebalanceStatus(ctx)
+			var apiErr *assignments.APIError
+			if errors.As(err, &apiErr) && apiErr.Status == http.StatusNotFound {
+				if lostSince.IsZero() {
+					lostSince = time.Now()
+				}
+				lost = time.Since(lostSince) > 15*time.Second
+				return lost
+			}
+			lostSince = time.Time{}
 			if err != nil || j.FinishedAt.IsZero() || j.Kind != kind {
 				return false
 			}
 			job = j
 			return true
 		})
-		if job.Failed == 0 && job.Done == job.Total {
+		if !lost && job.Failed == 0 && job.Done == job.Total {
 			return job
 		}
-		interrupted := job.Failed > 0
+		interrupted := lost || job.Failed > 0
 		for _, e := range job.Errors {
-			interrupted = interrupted && strings.Contains(e, "context canceled")
+			interrupted = interrupted && (lost || strings.Contains(e, "context canceled"))
 		}
 		if !interrupted || attempt == 3 {
 			t.Fatalf("%s: %d of %d moves done, %d failed: %v", kind, job.Done, job.Total, job.Failed, job.Errors)

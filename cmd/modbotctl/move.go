@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strings"
 	"time"
@@ -158,11 +159,23 @@ func cmdDrain(ctx context.Context, c *ctl, args []string) error {
 	return followJob(ctx, c, job)
 }
 
+// jobLostWait is how long followJob waits for a new leader to report the
+// job it was following.
+const jobLostWait = 30 * time.Second
+
+// jobLost says whether a status error means the leader changed: no leader
+// for a moment, or a new one that has run no job yet.
+func jobLost(err error) bool {
+	var apiErr *assignments.APIError
+	return assignments.IsUnavailable(err) || errors.As(err, &apiErr) && apiErr.Status == http.StatusNotFound
+}
+
 // followJob shows a rebalance or drain's progress until it finishes.
 func followJob(ctx context.Context, c *ctl, job assignments.RebalanceJob) error {
 	tty := isTerminal(c.out) && c.output != "json"
 	start := time.Now()
 	last := -1
+	var lostSince time.Time
 	for {
 		if c.output == "json" {
 			if job.Done+job.Failed != last {
@@ -184,8 +197,25 @@ func followJob(ctx context.Context, c *ctl, job assignments.RebalanceJob) error 
 		}
 		j, err := c.client.RebalanceStatus(ctx)
 		if err != nil {
-			return err
+			// A leader change: the job stopped with the old term. A new
+			// leader resumes a drain by itself (the pod is still draining)
+			// but has no record of a rebalance.
+			if !jobLost(err) {
+				return err
+			}
+			if lostSince.IsZero() {
+				lostSince = time.Now()
+				fmt.Fprintf(os.Stderr, "\nthe leader changed at %d/%d moved; waiting for the new leader to report the %s\n", job.Done, job.Total, job.Kind)
+			}
+			if time.Since(lostSince) > jobLostWait {
+				return fmt.Errorf("the leader changed and the new one reports no %s after %s (%d of %d guilds had moved): run it again", job.Kind, jobLostWait, job.Done, job.Total)
+			}
+			continue
 		}
+		if j.Kind != job.Kind || j.Pod != job.Pod {
+			return fmt.Errorf("the leader now reports a %s %s instead of this %s: run it again once that ends", j.Kind, j.Pod, job.Kind)
+		}
+		lostSince = time.Time{}
 		job = j
 	}
 	if tty {
