@@ -15,7 +15,6 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/modbot/modbot/assignments"
 	"github.com/modbot/modbot/fsm"
 	"github.com/modbot/modbot/internal/podapi"
 )
@@ -127,11 +126,7 @@ func movePods(t *testing.T, tc *testCluster, blockImports bool) (g fsm.Guild, sr
 	ctx := context.Background()
 	a, b := newRecordingPod(t, blockImports), newRecordingPod(t, blockImports)
 	c := tc.client()
-	for i, p := range []*recordingPod{a, b} {
-		if _, err := c.RegisterPod(ctx, assignments.RegisterPodRequest{ID: "gateway-" + itoa(i), Addr: p.addr()}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	tc.registerPodsAt(a.addr(), b.addr())
 	res, err := c.PlaceGuilds(ctx, guildIDs(0, 1))
 	if err != nil {
 		t.Fatal(err)
@@ -234,11 +229,7 @@ func TestLostLeadershipStopsInFlightMoves(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitClosed(t, dst.started, 10*time.Second, "the target's import")
-	waitFor(t, 15*time.Second, "leadership to move", func() bool {
-		_ = tc.nodes[l].raft.LeadershipTransfer().Error()
-		nl := tc.leader()
-		return nl >= 0 && nl != l
-	})
+	tc.moveLeadershipAway(l)
 	waitClosed(t, dst.cancelled, 10*time.Second, "the old leader to give up the import")
 	waitFor(t, 10*time.Second, "the old leader's tasks to end", func() bool { return tc.nodes[l].leader.Running() == 0 })
 	nl := tc.waitLeader()
@@ -324,11 +315,7 @@ func TestOrphanedMovesAreAbortedDespiteFailures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 15*time.Second, "leadership to move", func() bool {
-		_ = tc.nodes[l].raft.LeadershipTransfer().Error()
-		nl := tc.leader()
-		return nl >= 0 && nl != l
-	})
+	tc.moveLeadershipAway(l)
 	nl := tc.waitLeader()
 	waitFor(t, 20*time.Second, "the orphan aborted", func() bool {
 		var after fsm.Guild

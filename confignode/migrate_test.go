@@ -58,6 +58,12 @@ func newStubPod(t *testing.T) *stubPod {
 	return p
 }
 
+func (p *stubPod) setHold(on bool) {
+	p.mu.Lock()
+	p.hold = on
+	p.mu.Unlock()
+}
+
 func (p *stubPod) addr() string { return strings.TrimPrefix(p.srv.URL, "http://") }
 
 func (p *stubPod) called(prefix string) bool {
@@ -86,11 +92,7 @@ func TestMoveAbortsWhenTheCopyFails(t *testing.T) {
 	a, b := newStubPod(t), newStubPod(t)
 	c := tc.client()
 	ctx := context.Background()
-	for i, p := range []*stubPod{a, b} {
-		if _, err := c.RegisterPod(ctx, assignments.RegisterPodRequest{ID: "gateway-" + itoa(i), Addr: p.addr()}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	tc.registerPodsAt(a.addr(), b.addr())
 	res, err := c.PlaceGuilds(ctx, guildIDs(0, 1))
 	if err != nil {
 		t.Fatal(err)
@@ -203,11 +205,7 @@ func TestADrainSurvivesALeaderChange(t *testing.T) {
 	a, b := newStubPod(t), newStubPod(t)
 	c := tc.client()
 	ctx := context.Background()
-	for i, p := range []*stubPod{a, b} {
-		if _, err := c.RegisterPod(ctx, assignments.RegisterPodRequest{ID: "gateway-" + itoa(i), Addr: p.addr()}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	tc.registerPodsAt(a.addr(), b.addr())
 	tc.place(c, 0, 20)
 	owned := func() int {
 		var n int
@@ -218,11 +216,8 @@ func TestADrainSurvivesALeaderChange(t *testing.T) {
 	if before == 0 {
 		t.Fatal("gateway-0 owns no guild to drain")
 	}
-	for _, p := range []*stubPod{a, b} {
-		p.mu.Lock()
-		p.hold = true
-		p.mu.Unlock()
-	}
+	a.setHold(true)
+	b.setHold(true)
 	l := tc.leader()
 	job, err := c.Drain(ctx, "gateway-0")
 	if err != nil {
@@ -232,16 +227,9 @@ func TestADrainSurvivesALeaderChange(t *testing.T) {
 		t.Fatalf("the drain plans %d moves, want %d", job.Total, before)
 	}
 	waitFor(t, 10*time.Second, "an import of the drain in flight", func() bool { return b.called("POST ") })
-	for _, p := range []*stubPod{a, b} {
-		p.mu.Lock()
-		p.hold = false
-		p.mu.Unlock()
-	}
-	waitFor(t, 15*time.Second, "leadership to move", func() bool {
-		_ = tc.nodes[l].raft.LeadershipTransfer().Error()
-		nl := tc.leader()
-		return nl >= 0 && nl != l
-	})
+	a.setHold(false)
+	b.setHold(false)
+	tc.moveLeadershipAway(l)
 	waitFor(t, 60*time.Second, "the new leader to finish the drain", func() bool {
 		j, err := tc.nodeClient(tc.waitLeader()).RebalanceStatus(ctx)
 		if err != nil || j.Kind != "drain" || j.Pod != "gateway-0" || j.FinishedAt.IsZero() {

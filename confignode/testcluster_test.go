@@ -194,12 +194,33 @@ func (tc *testCluster) waitVoters(n int) {
 // registerPods registers n gateway pods through the API.
 func (tc *testCluster) registerPods(n int) {
 	tc.t.Helper()
+	addrs := make([]string, n)
+	for i := range addrs {
+		addrs[i] = fmt.Sprintf("127.0.0.1:%d", 9000+i)
+	}
+	tc.registerPodsAt(addrs...)
+}
+
+// registerPodsAt registers gateway-0, gateway-1, … at the given addresses.
+func (tc *testCluster) registerPodsAt(addrs ...string) {
+	tc.t.Helper()
 	c := tc.client()
-	for i := 0; i < n; i++ {
-		if _, err := c.RegisterPod(context.Background(), assignments.RegisterPodRequest{ID: fmt.Sprintf("gateway-%d", i), Addr: fmt.Sprintf("127.0.0.1:%d", 9000+i)}); err != nil {
+	for i, addr := range addrs {
+		if _, err := c.RegisterPod(context.Background(), assignments.RegisterPodRequest{ID: fmt.Sprintf("gateway-%d", i), Addr: addr}); err != nil {
 			tc.t.Fatalf("register pod %d: %v", i, err)
 		}
 	}
+}
+
+// moveLeadershipAway asks leader l to hand leadership over until another
+// node leads.
+func (tc *testCluster) moveLeadershipAway(l int) {
+	tc.t.Helper()
+	waitFor(tc.t, 15*time.Second, "leadership to move", func() bool {
+		_ = tc.nodes[l].raft.LeadershipTransfer().Error()
+		nl := tc.leader()
+		return nl >= 0 && nl != l
+	})
 }
 
 func guildIDs(from, n int) []string {

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"strings"
 	"testing"
@@ -169,8 +168,7 @@ func runJobToTheEnd(t *testing.T, s *system, kind string, wait time.Duration, st
 		lost := false
 		waitFor(t, wait, "the "+kind+" finished", func() bool {
 			j, err := s.Client.RebalanceStatus(ctx)
-			var apiErr *assignments.APIError
-			if errors.As(err, &apiErr) && apiErr.Status == http.StatusNotFound {
+			if assignments.IsStatus(err, http.StatusNotFound) {
 				if lostSince.IsZero() {
 					lostSince = time.Now()
 				}

@@ -166,8 +166,7 @@ const jobLostWait = 30 * time.Second
 // jobLost says whether a status error means the leader changed: no leader
 // for a moment, or a new one that has run no job yet.
 func jobLost(err error) bool {
-	var apiErr *assignments.APIError
-	return assignments.IsUnavailable(err) || errors.As(err, &apiErr) && apiErr.Status == http.StatusNotFound
+	return assignments.IsUnavailable(err) || assignments.IsStatus(err, http.StatusNotFound)
 }
 
 // followJob shows a rebalance or drain's progress until it finishes.
