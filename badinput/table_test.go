@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"flag"
 	"fmt"
+	"github.com/modbot/modbot/systest"
 	"net/http"
 	"os"
 	"regexp"
@@ -481,7 +482,8 @@ func watcherRow() row {
 
 // metric reads one unlabelled gauge from a /metrics page (-1 if absent).
 func (e *env) metric(base, name string) float64 {
-	a := e.send(req{method: http.MethodGet, url: base + "/metrics", noAuth: true})
+	// /metrics takes the read token (the harness sets one of its own).
+	a := e.send(req{method: http.MethodGet, url: base + "/metrics", header: map[string]string{"Authorization": "Bearer " + systest.ReadToken}})
 	for _, line := range strings.Split(string(a.Body), "\n") {
 		if v, ok := strings.CutPrefix(line, name+" "); ok {
 			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)

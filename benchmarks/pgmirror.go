@@ -130,7 +130,7 @@ func PgMirror(ctx context.Context, o PgMirrorOptions) (PgMirrorResult, error) {
 func startBenchMirror(ctx context.Context, c *systest.Cluster, i int, url string, onCommit func(uint64)) (func(), error) {
 	urls := c.URLs()
 	urls = append([]string{urls[i]}, append(urls[:i:i], urls[i+1:]...)...)
-	m, err := pgmirror.New(pgmirror.Options{ConfigURLs: urls, Token: systest.Token, PGURL: url, Name: c.Cfgs[i].ID, Logger: quietLog,
+	m, err := pgmirror.New(pgmirror.Options{ConfigURLs: urls, Token: systest.ReadToken, PGURL: url, Name: c.Cfgs[i].ID, Logger: quietLog,
 		LockRetry: 100 * time.Millisecond, RetryMax: time.Second, OnCommit: onCommit})
 	if err != nil {
 		return nil, err

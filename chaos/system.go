@@ -239,7 +239,7 @@ func (s *System) newProc(name string, args ...string) (*Proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	env := []string{"MODBOT_TOKEN=" + s.Token, "MODBOT_LOG_LEVEL=info"}
+	env := []string{"MODBOT_TOKEN=" + s.Token, "MODBOT_INTERNAL_TOKEN=" + s.Token + "-internal", "MODBOT_READ_TOKEN=" + s.Token + "-read", "MODBOT_LOG_LEVEL=info"}
 	return &Proc{Name: name, Host: h, Bin: s.Opts.Bin, Args: args, Env: env, Log: filepath.Join(s.Opts.Dir, "logs", name+".log")}, nil
 }
 

@@ -17,7 +17,7 @@ import (
 	"github.com/modbot/modbot/internal/httpmetrics"
 )
 
-func (n *Node) routes() http.Handler {
+func (n *Node) routes() *mux.Router {
 	r := mux.NewRouter()
 	notFound := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, http.StatusNotFound, "no route %s %s (see docs/operations.md for the API)", r.Method, r.URL.Path)
@@ -32,35 +32,37 @@ func (n *Node) routes() http.Handler {
 		httpapi.WriteJSON(w, 200, map[string]string{"status": "ok"})
 	}).Methods("GET")
 	r.HandleFunc("/readyz", n.handleReady).Methods("GET")
-	r.Handle("/metrics", promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{})).Methods("GET")
+	r.Handle("/metrics", n.auth.Metrics(promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{}))).Methods("GET")
 
-	// Every /v1 route requires the token. (Registered on the root router:
-	// gorilla/mux subrouters answer 404 instead of 405 for a wrong method.)
-	v1 := func(path string, h http.HandlerFunc, method string) {
-		r.Handle("/v1"+path, n.requireToken(h)).Methods(method)
+	// Every /v1 route requires a token of its scope (httpapi.Scope).
+	// (Registered on the root router: gorilla/mux subrouters answer 404
+	// instead of 405 for a wrong method.)
+	v1 := func(need httpapi.Scope, method, path string, h http.HandlerFunc) {
+		r.Handle("/v1"+path, n.scoped(need, h)).Methods(method)
 	}
-	v1("/status", n.handleStatus, "GET")
-	v1("/cluster/servers", n.handleServers, "GET")
-	v1("/cluster/join", n.leaderOnly(n.handleJoin), "POST")
-	v1("/cluster/servers/{id}", n.leaderOnly(n.handleRemoveServer), "DELETE")
-	v1("/cluster/transfer-leadership", n.leaderOnly(n.handleTransfer), "POST")
-	v1("/pods", n.reads(n.handlePods), "GET")
-	v1("/pods", n.leaderOnly(n.handleRegisterPod), "POST")
-	v1("/pods/{id}/heartbeat", n.leaderOnly(n.handleHeartbeat), "POST")
-	v1("/pods/{id}/drain", n.leaderOnly(n.handleDrain), "POST")
+	read, internal, admin := httpapi.ScopeRead, httpapi.ScopeInternal, httpapi.ScopeAdmin
+	v1(read, "GET", "/status", n.handleStatus)
+	v1(read, "GET", "/cluster/servers", n.handleServers)
+	v1(admin, "POST", "/cluster/join", n.leaderOnly(n.handleJoin))
+	v1(admin, "DELETE", "/cluster/servers/{id}", n.leaderOnly(n.handleRemoveServer))
+	v1(admin, "POST", "/cluster/transfer-leadership", n.leaderOnly(n.handleTransfer))
+	v1(read, "GET", "/pods", n.reads(n.handlePods))
+	v1(internal, "POST", "/pods", n.leaderOnly(n.handleRegisterPod))
+	v1(internal, "POST", "/pods/{id}/heartbeat", n.leaderOnly(n.handleHeartbeat))
+	v1(admin, "POST", "/pods/{id}/drain", n.leaderOnly(n.handleDrain))
 	// ?consistent=true: a pod taking a shard over reads the checkpoint to
 	// resume from linearizably, never off a lagging follower.
-	v1("/shards", n.reads(n.handleShards), "GET")
-	v1("/shards/checkpoints", n.leaderOnly(n.handleCheckpoints), "POST")
-	v1("/identify", n.leaderOnly(n.handleIdentify), "POST")
-	v1("/guilds", n.reads(n.handleGuilds), "GET")
-	v1("/guilds", n.leaderOnly(n.handlePlace), "POST")
-	v1("/guilds/{id}", n.reads(n.handleGuild), "GET")
-	v1("/guilds/{id}/move", n.leaderOnly(n.handleMove), "POST")
-	v1("/rebalance", n.leaderOnly(n.handleRebalance), "POST")
-	v1("/rebalance", n.leaderOnly(n.handleRebalanceStatus), "GET")
-	v1("/snapshot", n.reads(n.handleSnapshot), "GET")
-	v1("/watch", n.handleWatch, "GET")
+	v1(read, "GET", "/shards", n.reads(n.handleShards))
+	v1(internal, "POST", "/shards/checkpoints", n.leaderOnly(n.handleCheckpoints))
+	v1(internal, "POST", "/identify", n.leaderOnly(n.handleIdentify))
+	v1(read, "GET", "/guilds", n.reads(n.handleGuilds))
+	v1(internal, "POST", "/guilds", n.leaderOnly(n.handlePlace))
+	v1(read, "GET", "/guilds/{id}", n.reads(n.handleGuild))
+	v1(admin, "POST", "/guilds/{id}/move", n.leaderOnly(n.handleMove))
+	v1(admin, "POST", "/rebalance", n.leaderOnly(n.handleRebalance))
+	v1(read, "GET", "/rebalance", n.leaderOnly(n.handleRebalanceStatus))
+	v1(read, "GET", "/snapshot", n.reads(n.handleSnapshot))
+	v1(read, "GET", "/watch", n.handleWatch)
 	return r
 }
 

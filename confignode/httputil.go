@@ -66,11 +66,11 @@ func (n *Node) decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
 	return httpapi.DecodeJSON(w, r, v, httpapi.DecodeOptions{MaxBytes: n.cfg.MaxBodyBytes})
 }
 
-// requireToken guards every API route with the bearer token unless the node
-// was started with --insecure-no-auth.
-func (n *Node) requireToken(next http.Handler) http.Handler {
+// scoped guards a /v1 route with the bearer token of scope need (or
+// above) unless the node was started with --insecure-no-auth.
+func (n *Node) scoped(need httpapi.Scope, next http.Handler) http.Handler {
 	if n.cfg.NoAuth {
 		return next
 	}
-	return httpapi.RequireBearer(n.cfg.Token, next)
+	return n.auth.Require(need, next)
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/modbot/modbot/fsm"
+	"github.com/modbot/modbot/internal/httpapi"
 	"github.com/modbot/modbot/internal/httpmetrics"
 )
 
@@ -18,6 +19,7 @@ type metrics struct {
 	proposals     *prometheus.CounterVec
 	applyLatency  prometheus.Histogram
 	forwarded     prometheus.Counter
+	authRefusals  *prometheus.CounterVec
 	identifySlots prometheus.Counter
 	// identifyRefused counts identify slots refused, by reason: "budget"
 	// (the daily budget is down to its reserve) or "not_holder" (the pod
@@ -51,7 +53,8 @@ func newMetrics(n *Node) *metrics {
 			Name: "modbot_config_commit_duration_seconds", Help: "Time from proposing a write to its application on the leader.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
-		forwarded: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_forwarded_requests_total", Help: "Requests forwarded to the leader."}),
+		authRefusals: httpapi.NewRefusalCounter("config"),
+		forwarded:    prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_forwarded_requests_total", Help: "Requests forwarded to the leader."}),
 		moves: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "modbot_migrations_total",
 			Help: "Guild moves by result (completed, aborted)."}, []string{"result"}),
 		moveDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "modbot_migration_duration_seconds",
@@ -77,7 +80,7 @@ func newMetrics(n *Node) *metrics {
 	for _, r := range []string{"budget", "not_holder"} {
 		m.identifyRefused.WithLabelValues(r)
 	}
-	reg.MustRegister(m.httpLatency, m.proposals, m.applyLatency, m.forwarded, m.identifySlots, m.identifyRefused, m.orphanAbortFailures, m.ambiguousCommits, m.moves, m.moveDuration, m.movesInFlight, m.podsMarkedDown, m.failovers, m.watchers, m.watchSent,
+	reg.MustRegister(m.httpLatency, m.authRefusals, m.proposals, m.applyLatency, m.forwarded, m.identifySlots, m.identifyRefused, m.orphanAbortFailures, m.ambiguousCommits, m.moves, m.moveDuration, m.movesInFlight, m.podsMarkedDown, m.failovers, m.watchers, m.watchSent,
 		m.raftState, m.raftTerm, m.raftApplied, m.raftCommit, m.lastContact,
 		&fsmCollector{n: n}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

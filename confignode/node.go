@@ -21,6 +21,7 @@ import (
 
 	"github.com/modbot/modbot/assignments"
 	"github.com/modbot/modbot/fsm"
+	"github.com/modbot/modbot/internal/httpapi"
 )
 
 // Config configures one config node.
@@ -32,7 +33,10 @@ type Config struct {
 	Bootstrap bool
 	Shards    int      // shard count set at bootstrap
 	Join      []string // config node URLs to join through
-	Token     string
+	// Token is the admin token (modbotctl; this node's join). InternalToken
+	// (what pods and proxies send; this node sends it to pods) and
+	// ReadToken (status, reads, watch; /metrics when set) default to it.
+	Token, InternalToken, ReadToken string
 	// NoAuth must be set explicitly to run without a token.
 	NoAuth bool
 
@@ -187,6 +191,12 @@ func (c *Config) validate() error {
 	return nil
 }
 
+// Tokens are this node's scoped tokens, the unset ones defaulting to the
+// admin token.
+func (c Config) Tokens() httpapi.Tokens {
+	return httpapi.Tokens{Admin: c.Token, Internal: c.InternalToken, Read: c.ReadToken}.WithDefaults()
+}
+
 // Node is a running config node: Raft, the FSM and the HTTP API.
 type Node struct {
 	cfg      Config
@@ -200,6 +210,7 @@ type Node struct {
 	httpSrv  *http.Server
 	httpURL  string
 	metrics  *metrics
+	auth     *httpapi.Auth
 	live     *liveness
 	identify *identifyQueue
 	budget   *identifyBudget
@@ -237,6 +248,7 @@ func Start(cfg Config) (*Node, error) {
 		n.leader.done = h.taskDone
 	}
 	n.metrics = newMetrics(n)
+	n.auth = httpapi.NewAuth(cfg.Tokens(), n.metrics.authRefusals)
 	n.store.applied = n.metrics.observeApplied
 	n.live = newLiveness(n)
 	n.identify = newIdentifyQueue(cfg.IdentifyInterval)

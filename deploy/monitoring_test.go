@@ -70,13 +70,23 @@ type podMonitor struct {
 		Selector        struct {
 			MatchLabels map[string]string `json:"matchLabels"`
 		} `json:"selector"`
-		PodMetricsEndpoints []struct {
-			Port        string `json:"port"`
-			Path        string `json:"path"`
-			Interval    string `json:"interval,omitempty"`
-			HonorLabels bool   `json:"honorLabels,omitempty"`
-		} `json:"podMetricsEndpoints"`
+		PodMetricsEndpoints []podMetricsEndpoint `json:"podMetricsEndpoints"`
 	} `json:"spec"`
+}
+
+type podMetricsEndpoint struct {
+	Port        string `json:"port"`
+	Path        string `json:"path"`
+	Interval    string `json:"interval,omitempty"`
+	HonorLabels bool   `json:"honorLabels,omitempty"`
+	// Authorization: the read token for the API ports.
+	Authorization *struct {
+		Type        string `json:"type"`
+		Credentials struct {
+			Name string `json:"name"`
+			Key  string `json:"key"`
+		} `json:"credentials"`
+	} `json:"authorization,omitempty"`
 }
 
 func readRules(t testing.TB, path string) ruleGroups {
@@ -181,6 +191,13 @@ func podMonitorProblems(pm podMonitor, c *cluster) []string {
 		if e.Path != "/metrics" || !e.HonorLabels {
 			p = append(p, fmt.Sprintf("PodMonitor port %s: want path /metrics with honorLabels (per-pod metrics carry a pod label)", e.Port))
 		}
+		// The API port's /metrics requires the read token once one is set
+		// (internal/httpapi): the monitor must present it, from the Secret.
+		if e.Port == "http" {
+			if a := e.Authorization; a == nil || a.Type != "Bearer" || a.Credentials.Name != "modbot-tokens" || a.Credentials.Key != "read-token" {
+				p = append(p, "PodMonitor port http: want authorization Bearer from Secret modbot-tokens key read-token (/metrics requires the read token)")
+			}
+		}
 	}
 	for _, w := range c.workloads() {
 		match := true
@@ -214,15 +231,13 @@ func TestPodMonitorProblemsAreCaught(t *testing.T) {
 	var pm podMonitor
 	pm.Spec.JobLabel = "app.kubernetes.io/part-of"
 	pm.Spec.Selector.MatchLabels = map[string]string{"app.kubernetes.io/name": "modbot"}
-	pm.Spec.PodMetricsEndpoints = append(pm.Spec.PodMetricsEndpoints, struct {
-		Port        string `json:"port"`
-		Path        string `json:"path"`
-		Interval    string `json:"interval,omitempty"`
-		HonorLabels bool   `json:"honorLabels,omitempty"`
-	}{Port: "http", Path: "/metrics", HonorLabels: true})
+	pm.Spec.PodMetricsEndpoints = append(pm.Spec.PodMetricsEndpoints, podMetricsEndpoint{Port: "http", Path: "/metrics", HonorLabels: true})
 	got := strings.Join(podMonitorProblems(pm, prod), "\n")
 	if !strings.Contains(got, "scrapes no port of gateway container replicate") {
 		t.Errorf("a PodMonitor without the sidecar's port went unnoticed: %s", got)
+	}
+	if !strings.Contains(got, "want authorization Bearer from Secret modbot-tokens key read-token") {
+		t.Errorf("a PodMonitor scraping /metrics without the read token went unnoticed: %s", got)
 	}
 }
 

@@ -23,7 +23,7 @@ import (
 
 const maxBody = 8 << 20
 
-func (n *Node) routes(reg *prometheus.Registry) http.Handler {
+func (n *Node) routes(reg *prometheus.Registry) *mux.Router {
 	r := mux.NewRouter()
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, http.StatusNotFound, "no route %s %s", r.Method, r.URL.Path)
@@ -36,21 +36,23 @@ func (n *Node) routes(reg *prometheus.Registry) http.Handler {
 		httpapi.WriteJSON(w, 200, map[string]string{"status": "ok"})
 	}).Methods("GET")
 	r.HandleFunc("/readyz", n.handleReady).Methods("GET")
-	r.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{})).Methods("GET")
-	auth := func(path string, h http.HandlerFunc, method string) {
-		r.Handle(path, httpapi.RequireBearer(n.cfg.Token, h)).Methods(method)
+	r.Handle("/metrics", n.auth.Metrics(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))).Methods("GET")
+	// Every other route requires a token of its scope (httpapi.Scope).
+	route := func(need httpapi.Scope, method, path string, h http.HandlerFunc) {
+		r.Handle(path, n.auth.Require(need, h)).Methods(method)
 	}
+	read, internal, admin := httpapi.ScopeRead, httpapi.ScopeInternal, httpapi.ScopeAdmin
 	r.Handle(podapi.RouteDashboard, n.dashboardAuth(n.handleDashboard)).Methods("GET")
 	r.Handle(podapi.RouteSettings, n.dashboardAuth(n.handleSettings)).Methods("POST")
-	auth(podapi.PathEvents, n.handleEvents, "POST")
-	auth(podapi.PathInteractions, n.handleInteraction, "POST")
-	auth(podapi.PathStatus, n.handleStatus, "GET")
-	auth(podapi.RouteExport, n.handleExport, "GET")
-	auth(podapi.RouteImport, n.handleImport, "POST")
-	auth(podapi.RouteGuild, n.handleDropCopy, "DELETE")
-	auth(podapi.RouteShardReleased, n.handleShardReleased, "GET")
-	auth(podapi.PathDeadLetters, n.handleDeadLetters, "GET")
-	auth(podapi.RouteReplayDeadLetter, n.handleReplayDeadLetter, "POST")
+	route(internal, "POST", podapi.PathEvents, n.handleEvents)
+	route(internal, "POST", podapi.PathInteractions, n.handleInteraction)
+	route(read, "GET", podapi.PathStatus, n.handleStatus)
+	route(internal, "GET", podapi.RouteExport, n.handleExport)
+	route(internal, "POST", podapi.RouteImport, n.handleImport)
+	route(internal, "DELETE", podapi.RouteGuild, n.handleDropCopy)
+	route(internal, "GET", podapi.RouteShardReleased, n.handleShardReleased)
+	route(admin, "GET", podapi.PathDeadLetters, n.handleDeadLetters)
+	route(admin, "POST", podapi.RouteReplayDeadLetter, n.handleReplayDeadLetter)
 	return r
 }
 

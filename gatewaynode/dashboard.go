@@ -200,12 +200,12 @@ func dedupe(ids []uint64) []uint64 {
 // userKey carries a verified user assertion in a request's context.
 type userKey struct{}
 
-// dashboardAuth lets a dashboard request in with the internal token (the
-// admin, through the proxy) or with a user assertion the proxy signed for
+// dashboardAuth lets a dashboard request in with the internal token (an
+// operator's, through the proxy) or with a user assertion the proxy signed for
 // this guild; the handler then checks the user against the guild's
 // moderator role (allowUser).
 func (n *Node) dashboardAuth(h http.HandlerFunc) http.Handler {
-	bearer := httpapi.RequireBearer(n.cfg.Token, h)
+	bearer := n.auth.Require(httpapi.ScopeInternal, h)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		raw := r.Header.Get(podapi.HeaderUserAssertion)
 		if raw == "" {
@@ -221,7 +221,7 @@ func (n *Node) dashboardAuth(h http.HandlerFunc) http.Handler {
 			httpapi.WriteError(w, http.StatusBadRequest, "%v", err)
 			return
 		}
-		a, err := podapi.VerifyAssertion(n.cfg.Token, raw, id, time.Now())
+		a, err := podapi.VerifyAssertion(n.cfg.InternalToken, raw, id, time.Now())
 		if err != nil {
 			n.metrics.dashboardAuth.WithLabelValues("bad_assertion").Inc()
 			httpapi.WriteError(w, http.StatusUnauthorized, "user assertion refused: %v", err)

@@ -4,11 +4,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/modbot/modbot/internal/httpapi"
 	"github.com/modbot/modbot/internal/httpmetrics"
 )
 
 type metrics struct {
 	httpLatency      *prometheus.HistogramVec
+	authRefusals     *prometheus.CounterVec
 	events           *prometheus.CounterVec
 	restErrors       *prometheus.CounterVec
 	dashboardAuth    *prometheus.CounterVec
@@ -41,7 +43,8 @@ type metrics struct {
 
 func newMetrics(reg *prometheus.Registry, n *Node) *metrics {
 	m := &metrics{
-		httpLatency: httpmetrics.NewHistogram(),
+		httpLatency:  httpmetrics.NewHistogram(),
+		authRefusals: httpapi.NewRefusalCounter("gateway"),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "modbot_gateway_events_total",
 			Help: "Events handled by this pod as owner, by type and outcome."}, []string{"type", "outcome"}),
 		dashboardAuth: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "modbot_gateway_dashboard_user_checks_total",
@@ -87,7 +90,7 @@ func newMetrics(reg *prometheus.Registry, n *Node) *metrics {
 		postsRetried: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_gateway_modlog_posts_retried_total",
 			Help: "Mod-log posts sent again because they were still owed (a failed post, or one its pod never acknowledged)."}),
 	}
-	reg.MustRegister(m.httpLatency, m.events, m.restErrors, m.dashboardAuth, m.processDuration, m.batchDuration, m.forwardDuration,
+	reg.MustRegister(m.httpLatency, m.authRefusals, m.events, m.restErrors, m.dashboardAuth, m.processDuration, m.batchDuration, m.forwardDuration,
 		m.dispatches, m.forwarded, m.forwardErrors, m.forwardRefused, m.deadLetters, m.eventRetries, m.resumeFailed, m.identifyRefused, m.handoffs, m.held, m.outboxDelivered, m.outboxGuilds, m.placed, m.checkpoints,
 		m.identifies, m.sessionErrors, m.heartbeatErrors, m.shardsHeld, m.migrationSteps, m.failoverRestores, m.posts, m.postsRetried,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "modbot_gateway_guilds_owned", Help: "Guilds this pod owns per its map."},

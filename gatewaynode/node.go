@@ -23,6 +23,7 @@ import (
 	"github.com/modbot/modbot/gatewaynode/discordgw"
 	"github.com/modbot/modbot/gatewaynode/guildstore"
 	"github.com/modbot/modbot/gatewaynode/restlimit"
+	"github.com/modbot/modbot/internal/httpapi"
 	"github.com/modbot/modbot/internal/podapi"
 )
 
@@ -34,7 +35,12 @@ type Config struct {
 	HTTPAddr   string   // internal API listen address
 	Advertise  string   // address peers and proxies dial (default: the listen address)
 	ConfigURLs []string // config nodes
-	Token      string   // API token (config nodes and peers)
+	// Token is the admin token (dead letters). InternalToken is what pods,
+	// proxies and config nodes send each other (this pod sends it to the
+	// config nodes and its peers; it keys the proxy's user assertions);
+	// ReadToken reads the status (and /metrics when set). Both default to
+	// Token.
+	Token, InternalToken, ReadToken string
 	// DiscordToken is the bot token; DiscordURL points at a fake Discord.
 	DiscordToken string
 	DiscordURL   string
@@ -80,6 +86,8 @@ func (c *Config) defaults() error {
 	case c.Token == "":
 		return errors.New("--token is required (MODBOT_TOKEN): peers and config nodes authenticate with it")
 	}
+	t := httpapi.Tokens{Admin: c.Token, Internal: c.InternalToken, Read: c.ReadToken}.WithDefaults()
+	c.InternalToken, c.ReadToken = t.Internal, t.Read
 	if c.Ordinal < 0 {
 		c.Ordinal = fsm.OrdinalFromID(c.ID)
 		if c.Ordinal < 0 {
@@ -137,6 +145,7 @@ func (c *Config) defaults() error {
 type Node struct {
 	cfg      Config
 	log      *slog.Logger
+	auth     *httpapi.Auth
 	store    *guildstore.Store
 	bot      *bot.Handler
 	watch    mapView      // the map (the Watcher, or a twin in unit tests)
@@ -227,6 +236,7 @@ func newNode(cfg Config, d deps) (*Node, error) {
 		n.discord = realDiscord{rest: n.rest, dialer: dialer}
 	}
 	n.metrics = newMetrics(d.reg, n)
+	n.auth = httpapi.NewAuth(httpapi.Tokens{Admin: cfg.Token, Internal: cfg.InternalToken, Read: cfg.ReadToken}, n.metrics.authRefusals)
 	n.outbox = newOutbox(n)
 	n.shards = newShardSet(n)
 	n.failover = newFailoverCopies(n)
@@ -241,7 +251,7 @@ func Start(cfg Config) (*Node, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
 	}
-	client, err := assignments.NewClient(cfg.ConfigURLs, cfg.Token)
+	client, err := assignments.NewClient(cfg.ConfigURLs, cfg.InternalToken)
 	if err != nil {
 		return nil, err
 	}
@@ -252,7 +262,7 @@ func Start(cfg Config) (*Node, error) {
 		MaxIdleConnsPerHost: 32,
 		IdleConnTimeout:     90 * time.Second,
 	}}
-	pods := podapi.Client{HTTP: pull, Token: cfg.Token}
+	pods := podapi.Client{HTTP: pull, Token: cfg.InternalToken}
 	n, err := newNode(cfg, deps{watch: watcher, client: configClient{client}, reg: reg,
 		peers: httpPeers{api: pods, timeout: cfg.ForwardTimeout}})
 	if err != nil {

@@ -61,7 +61,7 @@ func (r *runningMirror) stop() {
 func startMirror(t *testing.T, o Options) *runningMirror {
 	t.Helper()
 	if o.Token == "" {
-		o.Token = systest.Token
+		o.Token = systest.ReadToken
 	}
 	if o.Logger == nil {
 		o.Logger = testLogger()

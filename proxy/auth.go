@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -11,49 +10,6 @@ import (
 
 	"github.com/modbot/modbot/internal/httpapi"
 )
-
-// adminCredential checks "Authorization: Bearer <admin token>". It keeps
-// only the token's SHA-256 and compares digests in constant time, so neither
-// the content nor the length of the token leaks through timing.
-type adminCredential struct {
-	set    bool
-	digest [sha256.Size]byte
-}
-
-func newAdminCredential(token string) adminCredential {
-	if token == "" {
-		return adminCredential{}
-	}
-	return adminCredential{set: true, digest: sha256.Sum256([]byte(token))}
-}
-
-// dashboardAccess is what the proxy concluded about a request's credentials.
-type dashboardAccess int
-
-const (
-	accessAdmin      dashboardAccess = iota // carries the admin token
-	accessAnonymous                         // no Authorization header
-	accessWrongToken                        // some other credential
-)
-
-func (c adminCredential) check(r *http.Request) dashboardAccess {
-	vals := r.Header.Values("Authorization")
-	if len(vals) == 0 {
-		return accessAnonymous
-	}
-	if len(vals) > 1 || !c.set {
-		return accessWrongToken
-	}
-	scheme, tok, ok := strings.Cut(strings.TrimSpace(vals[0]), " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return accessWrongToken
-	}
-	got := sha256.Sum256([]byte(strings.TrimSpace(tok)))
-	if subtle.ConstantTimeCompare(got[:], c.digest[:]) != 1 {
-		return accessWrongToken
-	}
-	return accessAdmin
-}
 
 // wantsHTML tells a browser from a JSON client the way the gateway pod's
 // dashboard does: JSON when Accept names application/json, or does not
@@ -88,11 +44,11 @@ type dashboardCaller struct {
 // token. A user who is not in the guild gets 403 here. Anonymous browsers
 // are redirected to /login, anonymous JSON clients get 401.
 func (p *Proxy) authorizeDashboard(w http.ResponseWriter, r *http.Request, gid uint64) (dashboardCaller, bool) {
-	access := p.admin.check(r)
-	if access == accessAdmin {
+	scope, why := p.auth.ScopeOf(r)
+	if scope == httpapi.ScopeAdmin {
 		return dashboardCaller{admin: true}, true
 	}
-	if access == accessAnonymous {
+	if why == httpapi.RefusedMissing {
 		if s, ok := p.sessionOf(r); ok {
 			m, err := p.membershipOf(r.Context(), s, gid)
 			if err != nil {
@@ -122,13 +78,22 @@ func (p *Proxy) authorizeDashboard(w http.ResponseWriter, r *http.Request, gid u
 		p.refuseAnonymous(w, r, "anonymous")
 		return dashboardCaller{}, false
 	}
+	w.Header().Set("Cache-Control", "no-store")
+	if scope != 0 {
+		// The read token: good for /status and /metrics, not for a
+		// guild's data.
+		p.auth.Refuse(httpapi.ScopeAdmin, httpapi.RefusedScope)
+		p.m.dashboardRefusals.WithLabelValues("scope").Inc()
+		httpapi.WriteJSON(w, http.StatusForbidden, errorBody{Error: "the read token cannot read a dashboard: send the admin token, or sign in with Discord (/login)"})
+		return dashboardCaller{}, false
+	}
 	reason, msg := "wrong_token", "wrong credentials: only the admin token, as 'Authorization: Bearer TOKEN', or a Discord sign-in (/login) may read a dashboard"
-	if !p.admin.set {
+	if p.cfg.Token == "" {
 		reason, msg = "no_admin_token", "this proxy has no admin token configured (--token / MODBOT_TOKEN), so no bearer token may read a dashboard"
 	}
+	p.auth.Refuse(httpapi.ScopeAdmin, httpapi.RefusedWrong)
 	p.m.dashboardRefusals.WithLabelValues(reason).Inc()
 	w.Header().Set("WWW-Authenticate", `Bearer realm="modbot"`)
-	w.Header().Set("Cache-Control", "no-store")
 	httpapi.WriteJSON(w, http.StatusUnauthorized, errorBody{Error: msg})
 	return dashboardCaller{}, false
 }
@@ -154,7 +119,7 @@ func (p *Proxy) refuseAnonymous(w http.ResponseWriter, r *http.Request, reason s
 		return
 	}
 	msg := "this dashboard is private to the guild's moderators: sign in with Discord at /login, or send the admin token as 'Authorization: Bearer TOKEN'"
-	if !p.admin.set && !p.loginEnabled() {
+	if p.cfg.Token == "" && !p.loginEnabled() {
 		msg = "this proxy has no admin token configured (--token / MODBOT_TOKEN) and no Discord login, so no request may read a dashboard"
 	}
 	httpapi.WriteJSON(w, http.StatusUnauthorized, errorBody{Error: msg})

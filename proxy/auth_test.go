@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/modbot/modbot/fsm"
+	"github.com/modbot/modbot/internal/httpapi"
+	"github.com/modbot/modbot/internal/httpapi/httpapitest"
 )
 
 const browserAccept = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
@@ -279,4 +281,53 @@ func rawGet(t *testing.T, addr, target, token string) result {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	return result{status: resp.StatusCode, header: resp.Header, body: string(body)}
+}
+
+// TestTheReadTokenReadsStatusAndMetricsButNeverADashboard: with a read
+// token of its own, /status and /metrics take it, /metrics refuses a
+// request without it, and a dashboard refuses it with 403 without
+// reaching the pod; each refusal is counted in
+// modbot_proxy_auth_refusals_total.
+func TestTheReadTokenReadsStatusAndMetricsButNeverADashboard(t *testing.T) {
+	const readToken = "test-read-token"
+	e := newEnv(t, func(c *Config) { c.ReadToken = readToken })
+	b := newBackend(t, "gateway-0", nil)
+	e.m.addPod("gateway-0", 0, b.addr(), fsm.PodActive)
+	e.m.place(42, "gateway-0", fsm.GuildActive)
+
+	send := func(path, token string) int {
+		req, err := http.NewRequest(http.MethodGet, e.url+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Accept", "application/json")
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		return doNoRedirect(t, req).status
+	}
+	for _, c := range []struct {
+		path, token string
+		status      int
+	}{
+		{"/metrics", "", http.StatusUnauthorized},
+		{"/metrics", testInternalToken, http.StatusUnauthorized},
+		{"/metrics", readToken, http.StatusOK},
+		{"/metrics", testAdminToken, http.StatusOK},
+		{"/status", readToken, http.StatusOK},
+		{"/status", testInternalToken, http.StatusUnauthorized},
+		{"/guild/42/dashboard", readToken, http.StatusForbidden},
+	} {
+		if got := send(c.path, c.token); got != c.status {
+			t.Errorf("GET %s with %q: %d, want %d", c.path, c.token, got, c.status)
+		}
+	}
+	if n := b.count.Load(); n != 0 {
+		t.Fatalf("%d requests reached the pod; the read token must never", n)
+	}
+	httpapitest.AssertCounted(t, e.p.m.authRefusals, map[httpapitest.Refusal]int{
+		{Scope: "read", Reason: httpapi.RefusedMissing}: 1,
+		{Scope: "read", Reason: httpapi.RefusedWrong}:   2,
+		{Scope: "admin", Reason: httpapi.RefusedScope}:  1,
+	})
 }

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/modbot/modbot/internal/httpapi"
 	"github.com/modbot/modbot/internal/httpmetrics"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -15,6 +16,7 @@ import (
 type metrics struct {
 	reg          *prometheus.Registry
 	httpLatency  *prometheus.HistogramVec
+	authRefusals *prometheus.CounterVec
 	forwardErrs  *prometheus.CounterVec
 	holds        *prometheus.CounterVec
 	holdTime     prometheus.Histogram
@@ -35,8 +37,9 @@ func newMetrics(reg *prometheus.Registry, m Map, replay *replayCache) *metrics {
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	x := &metrics{
-		reg:         reg,
-		httpLatency: httpmetrics.NewHistogram(),
+		reg:          reg,
+		httpLatency:  httpmetrics.NewHistogram(),
+		authRefusals: httpapi.NewRefusalCounter("proxy"),
 		forwardErrs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "modbot_proxy_forward_errors_total",
 			Help: "Requests the owner pod did not answer: refused (connection failed), timeout, pod_down (marked down in the map), no_pod, misdirected (421 after the retry).",
@@ -88,7 +91,7 @@ func newMetrics(reg *prometheus.Registry, m Map, replay *replayCache) *metrics {
 	rev := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "modbot_proxy_map_revision", Help: "Revision of the assignment map the proxy routes by.",
 	}, func() float64 { return float64(m.Revision()) })
-	reg.MustRegister(x.httpLatency, x.forwardErrs, x.holds, x.holdTime, x.deferred, x.sigFailures, x.misdirected, x.interactions,
+	reg.MustRegister(x.httpLatency, x.authRefusals, x.forwardErrs, x.holds, x.holdTime, x.deferred, x.sigFailures, x.misdirected, x.interactions,
 		x.dashboardRefusals, x.unsafePaths, x.logins, x.sessionRefusals, replayEntries, replayEvictions, rev)
 	return x
 }

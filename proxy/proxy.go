@@ -75,6 +75,9 @@ type Config struct {
 	// pods' internal API (proxy→pod; it is never accepted from a client).
 	// Default: Token, so a one-token setup such as dev keeps working.
 	InternalToken string
+	// ReadToken (--read-token) reads /status, and /metrics when set; it
+	// never reads a dashboard. Default: Token.
+	ReadToken string
 	// OAuth turns on "log in with Discord" (/login, /callback, /logout)
 	// when OAuth.ClientID is set; SessionKey is then required.
 	OAuth OAuthConfig
@@ -205,7 +208,7 @@ type Proxy struct {
 	tr      http.RoundTripper
 	handler http.Handler
 	replay  *replayCache
-	admin   adminCredential
+	auth    *httpapi.Auth
 	seal    *sealer // nil: no Discord login
 	discord *http.Client
 	members memberCache
@@ -246,8 +249,10 @@ func New(cfg Config) (*Proxy, error) {
 	p := &Proxy{cfg: cfg, log: cfg.Logger, readyCh: make(chan struct{})}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.replay = newReplayCache(cfg.ReplayCacheSize)
-	p.admin = newAdminCredential(cfg.Token)
 	p.m = newMetrics(cfg.Registry, cfg.Map, p.replay)
+	// The internal token is what the proxy sends, never what it accepts:
+	// it is left out, so a client sending it is refused as unknown.
+	p.auth = httpapi.NewAuth(httpapi.Tokens{Admin: cfg.Token, Internal: cfg.Token, Read: cfg.ReadToken}, p.m.authRefusals)
 	p.discord = &http.Client{Timeout: 10 * time.Second}
 	if cfg.OAuth.ClientID != "" {
 		if len(cfg.SessionKey) == 0 {
@@ -397,7 +402,7 @@ func (p *Proxy) routes() http.Handler {
 		httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	}))).Methods(http.MethodGet, http.MethodHead)
 	r.Handle("/readyz", p.instrument("/readyz", http.HandlerFunc(p.handleReady))).Methods(http.MethodGet, http.MethodHead)
-	r.Handle("/metrics", promhttp.HandlerFor(p.m.reg, promhttp.HandlerOpts{})).Methods(http.MethodGet)
+	r.Handle("/metrics", p.auth.Metrics(promhttp.HandlerFor(p.m.reg, promhttp.HandlerOpts{}))).Methods(http.MethodGet)
 	r.Handle("/webhooks/discord", p.instrument("/webhooks/discord", http.HandlerFunc(p.handleInteraction))).Methods(http.MethodPost)
 	r.Handle("/", p.instrument("/", http.HandlerFunc(p.handleHome))).Methods(http.MethodGet)
 	r.Handle("/login", p.instrument("/login", http.HandlerFunc(p.handleLogin))).Methods(http.MethodGet)

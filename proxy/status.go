@@ -307,14 +307,16 @@ func (p *Proxy) renderStatusBody(ctx context.Context) (template.HTML, error) {
 	return template.HTML(b.String()), nil //nolint:gosec // rendered by html/template
 }
 
-// authorizeOperator lets the admin token or a signed-in operator through.
+// authorizeOperator lets the admin or read token, or a signed-in
+// operator, through.
 func (p *Proxy) authorizeOperator(w http.ResponseWriter, r *http.Request) bool {
-	switch p.admin.check(r) {
-	case accessAdmin:
+	switch scope, why := p.auth.ScopeOf(r); {
+	case scope >= httpapi.ScopeRead:
 		return true
-	case accessWrongToken:
+	case why == httpapi.RefusedWrong:
+		p.auth.Refuse(httpapi.ScopeRead, why)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="modbot"`)
-		httpapi.WriteError(w, http.StatusUnauthorized, "wrong credentials: /status takes the admin token or a signed-in operator")
+		httpapi.WriteError(w, http.StatusUnauthorized, "wrong credentials: /status takes the admin or read token, or a signed-in operator")
 		return false
 	}
 	s, ok := p.sessionOf(r)

@@ -42,7 +42,7 @@ func StartCluster(ctx context.Context, dir string, size int, tweak func(*confign
 			cfg := confignode.Config{
 				ID: fmt.Sprintf("config-%d", i), DataDir: filepath.Join(dir, fmt.Sprintf("config-%d", i)),
 				RaftAddr: "127.0.0.1:" + strconv.Itoa(rp), HTTPAddr: "127.0.0.1:" + strconv.Itoa(hp),
-				Token: Token, Shards: 16, PodTimeout: time.Hour, Logger: quiet,
+				Token: Token, InternalToken: InternalToken, ReadToken: ReadToken, Shards: 16, PodTimeout: time.Hour, Logger: quiet,
 			}
 			if i == 0 {
 				cfg.Bootstrap = true

@@ -52,7 +52,7 @@ func (s *System) StartProxy(ctx context.Context) (*Proxy, error) {
 		<-watchDone
 	}
 	var err error
-	cfg := proxy.Config{Map: w, PublicKey: s.Discord.PublicKey(), Token: Token, Logger: s.opts.Logger,
+	cfg := proxy.Config{Map: w, PublicKey: s.Discord.PublicKey(), Token: Token, InternalToken: InternalToken, ReadToken: ReadToken, Logger: s.opts.Logger,
 		OAuth: proxy.OAuthConfig{ClientID: s.Discord.Config().ApplicationID, ClientSecret: s.Discord.Config().ClientSecret,
 			AuthorizeURL: s.DiscordURL + "/oauth2/authorize", APIURL: s.DiscordURL + "/api/v10"},
 		SessionKey: SessionKey, Operators: []uint64{fakediscord.SeedModeratorID},

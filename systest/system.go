@@ -116,7 +116,7 @@ func (s *System) gatewayConfig(i int, addr string) gatewaynode.Config {
 	id := fmt.Sprintf("gateway-%d", i)
 	cfg := gatewaynode.Config{
 		ID: id, Ordinal: -1, DataDir: filepath.Join(s.Dir, id),
-		HTTPAddr: addr, ConfigURLs: s.Cluster.URLs(), Token: Token,
+		HTTPAddr: addr, ConfigURLs: s.Cluster.URLs(), Token: Token, InternalToken: InternalToken, ReadToken: ReadToken,
 		DiscordToken: discordToken, DiscordURL: s.DiscordURL,
 		HeartbeatInterval: 200 * time.Millisecond, CheckpointInterval: 200 * time.Millisecond,
 		HandoffTimeout: 10 * time.Second, Logger: s.opts.Logger.With("pod", id),

@@ -11,8 +11,15 @@ import (
 	"time"
 )
 
-// Token is the bearer token of every cluster and pod the harness starts.
-const Token = "bench-token"
+// Token is the admin token of every cluster, pod and proxy the harness
+// starts; the components talk to each other with InternalToken, and
+// ReadToken reads status, metrics and the map. Three tokens, so a
+// component that sends the wrong one is refused in every test.
+const (
+	Token         = "bench-token"
+	InternalToken = "bench-internal-token"
+	ReadToken     = "bench-read-token"
+)
 
 // discordToken is the bot token the fake Discord accepts.
 const discordToken = "fake-token"

@@ -12,7 +12,7 @@ import (
 
 func runConfigNode(args []string) error {
 	fs := flag.NewFlagSet("config-node", flag.ContinueOnError)
-	cli.Usage(fs, "modbot config-node --id config-0 --data-dir DIR --raft-addr HOST:PORT --http-addr HOST:PORT [--bootstrap [--shards N]] [--join URL,…] [--pg-url postgres://…] [--token T]")
+	cli.Usage(fs, "modbot config-node --id config-0 --data-dir DIR --raft-addr HOST:PORT --http-addr HOST:PORT [--bootstrap [--shards N]] [--join URL,…] [--pg-url postgres://…] [--token T [--internal-token T] [--read-token T]]")
 	var c confignode.Config
 	var join string
 	fs.StringVar(&c.ID, "id", "", "node id, stable across restarts (e.g. the StatefulSet hostname config-0)")
@@ -23,7 +23,7 @@ func runConfigNode(args []string) error {
 	bootstrapID := fs.String("bootstrap-id", "", "bootstrap (as --bootstrap) only when --id is this id, e.g. config-0: one StatefulSet spec for every node, the others --join")
 	fs.IntVar(&c.Shards, "shards", 4, "Discord shard count, set when bootstrapping")
 	fs.StringVar(&join, "join", "", "comma-separated config node URLs to join through (retried until one accepts)")
-	fs.StringVar(&c.Token, "token", "", "API bearer token")
+	cli.TokenFlags(fs, &c.Token, &c.InternalToken, &c.ReadToken)
 	fs.BoolVar(&c.NoAuth, "insecure-no-auth", false, "serve the API without authentication (never in production)")
 	pgURL := fs.String("pg-url", "", "PostgreSQL URL of the reporting mirror (postgres://USER:PASSWORD@HOST:PORT/DB): this node runs a mirror; one mirror per database writes")
 	fs.DurationVar(&c.PodTimeout, "pod-timeout", 0, "mark a pod down after this long without a heartbeat (default 10s)")
@@ -72,7 +72,7 @@ func startMirror(ctx context.Context, n *confignode.Node, c confignode.Config, p
 		return done
 	}
 	m, err := pgmirror.New(pgmirror.Options{
-		ConfigURLs: append([]string{n.URL()}, c.Join...), Token: c.Token, PGURL: pgURL,
+		ConfigURLs: append([]string{n.URL()}, c.Join...), Token: c.Tokens().Read, PGURL: pgURL,
 		Name: c.ID, Logger: c.Logger, Registerer: n.Registry(),
 	})
 	if err != nil {

@@ -10,7 +10,7 @@ import (
 
 func runGateway(args []string) error {
 	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
-	cli.Usage(fs, "modbot gateway --id gateway-0 --data-dir DIR --http-addr HOST:PORT --config URL,… [--discord-token T] [--discord-url URL] [--token T]")
+	cli.Usage(fs, "modbot gateway --id gateway-0 --data-dir DIR --http-addr HOST:PORT --config URL,… [--discord-token T] [--discord-url URL] [--token T [--internal-token T] [--read-token T]]")
 	var c gatewaynode.Config
 	var config string
 	fs.StringVar(&c.ID, "id", "", "pod id with its ordinal, e.g. gateway-1 (the StatefulSet hostname)")
@@ -19,7 +19,7 @@ func runGateway(args []string) error {
 	fs.StringVar(&c.HTTPAddr, "http-addr", "127.0.0.1:9000", "internal API address")
 	fs.StringVar(&c.Advertise, "advertise-addr", "", "address peers and proxies dial (default: --http-addr)")
 	fs.StringVar(&config, "config", "", "config node URLs, comma-separated")
-	fs.StringVar(&c.Token, "token", "", "API token shared with the config nodes and peers")
+	cli.TokenFlags(fs, &c.Token, &c.InternalToken, &c.ReadToken)
 	fs.StringVar(&c.DiscordToken, "discord-token", "", "Discord bot token")
 	fs.StringVar(&c.DiscordURL, "discord-url", "", "base URL of a fake Discord (default: real Discord)")
 	fs.Float64Var(&c.DiscordGlobalLimit, "discord-global-limit", 50, "the bot token's global REST limit (requests/s), shared by every gateway pod in the map")

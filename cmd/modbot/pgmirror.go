@@ -25,7 +25,7 @@ func runPgMirror(args []string) error {
 	cli.Usage(fs, "modbot pgmirror --config http://HOST:PORT[,…] --pg-url postgres://USER:PASSWORD@HOST:PORT/DB [--token T] [--metrics-addr 127.0.0.1:9464]")
 	configURLs := fs.String("config", "", "comma-separated config node URLs to follow")
 	pgURL := fs.String("pg-url", "", "PostgreSQL URL of the mirror (postgres://USER:PASSWORD@HOST:PORT/DB)")
-	token := fs.String("token", "", "bearer token for the config nodes' watch and snapshot")
+	token := fs.String("token", "", "bearer token for the config nodes' watch and snapshot (the read token is enough)")
 	metricsAddr := fs.String("metrics-addr", "", "serve /metrics on this address (empty: none)")
 	name := fs.String("name", "pgmirror", "this mirror's name in logs")
 	if err := cli.Parse(fs, args); err != nil {

@@ -21,13 +21,12 @@ import (
 
 func runProxy(args []string) error {
 	fs := flag.NewFlagSet("proxy", flag.ContinueOnError)
-	cli.Usage(fs, "modbot proxy --http-addr 127.0.0.1:8080 --config http://HOST:PORT[,…] --discord-public-key HEX [--token T] [--internal-token T] [--webhook-max-skew 5m] [--discord-client-id ID --discord-client-secret S --session-key HEX --public-url URL [--secure-cookies] [--operators ID,…]]")
+	cli.Usage(fs, "modbot proxy --http-addr 127.0.0.1:8080 --config http://HOST:PORT[,…] --discord-public-key HEX [--token T] [--internal-token T] [--read-token T] [--webhook-max-skew 5m] [--discord-client-id ID --discord-client-secret S --session-key HEX --public-url URL [--secure-cookies] [--operators ID,…]]")
 	var c proxy.Config
 	addr := fs.String("http-addr", "127.0.0.1:8080", "listen address host:port (Discord webhooks, dashboards, health, metrics)")
 	configURLs := fs.String("config", "", "comma-separated config node URLs to watch the guild → pod map from")
 	keyHex := fs.String("discord-public-key", "", "the application's Ed25519 public key (hex, from the Discord developer portal)")
-	fs.StringVar(&c.Token, "token", "", "the admin token: reads any /guild/{id}/… dashboard and /status (Authorization: Bearer …); also the internal token unless --internal-token is set")
-	fs.StringVar(&c.InternalToken, "internal-token", "", "bearer token the proxy sends to the gateway pods' internal API and the config nodes' watch (default: --token)")
+	cli.TokenFlags(fs, &c.Token, &c.InternalToken, &c.ReadToken)
 	fs.DurationVar(&c.WebhookMaxSkew, "webhook-max-skew", 5*time.Minute, "refuse (401) a signed interaction whose X-Signature-Timestamp is further than this from this host's clock, either way")
 	fs.IntVar(&c.ReplayCacheSize, "webhook-replay-cache-size", 100_000, "accepted interaction signatures remembered (per replica) to refuse replays within the window")
 	fs.DurationVar(&c.InteractionBudget, "interaction-budget", 2500*time.Millisecond, "time to wait for the owner's interaction answer before answering Discord with a deferred response (Discord allows 3s)")

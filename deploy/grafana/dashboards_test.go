@@ -231,7 +231,7 @@ func TestEveryPanelGivesTheNumbersTheHistoryMust(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	m, err := pgmirror.New(pgmirror.Options{ConfigURLs: c.URLs(), Token: systest.Token, PGURL: url, Logger: quiet(), LockRetry: 50 * time.Millisecond})
+	m, err := pgmirror.New(pgmirror.Options{ConfigURLs: c.URLs(), Token: systest.ReadToken, PGURL: url, Logger: quiet(), LockRetry: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

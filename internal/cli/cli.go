@@ -92,3 +92,13 @@ func SplitList(s string) []string {
 	}
 	return out
 }
+
+// TokenFlags declares the three bearer-token flags (DESIGN §4): --token,
+// the admin token (modbotctl); --internal-token, what the components send
+// each other; --read-token, status and metrics. Unset scoped tokens are
+// the admin token (httpapi.Tokens.WithDefaults).
+func TokenFlags(fs *flag.FlagSet, admin, internal, read *string) {
+	fs.StringVar(admin, "token", "", "the admin token (modbotctl and the admin routes: join, move, drain, rebalance, dead letters); also the internal and read token unless those are set")
+	fs.StringVar(internal, "internal-token", "", "the internal token: what gateway pods, proxies and config nodes send each other (default: --token)")
+	fs.StringVar(read, "read-token", "", "the read-only token: status, the map's reads and watch; when set, /metrics requires it too (default: --token)")
+}

@@ -6,7 +6,6 @@
 package httpapi
 
 import (
-	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -36,23 +35,4 @@ func WriteError(w http.ResponseWriter, status int, format string, args ...any) {
 	WriteJSON(w, status, struct {
 		Error string `json:"error"`
 	}{fmt.Sprintf(format, args...)})
-}
-
-// RequireBearer lets a request through only with "Authorization: Bearer
-// token", compared in constant time; others get 401 saying what was wrong.
-func RequireBearer(token string, next http.Handler) http.Handler {
-	want := []byte("Bearer " + token)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) == 1 {
-			next.ServeHTTP(w, r)
-			return
-		}
-		w.Header().Set("WWW-Authenticate", `Bearer realm="modbot"`)
-		if len(got) == 0 {
-			WriteError(w, http.StatusUnauthorized, "missing bearer token: send 'Authorization: Bearer <token>' (MODBOT_TOKEN; modbotctl also reads --token or .modbot-dev/token)")
-			return
-		}
-		WriteError(w, http.StatusUnauthorized, "wrong bearer token")
-	})
 }
