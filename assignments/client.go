@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/modbot/modbot/internal/tlsconfig"
 )
 
 // Client talks to the config nodes' admin API. It sends each request to the
@@ -62,6 +64,24 @@ func NewClient(urls []string, token string) (*Client, error) {
 		IdleConnTimeout:     90 * time.Second,
 	}
 	return &Client{urls: clean, token: token, http: &http.Client{Transport: tr}}, nil
+}
+
+// UseTLS makes the client verify the config nodes with r and present its
+// certificate (mTLS); the URLs must be https. A nil r changes nothing.
+func (c *Client) UseTLS(r *tlsconfig.Reloader) *Client {
+	if r != nil {
+		c.http.Transport = r.Transport(c.http.Transport.(*http.Transport))
+	}
+	return c
+}
+
+// scheme is the configured URLs' scheme ("http" or "https"): what the
+// config nodes learnt from the map are dialled with.
+func (c *Client) scheme() string {
+	if u, err := url.Parse(c.urls[0]); err == nil && u.Scheme != "" {
+		return u.Scheme
+	}
+	return "http"
 }
 
 // URLs returns the configured base URLs.

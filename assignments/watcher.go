@@ -604,7 +604,7 @@ func (w *Watcher) endpoints() []string {
 		if c.HTTPAddr == "" {
 			continue
 		}
-		u := "http://" + c.HTTPAddr
+		u := w.c.scheme() + "://" + c.HTTPAddr
 		if !seen[u] {
 			seen[u] = true
 			out = append(out, u)

@@ -52,7 +52,7 @@ func (n *Node) forward(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, n.cfg.MaxBodyBytes)
-	out, err := http.NewRequestWithContext(r.Context(), r.Method, "http://"+addr+r.URL.RequestURI(), r.Body)
+	out, err := http.NewRequestWithContext(r.Context(), r.Method, n.cfg.TLS.Scheme()+"://"+addr+r.URL.RequestURI(), r.Body)
 	if err != nil {
 		n.fail(w, r, err)
 		return

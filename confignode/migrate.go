@@ -406,7 +406,7 @@ func (m *mover) podAddr(id string) (string, bool) {
 
 // api is the pods' internal API, as this config node calls it.
 func (m *mover) api() podapi.Client {
-	return podapi.Client{HTTP: m.n.pods, Token: m.n.cfg.Tokens().Internal, Caller: m.n.cfg.ID}
+	return podapi.Client{HTTP: m.n.pods, Token: m.n.cfg.Tokens().Internal, Caller: m.n.cfg.ID, Scheme: m.n.cfg.TLS.Scheme()}
 }
 
 // orphanReason is the abort reason of a move no task of the leader runs.

@@ -2,6 +2,7 @@ package confignode
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +23,7 @@ import (
 	"github.com/modbot/modbot/assignments"
 	"github.com/modbot/modbot/fsm"
 	"github.com/modbot/modbot/internal/httpapi"
+	"github.com/modbot/modbot/internal/tlsconfig"
 )
 
 // Config configures one config node.
@@ -39,6 +41,13 @@ type Config struct {
 	Token, InternalToken, ReadToken string
 	// NoAuth must be set explicitly to run without a token.
 	NoAuth bool
+	// TLS, when set, is the TLS of the API, of the Raft transport and of
+	// every call this node makes (peers, pods): internal/tlsconfig.
+	TLS *tlsconfig.Reloader
+	// PeerTLSName is the name another config node's certificate must carry,
+	// on Raft and on forwarded requests (default: the host of the address
+	// dialled, an IP address: Raft and the map record IPs).
+	PeerTLSName string
 
 	// PodTimeout: a pod not heard from for this long is marked down.
 	PodTimeout time.Duration
@@ -235,10 +244,10 @@ func Start(cfg Config) (*Node, error) {
 	cfg.setDefaults()
 	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.ID)}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
-	n.peers = &http.Client{Timeout: cfg.WriteTimeout + 2*time.Second, Transport: &http.Transport{
+	n.peers = &http.Client{Timeout: cfg.WriteTimeout + 2*time.Second, Transport: cfg.TLS.TransportNamed(&http.Transport{
 		DialContext:         (&net.Dialer{Timeout: time.Second}).DialContext,
 		MaxIdleConnsPerHost: 32,
-	}}
+	}, cfg.PeerTLSName)}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
@@ -254,10 +263,10 @@ func Start(cfg Config) (*Node, error) {
 	n.identify = newIdentifyQueue(cfg.IdentifyInterval)
 	n.budget = newIdentifyBudget(cfg.IdentifyDailyLimit, cfg.IdentifyReserve)
 	n.mover = newMover(n)
-	n.pods = &http.Client{Transport: &http.Transport{
+	n.pods = &http.Client{Transport: cfg.TLS.Transport(&http.Transport{
 		DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
 		MaxIdleConnsPerHost: 16,
-	}}
+	})}
 
 	if err := n.startRaft(); err != nil {
 		n.closeRaft()
@@ -268,10 +277,13 @@ func Start(cfg Config) (*Node, error) {
 		n.closeRaft()
 		return nil, fmt.Errorf("listen on %s for the API: %w", cfg.HTTPAddr, err)
 	}
+	if cfg.TLS != nil {
+		ln = tls.NewListener(ln, cfg.TLS.HTTPServerConfig())
+	}
 	n.httpLn = ln
-	n.httpURL = "http://" + ln.Addr().String()
+	n.httpURL = cfg.TLS.Scheme() + "://" + ln.Addr().String()
 	n.httpSrv = &http.Server{
-		Handler:           n.routes(),
+		Handler:           cfg.TLS.RequireClientCert(n.routes(), "/healthz", "/readyz"),
 		ReadHeaderTimeout: 5 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 	}
@@ -325,7 +337,7 @@ func (n *Node) startRaft() error {
 	if adv.IP == nil || adv.IP.IsUnspecified() {
 		return fmt.Errorf("raft addr %s: an unspecified address is not advertisable: give the address peers dial", cfg.RaftAddr)
 	}
-	if n.stream, err = newRaftStream(cfg.RaftAddr, adv); err != nil {
+	if n.stream, err = newRaftStream(cfg.RaftAddr, adv, cfg.TLS, cfg.PeerTLSName); err != nil {
 		return fmt.Errorf("listen on %s for raft: %w", cfg.RaftAddr, err)
 	}
 	n.trans = raft.NewNetworkTransportWithLogger(n.stream, 5, 5*time.Second, rc.Logger)
@@ -446,6 +458,9 @@ func (n *Node) lead(t *term) {
 func (n *Node) joinLoop() {
 	req := assignments.JoinRequest{ID: n.cfg.ID, RaftAddr: string(n.trans.LocalAddr()), HTTPAddr: n.httpLn.Addr().String()}
 	client, err := assignments.NewClient(n.cfg.Join, n.cfg.Token)
+	if err == nil {
+		client.UseTLS(n.cfg.TLS)
+	}
 	if err != nil {
 		n.log.Error("join", "err", err)
 		return

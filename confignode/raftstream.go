@@ -1,11 +1,15 @@
 package confignode
 
 import (
+	"crypto/tls"
+	"fmt"
 	"net"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/modbot/modbot/internal/tlsconfig"
 )
 
 // raftStream is the Raft transport's TCP stream layer, which remembers every
@@ -18,20 +22,27 @@ import (
 // CI). Closing the connections fails that send, the goroutine ends, and the
 // shutdown completes. The invariant: Close and Kill return, whatever the
 // peers do.
+//
+// With TLS (tls non-nil) every connection is TLS both ways: a peer's
+// certificate is verified against the CA and must name tlsName (default the
+// host dialled), and with client auth on, an accepting node verifies the
+// dialler's.
 type raftStream struct {
 	net.Listener
 	advertise net.Addr
+	tls       *tlsconfig.Reloader
+	tlsName   string
 
 	mu    sync.Mutex
 	conns map[*trackedConn]struct{}
 }
 
-func newRaftStream(bind string, advertise net.Addr) (*raftStream, error) {
+func newRaftStream(bind string, advertise net.Addr, tlsr *tlsconfig.Reloader, tlsName string) (*raftStream, error) {
 	l, err := net.Listen("tcp", bind)
 	if err != nil {
 		return nil, err
 	}
-	return &raftStream{Listener: l, advertise: advertise, conns: map[*trackedConn]struct{}{}}, nil
+	return &raftStream{Listener: l, advertise: advertise, tls: tlsr, tlsName: tlsName, conns: map[*trackedConn]struct{}{}}, nil
 }
 
 // Addr is the address peers dial (the advertised one).
@@ -47,6 +58,20 @@ func (s *raftStream) Dial(addr raft.ServerAddress, timeout time.Duration) (net.C
 	if err != nil {
 		return nil, err
 	}
+	if s.tls != nil {
+		cfg := s.tls.ClientConfigFor(string(addr))
+		if s.tlsName != "" {
+			cfg = s.tls.ClientConfigFor(s.tlsName)
+		}
+		tc := tls.Client(c, cfg)
+		_ = tc.SetDeadline(time.Now().Add(timeout))
+		if err := tc.Handshake(); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("raft TLS handshake with %s: %w", addr, err)
+		}
+		_ = tc.SetDeadline(time.Time{})
+		c = tc
+	}
 	return s.track(c), nil
 }
 
@@ -54,6 +79,11 @@ func (s *raftStream) Accept() (net.Conn, error) {
 	c, err := s.Listener.Accept()
 	if err != nil {
 		return nil, err
+	}
+	if s.tls != nil {
+		// The handshake runs on the connection's first read, in raft's
+		// per-connection goroutine, so a slow client stalls only itself.
+		c = tls.Server(c, s.tls.ServerConfig())
 	}
 	return s.track(c), nil
 }

@@ -72,7 +72,7 @@ func TestFailoverServesADeadPodsGuildsFromItsReplica(t *testing.T) {
 	dir := t.TempDir()
 	replica := func(pod string) string { return "file://" + filepath.Join(dir, "replicas", pod) }
 	const grace = 2 * time.Second
-	sys, err := systest.StartSystem(context.Background(), dir, systest.SystemOptions{Shards: 4, Logger: quiet(),
+	sys, err := systest.StartSystem(context.Background(), dir, systest.SystemOptions{Shards: 4, Logger: quiet(), TLS: true,
 		TweakConfig: func(c *confignode.Config) {
 			c.FailoverReplica = "file://" + filepath.Join(dir, "replicas", "{pod}")
 			c.FailoverGrace = grace

@@ -38,6 +38,7 @@ func wronglyDownCase(t *testing.T, failover bool) {
 	var target atomic.Value // the real config node's URL
 	var failWrites atomic.Bool
 	var failedBeats atomic.Int64
+	var backend atomic.Value // *http.Transport to the config node
 	faulty := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if failWrites.Load() && r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/heartbeat") {
 			failedBeats.Add(1)
@@ -49,11 +50,16 @@ func wronglyDownCase(t *testing.T, failover bool) {
 		u, _ := url.Parse(target.Load().(string))
 		rp := httputil.NewSingleHostReverseProxy(u)
 		rp.FlushInterval = -1
+		// The fault injector is plain HTTP to the pod and TLS (mTLS) to the
+		// config node behind it.
+		if tr, ok := backend.Load().(*http.Transport); ok {
+			rp.Transport = tr
+		}
 		rp.ServeHTTP(w, r)
 	}))
 	t.Cleanup(func() { faulty.CloseClientConnections(); faulty.Close() }) // runs after sys.Close
 
-	sys, err := systest.StartSystem(context.Background(), t.TempDir(), systest.SystemOptions{Shards: 2, Logger: quiet(),
+	sys, err := systest.StartSystem(context.Background(), t.TempDir(), systest.SystemOptions{Shards: 2, Logger: quiet(), TLS: true,
 		TweakGateway: func(c *gatewaynode.Config) {
 			if c.ID == "gateway-0" {
 				if failover {
@@ -68,6 +74,7 @@ func wronglyDownCase(t *testing.T, failover bool) {
 	}
 	t.Cleanup(sys.Close)
 	s := &system{t: t, System: sys}
+	backend.Store(s.TLS.Transport(nil))
 	target.Store(s.Cluster.URLs()[0])
 	s.Discord.Seed(6)
 	s.addGateway()

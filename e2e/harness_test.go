@@ -37,7 +37,7 @@ func quiet() *slog.Logger {
 // count; gateways are added with addGateway.
 func newSystem(t *testing.T, shards int) *system {
 	t.Helper()
-	sys, err := systest.StartSystem(context.Background(), t.TempDir(), systest.SystemOptions{Shards: shards, Logger: quiet()})
+	sys, err := systest.StartSystem(context.Background(), t.TempDir(), systest.SystemOptions{Shards: shards, Logger: quiet(), TLS: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -164,9 +164,9 @@ func TestDashboardAuthorizationIsDecidedByTheOwnerPod(t *testing.T) {
 	expired, _ := podapi.SignAssertion(token, podapi.UserAssertion{UserID: 1, GuildID: gs[0].ID,
 		Permissions: podapi.PermAdministrator, Expires: time.Now().Add(-time.Minute).Unix()})
 	for name, a := range map[string]string{"forged": forged, "another guild's": other, "expired": expired} {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s/guild/%d/dashboard", pod.Addr, gs[0].ID), nil)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/guild/%d/dashboard", s.URL(pod.Addr), gs[0].ID), nil)
 		req.Header.Set(podapi.HeaderUserAssertion, a)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := s.HTTP.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -402,7 +402,7 @@ func TestMoveUnderTrafficLosesNothing(t *testing.T) {
 	go func() { defer close(wdone); _ = w.Run(wctx) }()
 	t.Cleanup(func() { stopWatcher(); <-wdone })
 	pub, _, _ := ed25519.GenerateKey(nil)
-	p, err := proxy.New(proxy.Config{Map: w, PublicKey: pub, Token: token, Logger: quiet()})
+	p, err := proxy.New(proxy.Config{Map: w, PublicKey: pub, Token: token, TLS: s.TLS, Logger: quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -103,7 +103,7 @@ func (c *commitRecorder) check(t *testing.T, sent []uint64) (inversions, dups in
 // scenario here.
 func twoGateways(t *testing.T, tweak func(*gatewaynode.Config)) (*system, *dbs) {
 	t.Helper()
-	sys, err := systest.StartSystem(context.Background(), t.TempDir(), systest.SystemOptions{Shards: 2, Logger: quiet(), TweakGateway: tweak})
+	sys, err := systest.StartSystem(context.Background(), t.TempDir(), systest.SystemOptions{Shards: 2, Logger: quiet(), TLS: true, TweakGateway: tweak})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -98,5 +98,8 @@ func newMetrics(reg *prometheus.Registry, n *Node) *metrics {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "modbot_gateway_modlog_posts_queued", Help: "Mod-log posts waiting for their channel's rate limit or being sent."},
 			func() float64 { return float64(n.postQueue.queued()) }),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if c := n.cfg.TLS.Collector("gateway"); c != nil {
+		reg.MustRegister(c)
+	}
 	return m
 }

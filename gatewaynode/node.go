@@ -2,6 +2,7 @@ package gatewaynode
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,6 +26,7 @@ import (
 	"github.com/modbot/modbot/gatewaynode/restlimit"
 	"github.com/modbot/modbot/internal/httpapi"
 	"github.com/modbot/modbot/internal/podapi"
+	"github.com/modbot/modbot/internal/tlsconfig"
 )
 
 // Config configures a gateway pod.
@@ -41,6 +43,10 @@ type Config struct {
 	// ReadToken reads the status (and /metrics when set). Both default to
 	// Token.
 	Token, InternalToken, ReadToken string
+	// TLS, when set, is the TLS of the internal API and of every call this
+	// pod makes to config nodes and peers (internal/tlsconfig); the config
+	// URLs are then https.
+	TLS *tlsconfig.Reloader
 	// DiscordToken is the bot token; DiscordURL points at a fake Discord.
 	DiscordToken string
 	DiscordURL   string
@@ -255,14 +261,15 @@ func Start(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	client.UseTLS(cfg.TLS)
 	reg := prometheus.NewRegistry()
 	watcher := assignments.NewWatcher(client, assignments.WatcherOptions{Logger: cfg.Logger.With("pod", cfg.ID), Registerer: reg, Name: cfg.ID})
-	pull := &http.Client{Transport: &http.Transport{
+	pull := &http.Client{Transport: cfg.TLS.Transport(&http.Transport{
 		DialContext:         (&net.Dialer{Timeout: time.Second}).DialContext,
 		MaxIdleConnsPerHost: 32,
 		IdleConnTimeout:     90 * time.Second,
-	}}
-	pods := podapi.Client{HTTP: pull, Token: cfg.InternalToken}
+	})}
+	pods := podapi.Client{HTTP: pull, Token: cfg.InternalToken, Scheme: cfg.TLS.Scheme()}
 	n, err := newNode(cfg, deps{watch: watcher, client: configClient{client}, reg: reg,
 		peers: httpPeers{api: pods, timeout: cfg.ForwardTimeout}})
 	if err != nil {
@@ -279,7 +286,10 @@ func Start(cfg Config) (*Node, error) {
 	if n.addr == "" {
 		n.addr = n.ln.Addr().String()
 	}
-	n.srv = &http.Server{Handler: n.routes(reg), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
+	if cfg.TLS != nil {
+		n.ln = tls.NewListener(n.ln, cfg.TLS.HTTPServerConfig())
+	}
+	n.srv = &http.Server{Handler: cfg.TLS.RequireClientCert(n.routes(reg), "/healthz", "/readyz"), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
 	n.goRun("http", func() {
 		if err := n.srv.Serve(n.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			n.log.Error("internal API stopped", "err", err)

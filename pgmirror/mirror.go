@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/modbot/modbot/assignments"
+	"github.com/modbot/modbot/internal/tlsconfig"
 )
 
 // Options configure a Mirror. Zero values take the defaults noted.
@@ -24,6 +25,9 @@ type Options struct {
 	// (inside a config node: its own API).
 	ConfigURLs []string
 	Token      string
+	// TLS, when set, verifies the config nodes (https URLs) and presents
+	// the mirror's certificate.
+	TLS *tlsconfig.Reloader
 	// PGURL is the database, postgres://user:password@host:port/db.
 	PGURL string
 	// Name labels logs ("config-0", "pgmirror").
@@ -138,6 +142,7 @@ func New(o Options) (*Mirror, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config node URLs: %w", err)
 	}
+	c.UseTLS(o.TLS)
 	mr := &Mirror{o: o, log: o.Logger.With("mirror", o.Name), client: c, pgcfg: cfg}
 	mr.m = newMetrics(o.Registerer, mr.lagSeconds, mr.log)
 	return mr, nil

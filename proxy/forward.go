@@ -273,7 +273,7 @@ func (p *Proxy) handleGuild(w http.ResponseWriter, r *http.Request) {
 		}
 		note(w, 0, pod.ID)
 		hdr := r.Header
-		out, err := p.outboundAs(ctx, r.Method, podURL(pod.Addr)+target, hdr, body, g, who)
+		out, err := p.outboundAs(ctx, r.Method, p.podURL(pod.Addr)+target, hdr, body, g, who)
 		if err != nil {
 			httpapi.WriteError(w, http.StatusBadGateway, "build request to %s: %v", pod.ID, err)
 			return

@@ -268,7 +268,7 @@ func (p *Proxy) postInteraction(ctx context.Context, pod fsm.Pod, g fsm.Guild, s
 			hdr.Set(k, v)
 		}
 	}
-	out, err := p.outbound(tctx, http.MethodPost, podURL(pod.Addr)+InternalInteractionsPath, hdr, body, g)
+	out, err := p.outbound(tctx, http.MethodPost, p.podURL(pod.Addr)+InternalInteractionsPath, hdr, body, g)
 	if err != nil {
 		return nil, false, err
 	}

@@ -33,6 +33,7 @@ import (
 	"github.com/modbot/modbot/fsm"
 	"github.com/modbot/modbot/internal/httpapi"
 	"github.com/modbot/modbot/internal/podapi"
+	"github.com/modbot/modbot/internal/tlsconfig"
 )
 
 // Header names of the internal API between the proxy and the gateway pods.
@@ -78,6 +79,11 @@ type Config struct {
 	// ReadToken (--read-token) reads /status, and /metrics when set; it
 	// never reads a dashboard. Default: Token.
 	ReadToken string
+	// TLS, when set, is the TLS of every call the proxy makes to the pods
+	// (https, verified against the CA, with its certificate for mTLS). The
+	// proxy's own listener stays plain HTTP: it is the public side, behind
+	// the Ingress that terminates TLS for Discord and browsers.
+	TLS *tlsconfig.Reloader
 	// OAuth turns on "log in with Discord" (/login, /callback, /logout)
 	// when OAuth.ClientID is set; SessionKey is then required.
 	OAuth OAuthConfig
@@ -273,6 +279,14 @@ func New(cfg Config) (*Proxy, error) {
 	if p.tr == nil {
 		p.tr = NewTransport(cfg.DialTimeout, cfg.ResponseHeaderTimeout, cfg.MaxIdleConnsPerHost)
 	}
+	if cfg.TLS != nil {
+		t, ok := p.tr.(*http.Transport)
+		if !ok {
+			return nil, errors.New("proxy: Config.TLS needs Config.Transport to be an *http.Transport (or unset)")
+		}
+		p.tr = cfg.TLS.Transport(t.Clone())
+		p.m.reg.MustRegister(cfg.TLS.Collector("proxy"))
+	}
 	p.events = newEventLog()
 	p.stopStreams = make(chan struct{})
 	p.handler = p.routes()
@@ -445,14 +459,12 @@ func defaultPod(m Map) (fsm.Pod, bool) {
 	return fsm.Pod{}, false
 }
 
-// podURL turns a pod's address into a base URL.
-func podURL(addr string) string {
-	for i := 0; i+2 < len(addr); i++ {
-		if addr[i] == ':' && addr[i+1] == '/' && addr[i+2] == '/' {
-			return addr
-		}
+// podURL turns a pod's address into a base URL (https with TLS on).
+func (p *Proxy) podURL(addr string) string {
+	if strings.Contains(addr, "://") {
+		return addr
 	}
-	return "http://" + addr
+	return p.cfg.TLS.Scheme() + "://" + addr
 }
 
 // waitFor blocks until cond holds, ctx ends, or the map's feed closes; it

@@ -60,7 +60,7 @@ func StartCluster(ctx context.Context, dir string, size int, tweak func(*confign
 			c.Close()
 			return nil, err
 		}
-		urls = append(urls, "http://"+c.Cfgs[i].HTTPAddr)
+		urls = append(urls, c.Cfgs[i].TLS.Scheme()+"://"+c.Cfgs[i].HTTPAddr)
 		if i == 0 {
 			if err := c.waitLeader(ctx, 15*time.Second); err != nil {
 				c.Close()
@@ -174,7 +174,7 @@ func (c *Cluster) WaitVoters(ctx context.Context, n int, d time.Duration) error 
 func (c *Cluster) URLs() []string {
 	var out []string
 	for _, cfg := range c.Cfgs {
-		out = append(out, "http://"+cfg.HTTPAddr)
+		out = append(out, cfg.TLS.Scheme()+"://"+cfg.HTTPAddr)
 	}
 	return out
 }
@@ -185,5 +185,5 @@ func (c *Cluster) Client() *assignments.Client {
 	if err != nil {
 		panic(err) // URLs are built above; cannot be malformed
 	}
-	return cl
+	return cl.UseTLS(c.Cfgs[0].TLS)
 }

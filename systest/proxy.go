@@ -55,7 +55,7 @@ func (s *System) StartProxy(ctx context.Context) (*Proxy, error) {
 	cfg := proxy.Config{Map: w, PublicKey: s.Discord.PublicKey(), Token: Token, InternalToken: InternalToken, ReadToken: ReadToken, Logger: s.opts.Logger,
 		OAuth: proxy.OAuthConfig{ClientID: s.Discord.Config().ApplicationID, ClientSecret: s.Discord.Config().ClientSecret,
 			AuthorizeURL: s.DiscordURL + "/oauth2/authorize", APIURL: s.DiscordURL + "/api/v10"},
-		SessionKey: SessionKey, Operators: []uint64{fakediscord.SeedModeratorID},
+		TLS: s.TLS, SessionKey: SessionKey, Operators: []uint64{fakediscord.SeedModeratorID},
 		ConfigStatus: s.Client.Status, RebalanceStatus: s.Client.RebalanceStatus, Name: fmt.Sprintf("proxy-%d", n)}
 	if p.Proxy, err = proxy.New(cfg); err != nil {
 		p.stop()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"path/filepath"
 	"sync"
 	"time"
@@ -16,6 +17,8 @@ import (
 	"github.com/modbot/modbot/fakediscord"
 	"github.com/modbot/modbot/gatewaynode"
 	"github.com/modbot/modbot/gatewaynode/guildstore"
+	"github.com/modbot/modbot/internal/tlsconfig"
+	"github.com/modbot/modbot/internal/tlsconfig/tlstest"
 )
 
 // SystemOptions sizes a System. Zero values take the defaults noted.
@@ -32,6 +35,9 @@ type SystemOptions struct {
 	// Proxy starts a proxy once the gateways are up (System.Proxy); more
 	// with StartProxy.
 	Proxy bool
+	// TLS turns on TLS with client certificates (mTLS) between every
+	// component: one test CA, one certificate for 127.0.0.1 (System.TLS).
+	TLS bool
 	// TweakConfig and TweakGateway adjust each node's configuration.
 	TweakConfig  func(*confignode.Config)
 	TweakGateway func(*gatewaynode.Config)
@@ -49,11 +55,15 @@ type System struct {
 	Cfgs       []gatewaynode.Config
 	Gateways   []*gatewaynode.Node // nil while stopped
 	Proxy      *Proxy              // started by SystemOptions.Proxy, else nil
-	opts       SystemOptions
-	dbMu       sync.Mutex
-	dbs        map[int]*sql.DB
-	proxyMu    sync.Mutex
-	proxies    []*Proxy
+	// TLS is the components' TLS with SystemOptions.TLS (nil: plain HTTP);
+	// HTTP is a client that speaks it, with the test CA's certificate.
+	TLS     *tlsconfig.Reloader
+	HTTP    *http.Client
+	opts    SystemOptions
+	dbMu    sync.Mutex
+	dbs     map[int]*sql.DB
+	proxyMu sync.Mutex
+	proxies []*Proxy
 }
 
 // StartSystem starts the config cluster, the fake Discord and o.Gateways
@@ -70,7 +80,18 @@ func StartSystem(ctx context.Context, dir string, o SystemOptions) (*System, err
 	}
 	s := &System{Dir: dir, opts: o}
 	var err error
+	if o.TLS {
+		files, err := tlstest.Generate(filepath.Join(dir, "tls"), true, "127.0.0.1", "localhost")
+		if err != nil {
+			return nil, fmt.Errorf("test certificates: %w", err)
+		}
+		if s.TLS, err = tlsconfig.New(files, tlsconfig.Options{Logger: o.Logger}); err != nil {
+			return nil, err
+		}
+	}
+	s.HTTP = &http.Client{Timeout: 10 * time.Second, Transport: s.TLS.Transport(nil)}
 	s.Cluster, err = StartCluster(ctx, filepath.Join(dir, "config"), 3, func(c *confignode.Config) {
+		c.TLS = s.TLS
 		c.Shards = o.Shards
 		c.PodTimeout = o.PodTimeout
 		c.IdentifyInterval = 50 * time.Millisecond
@@ -116,7 +137,7 @@ func (s *System) gatewayConfig(i int, addr string) gatewaynode.Config {
 	id := fmt.Sprintf("gateway-%d", i)
 	cfg := gatewaynode.Config{
 		ID: id, Ordinal: -1, DataDir: filepath.Join(s.Dir, id),
-		HTTPAddr: addr, ConfigURLs: s.Cluster.URLs(), Token: Token, InternalToken: InternalToken, ReadToken: ReadToken,
+		HTTPAddr: addr, ConfigURLs: s.Cluster.URLs(), Token: Token, InternalToken: InternalToken, ReadToken: ReadToken, TLS: s.TLS,
 		DiscordToken: discordToken, DiscordURL: s.DiscordURL,
 		HeartbeatInterval: 200 * time.Millisecond, CheckpointInterval: 200 * time.Millisecond,
 		HandoffTimeout: 10 * time.Second, Logger: s.opts.Logger.With("pod", id),
@@ -255,7 +276,7 @@ func (s *System) WaitSettled(ctx context.Context, d time.Duration) error {
 			}
 		}
 		for _, g := range s.Gateways {
-			if g != nil && !Ready("http://"+g.Addr()) {
+			if g != nil && !s.Ready(g.Addr()) {
 				return false
 			}
 		}

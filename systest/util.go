@@ -108,6 +108,20 @@ func Ready(base string) bool {
 	return resp.StatusCode == http.StatusOK
 }
 
+// Ready is the package's Ready for a component at addr (host:port) of
+// this system, over its TLS when on.
+func (s *System) Ready(addr string) bool {
+	resp, err := s.HTTP.Get(s.TLS.Scheme() + "://" + addr + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// URL is the base URL of a component of this system at addr (host:port).
+func (s *System) URL(addr string) string { return s.TLS.Scheme() + "://" + addr }
+
 // freshDir reports whether dir does not exist yet: a failed first start may
 // then remove what it created before retrying.
 // startFresh starts a new component, retrying on address-in-use with a

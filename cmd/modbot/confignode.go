@@ -37,6 +37,8 @@ func runConfigNode(args []string) error {
 	fs.DurationVar(&c.FailoverGrace, "failover-grace", 0, "how long a gateway pod may stay down before its guilds fail over (default 60s)")
 	fs.DurationVar(&c.IdentifyInterval, "identify-interval", 0, "Discord identify spacing per max_concurrency bucket (default 5s)")
 	fs.DurationVar(&c.SnapshotInterval, "snapshot-interval", 0, "how often to check whether to snapshot (default 30s)")
+	tlsFlags := cli.TLSFlags(fs)
+	fs.StringVar(&c.PeerTLSName, "peer-tls-name", "", "with TLS: the name every other config node's certificate must carry, on Raft and on forwarded requests (default: the host dialled, an IP)")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
@@ -48,6 +50,10 @@ func runConfigNode(args []string) error {
 	}
 	c.Join = cli.SplitList(join)
 	c.Logger = cli.Logger("config-node")
+	var err error
+	if c.TLS, err = tlsFlags.Load(c.Logger); err != nil {
+		return err
+	}
 	ctx, stop := cli.SignalContext()
 	defer stop()
 	n, err := confignode.Start(c)
@@ -72,7 +78,7 @@ func startMirror(ctx context.Context, n *confignode.Node, c confignode.Config, p
 		return done
 	}
 	m, err := pgmirror.New(pgmirror.Options{
-		ConfigURLs: append([]string{n.URL()}, c.Join...), Token: c.Tokens().Read, PGURL: pgURL,
+		ConfigURLs: append([]string{n.URL()}, c.Join...), Token: c.Tokens().Read, TLS: c.TLS, PGURL: pgURL,
 		Name: c.ID, Logger: c.Logger, Registerer: n.Registry(),
 	})
 	if err != nil {

@@ -27,6 +27,7 @@ func runGateway(args []string) error {
 	fs.StringVar(&c.ReplicationStatus, "replication-status", "", "the replication sidecar's /healthz URL: its lag is reported with heartbeats (the data-loss window of a failover)")
 	fs.StringVar(&c.RestoreFrom, "restore-from", "", "this pod's replica (as for modbot replicate): a missing database is restored from it before start")
 	fs.DurationVar(&c.CheckpointInterval, "checkpoint-interval", 0, "how often shard resume points are saved (default 1s)")
+	tlsFlags := cli.TLSFlags(fs)
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
@@ -35,6 +36,10 @@ func runGateway(args []string) error {
 	}
 	c.ConfigURLs = cli.SplitList(config)
 	c.Logger = cli.Logger("gateway")
+	var err error
+	if c.TLS, err = tlsFlags.Load(c.Logger); err != nil {
+		return err
+	}
 	ctx, stop := cli.SignalContext()
 	defer stop()
 	n, err := gatewaynode.Start(c)

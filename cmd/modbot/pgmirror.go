@@ -28,6 +28,7 @@ func runPgMirror(args []string) error {
 	token := fs.String("token", "", "bearer token for the config nodes' watch and snapshot (the read token is enough)")
 	metricsAddr := fs.String("metrics-addr", "", "serve /metrics on this address (empty: none)")
 	name := fs.String("name", "pgmirror", "this mirror's name in logs")
+	tlsFlags := cli.TLSFlags(fs)
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
@@ -38,9 +39,13 @@ func runPgMirror(args []string) error {
 		return errors.New("--config (or MODBOT_CONFIG) is required: the config nodes to follow, e.g. http://127.0.0.1:8000")
 	}
 	log := cli.Logger("pgmirror")
+	tlsr, err := tlsFlags.Load(log)
+	if err != nil {
+		return err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m, err := pgmirror.New(pgmirror.Options{ConfigURLs: cli.SplitList(*configURLs), Token: *token, PGURL: *pgURL, Name: *name, Logger: log, Registerer: reg})
+	m, err := pgmirror.New(pgmirror.Options{ConfigURLs: cli.SplitList(*configURLs), Token: *token, TLS: tlsr, PGURL: *pgURL, Name: *name, Logger: log, Registerer: reg})
 	if err != nil {
 		return err
 	}

@@ -45,6 +45,9 @@ func runProxy(args []string) error {
 	fs.DurationVar(&c.SessionTTL, "session-ttl", 12*time.Hour, "how long a sign-in lasts")
 	operators := fs.String("operators", "", "comma-separated Discord user ids allowed to read /status")
 	name := fs.String("name", "", "this proxy's name in metrics labels (default the hostname)")
+	// TLS here is the proxy's calls to the pods and config nodes; its
+	// own listener is the public side, behind the Ingress.
+	tlsFlags := cli.TLSFlags(fs)
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
@@ -104,6 +107,10 @@ func runProxy(args []string) error {
 		}
 	}
 	c.Logger = cli.Logger("proxy")
+	if c.TLS, err = tlsFlags.Load(c.Logger); err != nil {
+		return err
+	}
+	client.UseTLS(c.TLS)
 	c.Registry = prometheus.NewRegistry()
 	c.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 

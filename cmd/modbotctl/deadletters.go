@@ -17,7 +17,7 @@ import (
 // internal API); modbotctl finds the pods through the config nodes.
 
 func (c *ctl) pods() podapi.Client {
-	return podapi.Client{HTTP: &http.Client{Timeout: 30 * time.Second}, Token: c.client.Token()}
+	return podapi.Client{HTTP: &http.Client{Timeout: 30 * time.Second, Transport: c.tls.Transport(nil)}, Token: c.client.Token(), Scheme: c.tls.Scheme()}
 }
 
 // resolvePod finds a pod by id or ordinal.

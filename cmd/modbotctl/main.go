@@ -16,12 +16,14 @@ import (
 
 	"github.com/modbot/modbot/assignments"
 	"github.com/modbot/modbot/internal/cli"
+	"github.com/modbot/modbot/internal/tlsconfig"
 )
 
 const defaultConfigURL = "http://127.0.0.1:8000"
 
 type ctl struct {
 	client *assignments.Client
+	tls    *tlsconfig.Reloader // nil: plain HTTP
 	output string
 	out    io.Writer
 }
@@ -109,9 +111,17 @@ func run(args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
+		// TLS from the environment (the components' --tls-* flags' names):
+		// with a CA the config URLs are https; with a certificate too,
+		// modbotctl presents it (mTLS).
+		tlsr, err := tlsconfig.New(tlsconfig.Files{Cert: os.Getenv("MODBOT_TLS_CERT"), Key: os.Getenv("MODBOT_TLS_KEY"), CA: os.Getenv("MODBOT_TLS_CA")}, tlsconfig.Options{})
+		if err != nil {
+			return fmt.Errorf("TLS (MODBOT_TLS_CERT, MODBOT_TLS_KEY, MODBOT_TLS_CA): %w", err)
+		}
+		client.UseTLS(tlsr)
 		ctx, stop := cli.SignalContext()
 		defer stop()
-		err = c.run(ctx, &ctl{client: client, output: output, out: out}, rest)
+		err = c.run(ctx, &ctl{client: client, tls: tlsr, output: output, out: out}, rest)
 		return explain(err, config, token)
 	}
 	usage(os.Stderr)

@@ -4,6 +4,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -11,6 +12,8 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/modbot/modbot/internal/tlsconfig"
 )
 
 // EnvName is the environment variable a flag reads: DISCORD_* flags keep
@@ -101,4 +104,30 @@ func TokenFlags(fs *flag.FlagSet, admin, internal, read *string) {
 	fs.StringVar(admin, "token", "", "the admin token (modbotctl and the admin routes: join, move, drain, rebalance, dead letters); also the internal and read token unless those are set")
 	fs.StringVar(internal, "internal-token", "", "the internal token: what gateway pods, proxies and config nodes send each other (default: --token)")
 	fs.StringVar(read, "read-token", "", "the read-only token: status, the map's reads and watch; when set, /metrics requires it too (default: --token)")
+}
+
+// TLS holds the TLS flags of a component (internal/tlsconfig).
+type TLS struct{ files tlsconfig.Files }
+
+// TLSFlags declares --tls-cert, --tls-key, --tls-ca and --tls-client-auth;
+// Load turns them into a Reloader after parsing.
+func TLSFlags(fs *flag.FlagSet) *TLS {
+	t := &TLS{}
+	fs.StringVar(&t.files.Cert, "tls-cert", "", "PEM certificate (chain) this component presents, as server and as client; turns TLS on for the internal APIs and every call between components (reloaded when the file changes)")
+	fs.StringVar(&t.files.Key, "tls-key", "", "PEM private key of --tls-cert")
+	fs.StringVar(&t.files.CA, "tls-ca", "", "PEM CA bundle that peers' certificates are verified against")
+	fs.BoolVar(&t.files.ClientAuth, "tls-client-auth", false, "require a client certificate signed by --tls-ca on every connection this component accepts (mTLS)")
+	return t
+}
+
+// Load reads the files once (nil, nil when no TLS flag is set).
+func (t *TLS) Load(log *slog.Logger) (*tlsconfig.Reloader, error) {
+	if t.files.Enabled() && t.files.Cert == "" {
+		return nil, errors.New("TLS: --tls-ca without --tls-cert and --tls-key: a component serves and presents a certificate")
+	}
+	r, err := tlsconfig.New(t.files, tlsconfig.Options{Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("TLS: %w", err)
+	}
+	return r, nil
 }

@@ -158,6 +158,9 @@ type Client struct {
 	Token string
 	// Caller, when set, is sent as HeaderConfigNode.
 	Caller string
+	// Scheme is "https" when the pods serve TLS (tlsconfig.Reloader.Scheme);
+	// empty is "http".
+	Scheme string
 }
 
 // Do sends one request to the pod at addr (host:port) and decodes a JSON
@@ -191,7 +194,11 @@ func (c Client) send(ctx context.Context, method, addr, path string, in any) (*h
 		}
 		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+path, body)
+	scheme := c.Scheme
+	if scheme == "" {
+		scheme = "http"
+	}
+	req, err := http.NewRequestWithContext(ctx, method, scheme+"://"+addr+path, body)
 	if err != nil {
 		return nil, fmt.Errorf("build %s %s%s: %w", method, addr, path, err)
 	}

@@ -32,6 +32,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -65,8 +66,10 @@ func (f Files) Validate() error {
 		return nil
 	}
 	switch {
-	case f.Cert == "" || f.Key == "":
+	case (f.Cert == "") != (f.Key == ""):
 		return errors.New("TLS needs both --tls-cert and --tls-key")
+	case f.Cert == "" && f.ClientAuth:
+		return errors.New("--tls-client-auth needs --tls-cert and --tls-key: a server needs a certificate")
 	case f.CA == "":
 		return errors.New("TLS needs --tls-ca: the CA bundle that peers' certificates are verified against")
 	}
@@ -137,11 +140,13 @@ type rawFiles struct{ cert, key, ca []byte }
 func (r *Reloader) read() (rawFiles, [sha256.Size]byte, error) {
 	var raw rawFiles
 	var err error
-	if raw.cert, err = os.ReadFile(r.files.Cert); err != nil {
-		return raw, [sha256.Size]byte{}, fmt.Errorf("reading the TLS certificate: %w", err)
-	}
-	if raw.key, err = os.ReadFile(r.files.Key); err != nil {
-		return raw, [sha256.Size]byte{}, fmt.Errorf("reading the TLS key: %w", err)
+	if r.files.Cert != "" {
+		if raw.cert, err = os.ReadFile(r.files.Cert); err != nil {
+			return raw, [sha256.Size]byte{}, fmt.Errorf("reading the TLS certificate: %w", err)
+		}
+		if raw.key, err = os.ReadFile(r.files.Key); err != nil {
+			return raw, [sha256.Size]byte{}, fmt.Errorf("reading the TLS key: %w", err)
+		}
 	}
 	if raw.ca, err = os.ReadFile(r.files.CA); err != nil {
 		return raw, [sha256.Size]byte{}, fmt.Errorf("reading the TLS CA bundle: %w", err)
@@ -159,21 +164,26 @@ func (r *Reloader) read() (rawFiles, [sha256.Size]byte, error) {
 // install parses the files and, only when all of them are valid, makes
 // them current.
 func (r *Reloader) install(raw rawFiles, digest [sha256.Size]byte) error {
-	cert, err := tls.X509KeyPair(raw.cert, raw.key)
-	if err != nil {
-		return fmt.Errorf("loading the TLS certificate %s and key %s: %w", r.files.Cert, r.files.Key, err)
+	var cert *tls.Certificate
+	var notAfter time.Time
+	if r.files.Cert != "" {
+		c, err := tls.X509KeyPair(raw.cert, raw.key)
+		if err != nil {
+			return fmt.Errorf("loading the TLS certificate %s and key %s: %w", r.files.Cert, r.files.Key, err)
+		}
+		leaf, err := x509.ParseCertificate(c.Certificate[0])
+		if err != nil {
+			return fmt.Errorf("parsing the TLS certificate %s: %w", r.files.Cert, err)
+		}
+		c.Leaf = leaf
+		cert, notAfter = &c, leaf.NotAfter
 	}
-	leaf, err := x509.ParseCertificate(cert.Certificate[0])
-	if err != nil {
-		return fmt.Errorf("parsing the TLS certificate %s: %w", r.files.Cert, err)
-	}
-	cert.Leaf = leaf
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(raw.ca) || !bytes.Contains(raw.ca, []byte("-----BEGIN CERTIFICATE-----")) {
 		return fmt.Errorf("the TLS CA bundle %s holds no PEM certificate", r.files.CA)
 	}
 	r.mu.Lock()
-	r.cert, r.pool, r.notAfter, r.digest = &cert, pool, leaf.NotAfter, digest
+	r.cert, r.pool, r.notAfter, r.digest = cert, pool, notAfter, digest
 	r.mu.Unlock()
 	return nil
 }
@@ -277,10 +287,20 @@ func (r *Reloader) Scheme() string {
 // ClientAuth says whether this component requires client certificates.
 func (r *Reloader) ClientAuth() bool { return r != nil && r.files.ClientAuth }
 
-// ServerConfig is the tls.Config of a listener: it serves the current
-// certificate and, with client auth on, verifies the client's against the
-// current CA. Nil when TLS is off.
-func (r *Reloader) ServerConfig() *tls.Config {
+// ServerConfig is the tls.Config of a listener that is not HTTP (the Raft
+// transport): it serves the current certificate and, with client auth on,
+// refuses in the handshake a client without a certificate that verifies
+// against the current CA. Nil when TLS is off.
+func (r *Reloader) ServerConfig() *tls.Config { return r.serverConfig(true) }
+
+// HTTPServerConfig is ServerConfig for an HTTP listener, whose handler is
+// wrapped in RequireClientCert: a client certificate that does not verify
+// is refused in the handshake, but one that presents none gets to the
+// handler, which answers it 401 except on the probe paths (the kubelet's
+// HTTPS probes present no certificate). Nil when TLS is off.
+func (r *Reloader) HTTPServerConfig() *tls.Config { return r.serverConfig(false) }
+
+func (r *Reloader) serverConfig(strict bool) *tls.Config {
 	if r == nil {
 		return nil
 	}
@@ -289,6 +309,9 @@ func (r *Reloader) ServerConfig() *tls.Config {
 		NextProtos: []string{"h2", "http/1.1"},
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			cert, _ := r.current()
+			if cert == nil {
+				return nil, errors.New("no TLS certificate to serve (--tls-cert)")
+			}
 			return cert, nil
 		},
 	}
@@ -298,6 +321,9 @@ func (r *Reloader) ServerConfig() *tls.Config {
 		c.ClientAuth = tls.RequestClientCert
 		c.VerifyConnection = func(cs tls.ConnectionState) error {
 			if len(cs.PeerCertificates) == 0 {
+				if !strict {
+					return nil // RequireClientCert answers it
+				}
 				r.refuse(RefusedNoClientCert)
 				return errors.New("a client certificate is required")
 			}
@@ -310,6 +336,33 @@ func (r *Reloader) ServerConfig() *tls.Config {
 		}
 	}
 	return c
+}
+
+// RequireClientCert wraps the handler of a listener on HTTPServerConfig:
+// with client auth on, a request over a connection that presented no
+// certificate is refused 401 and counted (no_client_cert), except on the
+// open paths (probes: /healthz, /readyz). A certificate that was presented
+// was verified in the handshake. With TLS or client auth off it is h.
+func (r *Reloader) RequireClientCert(h http.Handler, open ...string) http.Handler {
+	if !r.ClientAuth() {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.TLS != nil && len(req.TLS.PeerCertificates) > 0 {
+			h.ServeHTTP(w, req)
+			return
+		}
+		for _, p := range open {
+			if req.URL.Path == p {
+				h.ServeHTTP(w, req)
+				return
+			}
+		}
+		r.refuse(RefusedNoClientCert)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		_, _ = io.WriteString(w, `{"error":"a client certificate signed by the cluster's CA is required (mTLS: --tls-cert, --tls-key)"}`+"\n")
+	})
 }
 
 // ClientConfigFor is the tls.Config of a connection this component dials
@@ -330,6 +383,9 @@ func (r *Reloader) ClientConfigFor(addr string) *tls.Config {
 		NextProtos: []string{"h2", "http/1.1"},
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			cert, _ := r.current()
+			if cert == nil {
+				return &tls.Certificate{}, nil // none: a server requiring one refuses us
+			}
 			return cert, nil
 		},
 		// crypto/tls would verify against a pool fixed when the config was
@@ -366,6 +422,13 @@ func verify(chain []*x509.Certificate, pool *x509.CertPool, name string, usage x
 // (nil: http.DefaultTransport's) with this component's client TLS on every
 // connection it dials. With TLS off it is base unchanged.
 func (r *Reloader) Transport(base *http.Transport) *http.Transport {
+	return r.TransportNamed(base, "")
+}
+
+// TransportNamed is Transport verifying every server's certificate for name
+// instead of the host dialled (when name is set): config nodes reach each
+// other by the pod IPs the map records, and share one certificate name.
+func (r *Reloader) TransportNamed(base *http.Transport, name string) *http.Transport {
 	if base == nil {
 		base = http.DefaultTransport.(*http.Transport).Clone()
 	}
@@ -381,7 +444,11 @@ func (r *Reloader) Transport(base *http.Transport) *http.Transport {
 		if err != nil {
 			return nil, err
 		}
-		c := tls.Client(raw, r.ClientConfigFor(addr))
+		target := addr
+		if name != "" {
+			target = name
+		}
+		c := tls.Client(raw, r.ClientConfigFor(target))
 		if err := c.HandshakeContext(ctx); err != nil {
 			raw.Close()
 			return nil, fmt.Errorf("TLS handshake with %s: %w", addr, err)

@@ -68,6 +68,7 @@ func TestFilesValidateNamesWhatIsMissing(t *testing.T) {
 	}{
 		{tlsconfig.Files{Cert: "c"}, "both --tls-cert and --tls-key"},
 		{tlsconfig.Files{Cert: "c", Key: "k"}, "--tls-ca"},
+		{tlsconfig.Files{CA: "ca", ClientAuth: true}, "a server needs a certificate"},
 		{tlsconfig.Files{ClientAuth: true}, "--tls-client-auth needs"},
 	} {
 		err := tc.f.Validate()
@@ -147,6 +148,13 @@ func TestAServerCertificateForAnotherNameIsRefused(t *testing.T) {
 	}
 	if n := client.Refusals(tlsconfig.RefusedBadServerCert); n != 1 {
 		t.Errorf("bad_server_cert refusals %d, want 1", n)
+	}
+	// Verified for a name other than the host dialled (config nodes).
+	named := &http.Client{Timeout: 5 * time.Second, Transport: client.TransportNamed(nil, "config-9.example")}
+	if resp, err := named.Get(srv.URL); err != nil {
+		t.Fatalf("TransportNamed with the certificate's name: %v", err)
+	} else {
+		resp.Body.Close()
 	}
 	// A server the client's CA did not sign is refused the same way.
 	stranger := serve(t, newReloader(t, tlstest.NewCA(t, "stranger").WriteFiles(t, t.TempDir(), false, "127.0.0.1")))
@@ -348,4 +356,70 @@ modbot_gateway_tls_reloads_total{result="ok"} 0
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
 		t.Error(err)
 	}
+}
+
+// modbotctl may hold only the CA: it verifies servers, and a server that
+// requires client certificates refuses it.
+func TestACAOnlyClientVerifiesServersAndIsRefusedByMTLS(t *testing.T) {
+	ca := tlstest.NewCA(t, "modbot")
+	dir := t.TempDir()
+	files := ca.WriteFiles(t, dir, false, "127.0.0.1")
+	client := newReloader(t, tlsconfig.Files{CA: files.CA})
+	if _, err := get(client, serve(t, newReloader(t, files)).URL); err != nil {
+		t.Fatalf("a CA-only client and a server without client auth: %v", err)
+	}
+	strict := newReloader(t, ca.WriteFiles(t, t.TempDir(), true, "127.0.0.1"))
+	if _, err := get(client, serve(t, strict).URL); err == nil {
+		t.Fatal("a server requiring client certificates served a client without one")
+	}
+	waitFor(t, func() bool { return strict.Refusals(tlsconfig.RefusedNoClientCert) == 1 }, "the refusal")
+	if _, err := get(client, serve(t, newReloader(t, tlstest.NewCA(t, "other").WriteFiles(t, t.TempDir(), false, "127.0.0.1"))).URL); err == nil {
+		t.Fatal("a CA-only client accepted a server of another CA")
+	}
+}
+
+func TestAnHTTPServerAnswersProbesWithoutACertificateAndRefusesEverythingElse(t *testing.T) {
+	ca := tlstest.NewCA(t, "modbot")
+	server := newReloader(t, ca.WriteFiles(t, t.TempDir(), true, "127.0.0.1"))
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", server.HTTPServerConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: server.RequireClientCert(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		_, _ = io.WriteString(w, "ok")
+	}), "/healthz", "/readyz"), ErrorLog: log.New(io.Discard, "", 0)}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	base := "https://" + ln.Addr().String()
+	anon := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: poolOf(ca.Cert)}}}
+	status := func(c *http.Client, path string) int {
+		resp, err := c.Get(base + path)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := status(anon, "/healthz"); got != 200 {
+		t.Errorf("a probe without a certificate: %d, want 200", got)
+	}
+	if got := status(anon, "/v1/status"); got != http.StatusUnauthorized {
+		t.Errorf("an API request without a certificate: %d, want 401", got)
+	}
+	if n := server.Refusals(tlsconfig.RefusedNoClientCert); n != 1 {
+		t.Errorf("no_client_cert refusals %d, want 1", n)
+	}
+	good := newReloader(t, ca.WriteFiles(t, t.TempDir(), false, "client"))
+	gc := &http.Client{Timeout: 5 * time.Second, Transport: good.Transport(nil)}
+	if got := status(gc, "/v1/status"); got != 200 {
+		t.Errorf("with the CA's certificate: %d, want 200", got)
+	}
+	// A certificate of another CA is still refused in the handshake.
+	files := tlstest.NewCA(t, "other").WriteFiles(t, t.TempDir(), false, "client")
+	os.WriteFile(files.CA, ca.PEM, 0o600)
+	other := newReloader(t, files)
+	if got := status(&http.Client{Timeout: 5 * time.Second, Transport: other.Transport(nil)}, "/healthz"); got != 0 {
+		t.Errorf("a certificate of another CA got an answer %d", got)
+	}
+	waitFor(t, func() bool { return server.Refusals(tlsconfig.RefusedBadClientCert) == 1 }, "the bad certificate counted")
 }

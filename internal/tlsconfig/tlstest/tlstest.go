@@ -38,9 +38,27 @@ func nextSerial() *big.Int {
 // NewCA makes a self-signed CA named name, valid for a day.
 func NewCA(t testing.TB, name string) *CA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := newCA(name)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return ca
+}
+
+// Generate makes a fresh CA and, in dir, a certificate for names with its
+// key and the CA (WriteFiles' layout): for harnesses outside a test.
+func Generate(dir string, clientAuth bool, names ...string) (tlsconfig.Files, error) {
+	ca, err := newCA("modbot-test-ca")
+	if err != nil {
+		return tlsconfig.Files{}, err
+	}
+	return ca.writeFiles(dir, clientAuth, names...)
+}
+
+func newCA(name string) (*CA, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          nextSerial(),
@@ -53,13 +71,13 @@ func NewCA(t testing.TB, name string) *CA {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	return &CA{Cert: cert, key: key, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+	return &CA{Cert: cert, key: key, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}, nil
 }
 
 // Issue makes a certificate for names (host names or IP addresses), good
@@ -67,9 +85,17 @@ func NewCA(t testing.TB, name string) *CA {
 // returns the certificate and key as PEM.
 func (ca *CA) Issue(t testing.TB, validFor time.Duration, names ...string) (certPEM, keyPEM []byte) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	c, k, err := ca.issue(validFor, names...)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return c, k
+}
+
+func (ca *CA) issue(validFor time.Duration, names ...string) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: nextSerial(),
@@ -88,13 +114,13 @@ func (ca *CA) Issue(t testing.TB, validFor time.Duration, names ...string) (cert
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.key)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	kd, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kd})
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kd}), nil
 }
 
 // WriteFiles issues a certificate for names and writes it, its key and the
@@ -102,15 +128,26 @@ func (ca *CA) Issue(t testing.TB, validFor time.Duration, names ...string) (cert
 // layout); clientAuth sets Files.ClientAuth.
 func (ca *CA) WriteFiles(t testing.TB, dir string, clientAuth bool, names ...string) tlsconfig.Files {
 	t.Helper()
-	cert, key := ca.Issue(t, 24*time.Hour, names...)
+	f, err := ca.writeFiles(dir, clientAuth, names...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func (ca *CA) writeFiles(dir string, clientAuth bool, names ...string) (tlsconfig.Files, error) {
+	cert, key, err := ca.issue(24*time.Hour, names...)
+	if err != nil {
+		return tlsconfig.Files{}, err
+	}
 	f := tlsconfig.Files{Cert: filepath.Join(dir, "tls.crt"), Key: filepath.Join(dir, "tls.key"), CA: filepath.Join(dir, "ca.crt"), ClientAuth: clientAuth}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
+		return f, err
 	}
 	for path, b := range map[string][]byte{f.Cert: cert, f.Key: key, f.CA: ca.PEM} {
 		if err := os.WriteFile(path, b, 0o600); err != nil {
-			t.Fatal(err)
+			return f, err
 		}
 	}
-	return f
+	return f, nil
 }
