@@ -69,6 +69,8 @@ type cluster struct {
 	configMaps   []*corev1.ConfigMap
 	accounts     []*corev1.ServiceAccount
 	secrets      []*corev1.Secret
+	certificates []certificate // cert-manager (tls_test.go)
+	issuers      []issuer
 }
 
 // workload is a StatefulSet or Deployment seen through its pod template.
@@ -161,6 +163,12 @@ func buildOverlay(dir string) (*cluster, error) {
 		doc, err := r.AsYAML()
 		if err != nil {
 			return nil, err
+		}
+		if ok, err := c.addCertManager(r.GetApiVersion(), r.GetKind(), doc); ok || err != nil {
+			if err != nil {
+				return nil, fmt.Errorf("%s %s: %w", r.GetKind(), r.GetName(), err)
+			}
+			continue
 		}
 		obj, err := decodeStrict(doc)
 		if err != nil {
@@ -257,7 +265,7 @@ func documentedSecrets(t testing.TB, path string) map[string]bool {
 func (c *cluster) check(f facts) []string {
 	var p []string
 	for _, fn := range []func(facts) []string{c.checkSelectors, c.checkServicePorts, c.checkContainers, c.checkEnv,
-		c.checkSecrets, c.checkImages, c.checkSecurity, c.checkNetworkPolicies, c.checkConfigURLs, c.checkShape} {
+		c.checkSecrets, c.checkImages, c.checkSecurity, c.checkNetworkPolicies, c.checkConfigURLs, c.checkShape, c.checkTLS} {
 		p = append(p, fn(f)...)
 	}
 	return p
@@ -753,8 +761,8 @@ func (c *cluster) checkConfigURLs(f facts) []string {
 
 func (c *cluster) configURLProblem(raw string) string {
 	u, err := url.Parse(strings.TrimSpace(raw))
-	if err != nil || u.Scheme != "http" {
-		return "not an http URL"
+	if err != nil || u.Scheme != "https" {
+		return "not an https URL (the components speak TLS: tls.yaml)"
 	}
 	host, port := u.Hostname(), u.Port()
 	pod, svcName, _ := strings.Cut(host, ".")
@@ -1004,8 +1012,8 @@ func TestCrossChecksCatchBrokenManifests(t *testing.T) {
 		{"config open to other namespaces", "base/networkpolicy.yaml", "    - from:\n        - podSelector:\n            matchLabels:\n              app.kubernetes.io/name: modbot\n      ports:\n        - port: raft",
 			"    - from:\n        - namespaceSelector: {}\n      ports:\n        - port: raft", "admits traffic from outside the namespace to config"},
 		{"no default deny", "base/networkpolicy.yaml", "  podSelector: {}\n  policyTypes: [\"Ingress\"]\n---", "  podSelector:\n    matchLabels:\n      app.kubernetes.io/component: proxy\n  policyTypes: [\"Ingress\"]\n---", "no default-deny"},
-		{"join a pod that does not exist", "base/config.yaml", "http://config-2.config-peers:8000\"", "http://config-3.config-peers:8000\"", "config-3.config-peers:8000: no such config pod"},
-		{"config URL on the ready-only service", "base/proxy.yaml", "http://config-0.config-peers:8000,", "http://config-0.config:8000,", "not under the StatefulSet's headless Service"},
+		{"join a pod that does not exist", "base/config.yaml", "https://config-2.config-peers:8000\"", "https://config-3.config-peers:8000\"", "config-3.config-peers:8000: no such config pod"},
+		{"config URL on the ready-only service", "base/proxy.yaml", "https://config-0.config-peers:8000,", "https://config-0.config:8000,", "not under the StatefulSet's headless Service"},
 		{"every node bootstraps", "base/config.yaml", "- name: MODBOT_BOOTSTRAP_ID\n              value: config-0", "- name: MODBOT_BOOTSTRAP\n              value: \"true\"", "want --bootstrap-id config-0"},
 		{"restore without its guards", "base/gateway.yaml", `, "--if-db-not-exists", "--if-replica-exists"]`, `]`, "needs --if-db-not-exists --if-replica-exists"},
 		{"short grace", "base/gateway.yaml", "terminationGracePeriodSeconds: 60", "terminationGracePeriodSeconds: 30", "does not cover"},
@@ -1014,6 +1022,15 @@ func TestCrossChecksCatchBrokenManifests(t *testing.T) {
 		{"config pdb", "base/config.yaml", "  maxUnavailable: 1", "  maxUnavailable: 2", "want maxUnavailable 1 for config"},
 		{"ingress path", "base/proxy.yaml", "path: /status", "path: /statistics", "no path /status"},
 		{"misspelt field", "base/proxy.yaml", "  minReplicas: 2", "  minReplica: 2", "decodes only loosely"},
+		{"plain config URL", "base/gateway.yaml", "https://config-0.config-peers:8000,", "http://config-0.config-peers:8000,", "not an https URL"},
+		{"no client auth on a pod", "base/gateway.yaml", "            - name: MODBOT_TLS_CLIENT_AUTH\n              value: \"true\"\n", "", "gateway: want --tls-client-auth"},
+		{"TLS files not mounted", "base/proxy.yaml", "              mountPath: /tls\n", "              mountPath: /certs\n", "proxy: --tls-cert /tls/tls.crt is not a file of a mounted volume"},
+		{"TLS volume of another Secret", "base/config.yaml", "            secretName: modbot-internal-tls\n", "            secretName: modbot-other-tls\n", "not the Certificate's Secret modbot-internal-tls"},
+		{"advertised name not in the certificate", "base/tls.yaml", "    - \"*.gateway\"\n", "", "is not a name of Certificate modbot-internal"},
+		{"certificate without client auth", "base/tls.yaml", "\"server auth\", \"client auth\"]", "\"server auth\"]", "usages lack client auth"},
+		{"plain probe on a TLS port", "base/config.yaml", "path: /readyz\n              port: http\n              scheme: HTTPS\n", "path: /readyz\n              port: http\n", "readiness probe on a TLS port without scheme HTTPS"},
+		{"issuer missing", "base/tls.yaml", "    name: modbot-ca\n    kind: Issuer", "    name: modbot-root\n    kind: Issuer", "issuerRef Issuer modbot-root is not in the manifests"},
+		{"misspelt certificate field", "base/tls.yaml", "  renewBefore: 720h", "  renewBefor: 720h", "renewBefor"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

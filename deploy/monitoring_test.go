@@ -9,10 +9,13 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
@@ -65,11 +68,9 @@ type podMonitor struct {
 	Kind       string     `json:"kind"`
 	Metadata   objectMeta `json:"metadata"`
 	Spec       struct {
-		JobLabel        string   `json:"jobLabel"`
-		PodTargetLabels []string `json:"podTargetLabels,omitempty"`
-		Selector        struct {
-			MatchLabels map[string]string `json:"matchLabels"`
-		} `json:"selector"`
+		JobLabel            string               `json:"jobLabel"`
+		PodTargetLabels     []string             `json:"podTargetLabels,omitempty"`
+		Selector            metav1.LabelSelector `json:"selector"`
 		PodMetricsEndpoints []podMetricsEndpoint `json:"podMetricsEndpoints"`
 	} `json:"spec"`
 }
@@ -79,6 +80,13 @@ type podMetricsEndpoint struct {
 	Path        string `json:"path"`
 	Interval    string `json:"interval,omitempty"`
 	HonorLabels bool   `json:"honorLabels,omitempty"`
+	Scheme      string `json:"scheme,omitempty"`
+	TLSConfig   *struct {
+		ServerName string    `json:"serverName,omitempty"`
+		CA         secretRef `json:"ca"`
+		Cert       secretRef `json:"cert"`
+		KeySecret  keyRef    `json:"keySecret"`
+	} `json:"tlsConfig,omitempty"`
 	// Authorization: the read token for the API ports.
 	Authorization *struct {
 		Type        string `json:"type"`
@@ -87,6 +95,15 @@ type podMetricsEndpoint struct {
 			Key  string `json:"key"`
 		} `json:"credentials"`
 	} `json:"authorization,omitempty"`
+}
+
+type keyRef struct {
+	Name string `json:"name"`
+	Key  string `json:"key"`
+}
+
+type secretRef struct {
+	Secret keyRef `json:"secret"`
 }
 
 func readRules(t testing.TB, path string) ruleGroups {
@@ -149,6 +166,7 @@ func TestMonitoringBuildsAndDecodesStrictly(t *testing.T) {
 		t.Fatal(err)
 	}
 	kinds := map[string]bool{}
+	var monitors []podMonitor
 	for _, r := range m.Resources() {
 		doc, err := r.AsYAML()
 		if err != nil {
@@ -169,54 +187,93 @@ func TestMonitoringBuildsAndDecodesStrictly(t *testing.T) {
 			if err := yaml.UnmarshalStrict(doc, &pm); err != nil {
 				t.Fatalf("PodMonitor: %v", err)
 			}
-			for _, p := range podMonitorProblems(pm, prod) {
-				t.Error(p)
-			}
+			monitors = append(monitors, pm)
 		default:
 			t.Errorf("unexpected %s in deploy/monitoring", r.GetKind())
 		}
+	}
+	for _, p := range podMonitorProblems(monitors, prod) {
+		t.Error(p)
 	}
 	if !kinds["PrometheusRule"] || !kinds["PodMonitor"] {
 		t.Errorf("deploy/monitoring builds %v, want a PrometheusRule and a PodMonitor", kinds)
 	}
 }
 
-// podMonitorProblems: the monitor selects every workload, its job label is
-// on every pod, and every component's metrics port is scraped.
-func podMonitorProblems(pm podMonitor, c *cluster) []string {
+// podMonitorProblems: the monitors together scrape every workload as
+// job="modbot", every component's metrics port once, with the read token on
+// the API ports, and over mTLS with the components' certificate where the
+// port serves TLS (config nodes, gateways: checkTLS's tlsServers).
+func podMonitorProblems(pms []podMonitor, c *cluster) []string {
 	var p []string
-	ports := map[string]bool{}
-	for _, e := range pm.Spec.PodMetricsEndpoints {
-		ports[e.Port] = true
-		if e.Path != "/metrics" || !e.HonorLabels {
-			p = append(p, fmt.Sprintf("PodMonitor port %s: want path /metrics with honorLabels (per-pod metrics carry a pod label)", e.Port))
-		}
-		// The API port's /metrics requires the read token once one is set
-		// (internal/httpapi): the monitor must present it, from the Secret.
-		if e.Port == "http" {
-			if a := e.Authorization; a == nil || a.Type != "Bearer" || a.Credentials.Name != "modbot-tokens" || a.Credentials.Key != "read-token" {
-				p = append(p, "PodMonitor port http: want authorization Bearer from Secret modbot-tokens key read-token (/metrics requires the read token)")
-			}
-		}
+	var tlsSecret string
+	if len(c.certificates) == 1 {
+		tlsSecret = c.certificates[0].Spec.SecretName
 	}
 	for _, w := range c.workloads() {
-		match := true
-		for k, v := range pm.Spec.Selector.MatchLabels {
-			match = match && w.labels[k] == v
+		var mine []podMonitor
+		for _, pm := range pms {
+			sel, err := selectorOf(&pm.Spec.Selector)
+			if err != nil {
+				p = append(p, fmt.Sprintf("PodMonitor %s: selector: %v", pm.Metadata.Name, err))
+				continue
+			}
+			if sel.Matches(labels.Set(w.labels)) {
+				mine = append(mine, pm)
+			}
 		}
-		if !match || w.labels[pm.Spec.JobLabel] != "modbot" {
-			p = append(p, fmt.Sprintf("PodMonitor does not scrape %s as job=\"modbot\" (the alerts' job)", w.name))
+		if len(mine) == 0 {
+			p = append(p, fmt.Sprintf("no PodMonitor scrapes %s", w.name))
+		}
+		serves := false
+		for _, ct := range containers(w.spec) {
+			if !ct.init && len(ct.Args) > 0 && tlsServers[ct.Args[0]] {
+				serves = true
+			}
+		}
+		ports := map[string]int{}
+		for _, pm := range mine {
+			if w.labels[pm.Spec.JobLabel] != "modbot" {
+				p = append(p, fmt.Sprintf("PodMonitor %s does not scrape %s as job=\"modbot\" (the alerts' job)", pm.Metadata.Name, w.name))
+			}
+			for _, e := range pm.Spec.PodMetricsEndpoints {
+				ports[e.Port]++
+				where := fmt.Sprintf("PodMonitor %s port %s (%s)", pm.Metadata.Name, e.Port, w.name)
+				if e.Path != "/metrics" || !e.HonorLabels {
+					p = append(p, where+": want path /metrics with honorLabels (per-pod metrics carry a pod label)")
+				}
+				if e.Port != "http" {
+					continue
+				}
+				// The API port's /metrics requires the read token once one
+				// is set (internal/httpapi): the monitor must present it.
+				if a := e.Authorization; a == nil || a.Type != "Bearer" || a.Credentials.Name != "modbot-tokens" || a.Credentials.Key != "read-token" {
+					p = append(p, where+": want authorization Bearer from Secret modbot-tokens key read-token (/metrics requires the read token)")
+				}
+				tc := e.TLSConfig
+				switch {
+				case serves && (e.Scheme != "https" || tc == nil || tc.CA.Secret.Name != tlsSecret || tc.Cert.Secret.Name != tlsSecret || tc.KeySecret.Name != tlsSecret):
+					p = append(p, fmt.Sprintf("%s: the port serves mTLS: want scheme https and a tlsConfig with ca, cert and keySecret from Secret %s", where, tlsSecret))
+				case serves && (c.certificates == nil || !slices.ContainsFunc(c.certificates[0].Spec.DNSNames, func(n string) bool { return dnsMatch(n, tc.ServerName) })):
+					p = append(p, fmt.Sprintf("%s: tlsConfig serverName %q is not a name of the certificate (Prometheus scrapes pod IPs)", where, tc.ServerName))
+				case !serves && e.Scheme == "https":
+					p = append(p, where+": scheme https on a plain port")
+				}
+			}
 		}
 		for _, ct := range containers(w.spec) {
 			if ct.init || len(ct.Args) == 0 {
 				continue
 			}
-			scraped := false
+			scraped := 0
 			for _, cp := range ct.Ports {
-				scraped = scraped || ports[cp.Name]
+				scraped += ports[cp.Name]
 			}
-			if !scraped {
-				p = append(p, fmt.Sprintf("PodMonitor scrapes no port of %s container %s", w.name, ct.Name))
+			if scraped == 0 {
+				p = append(p, fmt.Sprintf("no PodMonitor scrapes a port of %s container %s", w.name, ct.Name))
+			}
+			if scraped > 1 {
+				p = append(p, fmt.Sprintf("%s container %s is scraped %d times (its series would be duplicated)", w.name, ct.Name, scraped))
 			}
 		}
 	}
@@ -229,15 +286,24 @@ func TestPodMonitorProblemsAreCaught(t *testing.T) {
 		t.Fatal(err)
 	}
 	var pm podMonitor
+	pm.Metadata.Name = "naive"
 	pm.Spec.JobLabel = "app.kubernetes.io/part-of"
 	pm.Spec.Selector.MatchLabels = map[string]string{"app.kubernetes.io/name": "modbot"}
 	pm.Spec.PodMetricsEndpoints = append(pm.Spec.PodMetricsEndpoints, podMetricsEndpoint{Port: "http", Path: "/metrics", HonorLabels: true})
-	got := strings.Join(podMonitorProblems(pm, prod), "\n")
-	if !strings.Contains(got, "scrapes no port of gateway container replicate") {
-		t.Errorf("a PodMonitor without the sidecar's port went unnoticed: %s", got)
+	got := strings.Join(podMonitorProblems([]podMonitor{pm}, prod), "\n")
+	for _, want := range []string{
+		"no PodMonitor scrapes a port of gateway container replicate",
+		"want authorization Bearer from Secret modbot-tokens key read-token",
+		"PodMonitor naive port http (config): the port serves mTLS: want scheme https",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("want a problem containing %q, got:\n%s", want, got)
+		}
 	}
-	if !strings.Contains(got, "want authorization Bearer from Secret modbot-tokens key read-token") {
-		t.Errorf("a PodMonitor scraping /metrics without the read token went unnoticed: %s", got)
+	// Two monitors both scraping the proxy.
+	got = strings.Join(podMonitorProblems([]podMonitor{pm, pm}, prod), "\n")
+	if !strings.Contains(got, "container proxy is scraped 2 times") {
+		t.Errorf("a proxy scraped twice went unnoticed:\n%s", got)
 	}
 }
 
