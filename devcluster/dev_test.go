@@ -245,6 +245,26 @@ func TestDevRunsTheWholeSystemAndLeavesNothingBehind(t *testing.T) {
 		t.Fatal("modbot dev did not stop within 60s of SIGINT")
 	}
 	waitUntil(t, 5*time.Second, "no process left", func() bool { return len(processesMentioning(state)) == 0 })
+
+	// No process logged a secret: the dev token, the bot token and the
+	// OAuth client secret the fake Discord accepts.
+	logs, err := filepath.Glob(filepath.Join(state, "logs", "*.log"))
+	if err != nil || len(logs) < 5 {
+		t.Fatalf("the children's logs: %v %v", logs, err)
+	}
+	all := stderr.String()
+	for _, f := range logs {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all += string(b)
+	}
+	for what, secret := range map[string]string{"the dev token": strings.TrimSpace(string(devToken)), "the bot token": "fake-token", "the OAuth client secret": "fake-client-secret"} {
+		if strings.Contains(all, secret) {
+			t.Errorf("%s is in the logs (%d files)", what, len(logs))
+		}
+	}
 }
 
 // mirroredGuilds counts the rows of guild_assignments (-1 on error).
