@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -172,6 +173,19 @@ func TestDevRunsTheWholeSystemAndLeavesNothingBehind(t *testing.T) {
 	}
 	waitUntil(t, 20*time.Second, "the messages on the dashboard", func() bool { return dashboardMessages(t, dashboard) == before+5 })
 
+	// Every metric the alert rules and the Grafana dashboards use is
+	// exported by some component of the running system.
+	var targets []string
+	for i := 0; i < 3; i++ {
+		targets = append(targets, fmt.Sprintf("http://127.0.0.1:%d/metrics", 8000+off+i), fmt.Sprintf("http://127.0.0.1:%d/metrics", 9000+off+i),
+			fmt.Sprintf("http://127.0.0.1:%d/metrics", 9100+off+i))
+	}
+	targets = append(targets, fmt.Sprintf("http://127.0.0.1:%d/metrics", 8080+off))
+	missing := missingMetrics(t, targets, psqlURL != "")
+	if len(missing) > 0 {
+		t.Errorf("used by deploy/monitoring or deploy/grafana but exported by none of the %d components: %v", len(targets), missing)
+	}
+
 	// Kill a gateway child: it is restarted and serves again.
 	gw := fmt.Sprintf("http://127.0.0.1:%d", 9001+off)
 	var victim int
@@ -265,6 +279,62 @@ func TestDevRunsTheWholeSystemAndLeavesNothingBehind(t *testing.T) {
 			t.Errorf("%s is in the logs (%d files)", what, len(logs))
 		}
 	}
+}
+
+// missingMetrics scrapes every target and returns the metric names the
+// rules (deploy/monitoring/rules) and dashboards (deploy/grafana/dashboards)
+// use that none exports (a histogram's _bucket, _sum and _count are its
+// family). Without Postgres the mirror's metrics are not looked for.
+func missingMetrics(t *testing.T, targets []string, withMirror bool) []string {
+	t.Helper()
+	exported := map[string]bool{}
+	for _, u := range targets {
+		resp, err := http.Get(u)
+		if err != nil {
+			t.Fatalf("scrape %s: %v", u, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("scrape %s: %d %s", u, resp.StatusCode, b)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if f, ok := strings.CutPrefix(l, "# TYPE "); ok {
+				name, kind, _ := strings.Cut(f, " ")
+				exported[name] = true
+				if kind == "histogram" || kind == "summary" {
+					for _, suf := range []string{"_bucket", "_sum", "_count"} {
+						exported[name+suf] = true
+					}
+				}
+			}
+		}
+	}
+	files, _ := filepath.Glob(filepath.Join("..", "deploy", "monitoring", "rules", "*.rules.yml"))
+	dash, _ := filepath.Glob(filepath.Join("..", "deploy", "grafana", "dashboards", "*.json"))
+	files = append(files, dash...)
+	if len(files) < 2 {
+		t.Fatalf("no rule files or dashboards found: %v", files)
+	}
+	used := map[string]bool{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range regexp.MustCompile(`\bmodbot_[a-z0-9_]+`).FindAllString(string(b), -1) {
+			used[m] = true
+		}
+	}
+	var missing []string
+	for m := range used {
+		if !exported[m] && (withMirror || !strings.HasPrefix(m, "modbot_pgmirror_")) {
+			missing = append(missing, m)
+		}
+	}
+	slices.Sort(missing)
+	t.Logf("%d metric names used by %d rule and dashboard files; %d families exported by %d components", len(used), len(files), len(exported), len(targets))
+	return missing
 }
 
 // mirroredGuilds counts the rows of guild_assignments (-1 on error).
