@@ -255,6 +255,12 @@ func (c *Client) Drain(ctx context.Context, pod string) (RebalanceJob, error) {
 	return j, c.Do(ctx, http.MethodPost, "/v1/pods/"+url.PathEscape(pod)+"/drain", nil, &j)
 }
 
+// Leave asks the leader to mark pod down before a planned stop: its shards
+// move to the other pods now (POST /v1/pods/{id}/leave).
+func (c *Client) Leave(ctx context.Context, pod string) error {
+	return c.Do(ctx, http.MethodPost, "/v1/pods/"+url.PathEscape(pod)+"/leave", nil, nil)
+}
+
 // Move starts moving a guild to a pod (id or ordinal).
 func (c *Client) Move(ctx context.Context, guild, to string) (MoveResponse, error) {
 	var m MoveResponse

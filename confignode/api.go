@@ -50,6 +50,7 @@ func (n *Node) routes() *mux.Router {
 	v1(internal, "POST", "/pods", n.leaderOnly(n.handleRegisterPod))
 	v1(internal, "POST", "/pods/{id}/heartbeat", n.leaderOnly(n.handleHeartbeat))
 	v1(admin, "POST", "/pods/{id}/drain", n.leaderOnly(n.handleDrain))
+	v1(internal, "POST", "/pods/{id}/leave", n.leaderOnly(n.handleLeave))
 	// ?consistent=true: a pod taking a shard over reads the checkpoint to
 	// resume from linearizably, never off a lagging follower.
 	v1(read, "GET", "/shards", n.reads(n.handleShards))
@@ -279,6 +280,36 @@ func (n *Node) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 		})
 	}
 	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"pod": pod.ID, "state": pod.State})
+}
+
+// handleLeave marks a pod down at its own request before a planned stop
+// (SIGTERM): its shards go to the other pods at once instead of after
+// PodTimeout of silence; its guilds stay its own, their events held by the
+// shard holders until it is back (or fail over after the grace). The pod
+// stopped heartbeating first; its next registration makes it active again.
+// Leaving twice is a no-op.
+func (n *Node) handleLeave(w http.ResponseWriter, r *http.Request) {
+	id := mux.Vars(r)["id"]
+	var state fsm.PodState
+	known := false
+	n.store.View(func(s *fsm.State) {
+		if p, ok := s.Pods[id]; ok {
+			state, known = p.State, true
+		}
+	})
+	if !known {
+		httpapi.WriteError(w, http.StatusNotFound, "unknown pod %q", id)
+		return
+	}
+	if state != fsm.PodDown {
+		if _, err := n.propose(r.Context(), fsm.Command{Type: fsm.CmdMarkPodDown, PodID: id}); err != nil {
+			n.fail(w, r, err)
+			return
+		}
+		n.log.Info("pod left for a planned stop; marked down", "pod", id)
+		n.metrics.podsLeft.Inc()
+	}
+	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"pod": id, "state": fsm.PodDown, "revision": n.store.Revision()})
 }
 
 func (n *Node) writeResult(w http.ResponseWriter, res proposeResult, msg string) {

@@ -27,6 +27,7 @@ var configRouteScopes = []httpapitest.Route{
 	{Method: "GET", Template: "/v1/pods", Scope: httpapi.ScopeRead},
 	{Method: "POST", Template: "/v1/pods", Scope: httpapi.ScopeInternal},
 	{Method: "POST", Template: "/v1/pods/{id}/heartbeat", Scope: httpapi.ScopeInternal},
+	{Method: "POST", Template: "/v1/pods/{id}/leave", Scope: httpapi.ScopeInternal},
 	{Method: "POST", Template: "/v1/pods/{id}/drain", Scope: httpapi.ScopeAdmin},
 	{Method: "GET", Template: "/v1/shards", Scope: httpapi.ScopeRead},
 	{Method: "POST", Template: "/v1/shards/checkpoints", Scope: httpapi.ScopeInternal},

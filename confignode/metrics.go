@@ -19,6 +19,7 @@ type metrics struct {
 	proposals     *prometheus.CounterVec
 	applyLatency  prometheus.Histogram
 	forwarded     prometheus.Counter
+	podsLeft      prometheus.Counter
 	authRefusals  *prometheus.CounterVec
 	identifySlots prometheus.Counter
 	// identifyRefused counts identify slots refused, by reason: "budget"
@@ -54,7 +55,9 @@ func newMetrics(n *Node) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
 		authRefusals: httpapi.NewRefusalCounter("config"),
-		forwarded:    prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_forwarded_requests_total", Help: "Requests forwarded to the leader."}),
+		podsLeft: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_pods_left_total",
+			Help: "Gateway pods marked down at their own request before a planned stop (SIGTERM)."}),
+		forwarded: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_forwarded_requests_total", Help: "Requests forwarded to the leader."}),
 		moves: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "modbot_migrations_total",
 			Help: "Guild moves by result (completed, aborted)."}, []string{"result"}),
 		moveDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "modbot_migration_duration_seconds",
@@ -80,7 +83,7 @@ func newMetrics(n *Node) *metrics {
 	for _, r := range []string{"budget", "not_holder"} {
 		m.identifyRefused.WithLabelValues(r)
 	}
-	reg.MustRegister(m.httpLatency, m.authRefusals, m.proposals, m.applyLatency, m.forwarded, m.identifySlots, m.identifyRefused, m.orphanAbortFailures, m.ambiguousCommits, m.moves, m.moveDuration, m.movesInFlight, m.podsMarkedDown, m.failovers, m.watchers, m.watchSent,
+	reg.MustRegister(m.httpLatency, m.authRefusals, m.podsLeft, m.proposals, m.applyLatency, m.forwarded, m.identifySlots, m.identifyRefused, m.orphanAbortFailures, m.ambiguousCommits, m.moves, m.moveDuration, m.movesInFlight, m.podsMarkedDown, m.failovers, m.watchers, m.watchSent,
 		m.raftState, m.raftTerm, m.raftApplied, m.raftCommit, m.lastContact,
 		&fsmCollector{n: n}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if c := n.cfg.TLS.Collector("config"); c != nil {

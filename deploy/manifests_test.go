@@ -882,9 +882,12 @@ func (c *cluster) checkShape(f facts) []string {
 				restore.value(f.bin, "db"), replicate.value(f.bin, "db"), gateway.value(f.bin, "data-dir")))
 		}
 		shutdown, err := parseDuration(replicate.value(f.bin, "shutdown-timeout"))
-		const gatewayStop = 15 // s: sessions detached, API drained (5 s), SQLite closed
-		if grace := gw.spec.TerminationGracePeriodSeconds; err != nil || grace == nil || *grace < int64(gatewayStop+shutdown+5) {
-			p = append(p, fmt.Sprintf("gateway: terminationGracePeriodSeconds %v does not cover the gateway's stop (%d s) and the sidecar's --shutdown-timeout (%d s)", grace, gatewayStop, shutdown))
+		// The gateway's stop: --leave-timeout (shards handed over), then
+		// sessions detached, API drained (5 s), SQLite closed.
+		leave, lerr := parseDuration(gateway.value(f.bin, "leave-timeout"))
+		gatewayStop := 15 + leave
+		if grace := gw.spec.TerminationGracePeriodSeconds; err != nil || lerr != nil || grace == nil || *grace < int64(gatewayStop+shutdown+5) {
+			p = append(p, fmt.Sprintf("gateway: terminationGracePeriodSeconds %v does not cover the gateway's stop (%d s with --leave-timeout) and the sidecar's --shutdown-timeout (%d s)", grace, gatewayStop, shutdown))
 		}
 		if got := gateway.value(f.bin, "replication-status"); !strings.HasSuffix(got, ":"+portOf(replicate.value(f.bin, "metrics-addr"))+"/healthz") {
 			p = append(p, fmt.Sprintf("gateway: --replication-status %q is not the sidecar's /healthz", got))
@@ -1016,7 +1019,7 @@ func TestCrossChecksCatchBrokenManifests(t *testing.T) {
 		{"config URL on the ready-only service", "base/proxy.yaml", "https://config-0.config-peers:8000,", "https://config-0.config:8000,", "not under the StatefulSet's headless Service"},
 		{"every node bootstraps", "base/config.yaml", "- name: MODBOT_BOOTSTRAP_ID\n              value: config-0", "- name: MODBOT_BOOTSTRAP\n              value: \"true\"", "want --bootstrap-id config-0"},
 		{"restore without its guards", "base/gateway.yaml", `, "--if-db-not-exists", "--if-replica-exists"]`, `]`, "needs --if-db-not-exists --if-replica-exists"},
-		{"short grace", "base/gateway.yaml", "terminationGracePeriodSeconds: 60", "terminationGracePeriodSeconds: 30", "does not cover"},
+		{"short grace", "base/gateway.yaml", "terminationGracePeriodSeconds: 75", "terminationGracePeriodSeconds: 60", "does not cover"},
 		{"sidecar stops with the gateway", "base/gateway.yaml", "          restartPolicy: Always\n", "", "want a replicate native sidecar"},
 		{"hpa numbers", "base/proxy.yaml", "stabilizationWindowSeconds: 300", "stabilizationWindowSeconds: 60", "300 s scale-down"},
 		{"config pdb", "base/config.yaml", "  maxUnavailable: 1", "  maxUnavailable: 2", "want maxUnavailable 1 for config"},

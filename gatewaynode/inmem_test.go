@@ -203,6 +203,11 @@ func (c *memCluster) RegisterPod(_ context.Context, r assignments.RegisterPodReq
 
 func (c *memCluster) HeartbeatWithLag(context.Context, string, int64) error { return nil }
 
+func (c *memCluster) Leave(_ context.Context, pod string) error {
+	_, _, err := c.apply(fsm.Command{Type: fsm.CmdMarkPodDown, PodID: pod})
+	return err
+}
+
 func (c *memCluster) PlaceGuilds(_ context.Context, ids []string) (assignments.PlaceResponse, error) {
 	var gs []uint64
 	for _, s := range ids {

@@ -180,6 +180,10 @@ type Node struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	closing sync.Once
+	// hbMu orders heartbeats with Leave: once leaving is set no heartbeat
+	// is sent (one would bring the pod back from down).
+	hbMu    sync.Mutex
+	leaving bool
 }
 
 // deps are the seams a Node is built on (seams.go).
@@ -368,6 +372,11 @@ func (n *Node) membership() {
 			return
 		case <-t.C:
 		}
+		n.hbMu.Lock()
+		if n.leaving {
+			n.hbMu.Unlock()
+			return
+		}
 		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.HeartbeatInterval*3)
 		err := n.client.HeartbeatWithLag(ctx, n.cfg.ID, n.replicationLagMs(ctx))
 		cancel()
@@ -377,7 +386,52 @@ func (n *Node) membership() {
 			n.metrics.heartbeatErrors.Inc()
 			n.log.Debug("heartbeat failed", "err", err)
 		}
+		n.hbMu.Unlock()
 	}
+}
+
+// Leave hands the pod's shards to the other pods before a planned stop
+// (SIGTERM; a rolling restart): it stops heartbeating, asks the leader to
+// mark it down, and waits until the map shows it down and it runs no shard
+// session any more — each new holder took its shard over (resumed its
+// session or identified its own, and this pod committed what it had before
+// letting go: the handoff in shards.go). Its guilds stay its own: the shard
+// holders hold their events and deliver them when it is back. Close after
+// Leave; a restart registers the pod and makes it active again. An error
+// (ctx ended first) says what was still held: Close is still safe, the
+// successors then resume the sessions as after a crash.
+func (n *Node) Leave(ctx context.Context) error {
+	start := time.Now()
+	n.hbMu.Lock()
+	n.leaving = true
+	n.hbMu.Unlock()
+	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 2*time.Second) {
+		err := n.client.Leave(ctx, n.cfg.ID)
+		if err == nil {
+			break
+		}
+		n.log.Warn("leave: the control plane did not mark this pod down yet; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("leave: the control plane did not mark %s down: %w", n.cfg.ID, err)
+		case <-time.After(backoff):
+		}
+	}
+	// Polled: a handoff ends in its own goroutine, not on a map change.
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if p, ok := n.watch.Pod(n.cfg.ID); ok && p.State == fsm.PodDown && n.shards.busy() == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("leave: %d shard sessions still running after %s: %w", n.shards.busy(), time.Since(start).Round(time.Millisecond), ctx.Err())
+		case <-tick.C:
+		}
+	}
+	n.log.Info("left: every shard handed over", "after", time.Since(start).Round(time.Millisecond))
+	return nil
 }
 
 // Close stops the pod: shard sessions are detached (resumable by whoever

@@ -45,6 +45,8 @@ type mapView interface {
 type controlPlane interface {
 	RegisterPod(ctx context.Context, r assignments.RegisterPodRequest) (assignments.WriteResult, error)
 	HeartbeatWithLag(ctx context.Context, pod string, replicationLagMs int64) error
+	// Leave marks the pod down at its own request (a planned stop).
+	Leave(ctx context.Context, pod string) error
 	PlaceGuilds(ctx context.Context, ids []string) (assignments.PlaceResponse, error)
 	// ConsistentShards reads the shards (holders, epochs, checkpoints)
 	// linearizably: a handoff or a resume must not act on a lagging copy.

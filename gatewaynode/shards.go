@@ -115,6 +115,18 @@ func (s *shardSet) ready() bool {
 	return true
 }
 
+// busy counts the shards this pod still runs a session of: held, being
+// handed over, or being closed.
+func (s *shardSet) busy() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := len(s.running) + len(s.leaving)
+	for _, c := range s.stopping {
+		n += c
+	}
+	return n
+}
+
 func (s *shardSet) held() []int {
 	s.mu.Lock()
 	defer s.mu.Unlock()

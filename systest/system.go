@@ -214,6 +214,24 @@ func StartPod(cfg gatewaynode.Config) (*gatewaynode.Node, error) {
 	return n, nil
 }
 
+// StopGateway stops gateway i as SIGTERM does (modbot gateway): it hands
+// its shards over (Leave, bounded by timeout), then closes. It returns how
+// long the handoff took and Leave's error, if any.
+func (s *System) StopGateway(i int, timeout time.Duration) (time.Duration, error) {
+	g := s.Gateways[i]
+	if g == nil {
+		return 0, nil
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	err := g.Leave(ctx)
+	cancel()
+	took := time.Since(start)
+	_ = g.Close()
+	s.Gateways[i] = nil
+	return took, err
+}
+
 // KillGateway hard-stops gateway i, as a crash would.
 func (s *System) KillGateway(i int) {
 	if s.Gateways[i] != nil {

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
+	"time"
 
 	"github.com/modbot/modbot/gatewaynode"
 	"github.com/modbot/modbot/internal/cli"
@@ -27,6 +29,7 @@ func runGateway(args []string) error {
 	fs.StringVar(&c.ReplicationStatus, "replication-status", "", "the replication sidecar's /healthz URL: its lag is reported with heartbeats (the data-loss window of a failover)")
 	fs.StringVar(&c.RestoreFrom, "restore-from", "", "this pod's replica (as for modbot replicate): a missing database is restored from it before start")
 	fs.DurationVar(&c.CheckpointInterval, "checkpoint-interval", 0, "how often shard resume points are saved (default 1s)")
+	leaveTimeout := fs.Duration("leave-timeout", 20*time.Second, "on SIGTERM, how long to wait for the other pods to take this pod's shards over before stopping (0: stop at once; they take over after --pod-timeout of silence)")
 	tlsFlags := cli.TLSFlags(fs)
 	if err := cli.Parse(fs, args); err != nil {
 		return err
@@ -47,6 +50,15 @@ func runGateway(args []string) error {
 		return err
 	}
 	<-ctx.Done()
-	c.Logger.Info("signal received; stopping (shard sessions stay resumable)")
+	if *leaveTimeout > 0 {
+		c.Logger.Info("signal received; handing the shards over before stopping", "timeout", *leaveTimeout)
+		lctx, cancel := context.WithTimeout(context.Background(), *leaveTimeout)
+		if err := n.Leave(lctx); err != nil {
+			c.Logger.Warn("stopping before every shard was handed over; their new holders resume the sessions", "err", err)
+		}
+		cancel()
+	} else {
+		c.Logger.Info("signal received; stopping (shard sessions stay resumable)")
+	}
 	return n.Close()
 }
