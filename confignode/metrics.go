@@ -83,6 +83,9 @@ func newMetrics(n *Node) *metrics {
 	for _, r := range []string{"budget", "not_holder"} {
 		m.identifyRefused.WithLabelValues(r)
 	}
+	for _, r := range []string{"completed", "aborted"} {
+		m.moves.WithLabelValues(r)
+	}
 	reg.MustRegister(m.httpLatency, m.authRefusals, m.podsLeft, m.proposals, m.applyLatency, m.forwarded, m.identifySlots, m.identifyRefused, m.orphanAbortFailures, m.ambiguousCommits, m.moves, m.moveDuration, m.movesInFlight, m.podsMarkedDown, m.failovers, m.watchers, m.watchSent,
 		m.raftState, m.raftTerm, m.raftApplied, m.raftCommit, m.lastContact,
 		&fsmCollector{n: n}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -282,7 +282,8 @@ func TestDevRunsTheWholeSystemAndLeavesNothingBehind(t *testing.T) {
 }
 
 // missingMetrics scrapes every target and returns the metric names the
-// rules (deploy/monitoring/rules) and dashboards (deploy/grafana/dashboards)
+// rules (deploy/monitoring/rules) and dashboards (deploy/grafana/dashboards,
+// deploy/monitoring/dashboards)
 // use that none exports (a histogram's _bucket, _sum and _count are its
 // family). Without Postgres the mirror's metrics are not looked for.
 func missingMetrics(t *testing.T, targets []string, withMirror bool) []string {
@@ -312,8 +313,9 @@ func missingMetrics(t *testing.T, targets []string, withMirror bool) []string {
 	}
 	files, _ := filepath.Glob(filepath.Join("..", "deploy", "monitoring", "rules", "*.rules.yml"))
 	dash, _ := filepath.Glob(filepath.Join("..", "deploy", "grafana", "dashboards", "*.json"))
-	files = append(files, dash...)
-	if len(files) < 2 {
+	prom, _ := filepath.Glob(filepath.Join("..", "deploy", "monitoring", "dashboards", "*.json"))
+	files = append(append(files, dash...), prom...)
+	if len(files) < 3 {
 		t.Fatalf("no rule files or dashboards found: %v", files)
 	}
 	used := map[string]bool{}

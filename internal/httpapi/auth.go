@@ -82,10 +82,18 @@ const (
 // NewRefusalCounter is modbot_<component>_auth_refusals_total{scope,reason}:
 // requests refused for their credentials, by the scope the route needed.
 func NewRefusalCounter(component string) *prometheus.CounterVec {
-	return prometheus.NewCounterVec(prometheus.CounterOpts{
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "modbot_" + component + "_auth_refusals_total",
 		Help: "Requests refused for their bearer token, by the scope the route needs and the reason (missing, wrong, scope).",
 	}, []string{"scope", "reason"})
+	// Exported at 0 from the start, so a rate or an alert has a series
+	// before the first refusal.
+	for _, s := range []Scope{ScopeRead, ScopeInternal, ScopeAdmin} {
+		for _, r := range []string{RefusedMissing, RefusedWrong, RefusedScope} {
+			c.WithLabelValues(s.String(), r)
+		}
+	}
+	return c
 }
 
 // Auth checks bearer tokens against a component's Tokens. It keeps only
