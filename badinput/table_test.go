@@ -394,7 +394,7 @@ func watcherRow() row {
 		input:     fmt.Sprintf("%d `GET /v1/watch` streams open at once (there is no limit)", watchers),
 		do: func(e *env) answer {
 			base := e.configURL(e.leader())
-			subsBefore = e.metric(base, "modbot_watch_subscribers")
+			subsBefore = e.metric(base, "modbot_config_watch_subscribers")
 			var wg sync.WaitGroup
 			errs := make(chan error, watchers)
 			stop := make(chan struct{})
@@ -441,7 +441,7 @@ func watcherRow() row {
 			st := e.send(req{method: http.MethodGet, url: base + "/v1/status"})
 			cr := e.send(req{method: http.MethodGet, url: base + "/v1/guilds/" + strconv.FormatUint(e.g0, 10) + "?consistent=true"})
 			took := time.Since(t0)
-			open := e.metric(base, "modbot_watch_subscribers") - subsBefore
+			open := e.metric(base, "modbot_config_watch_subscribers") - subsBefore
 			close(stop)
 			wg.Wait()
 			client.CloseIdleConnections()
@@ -457,7 +457,7 @@ func watcherRow() row {
 			case took > 3*time.Second:
 				err = fmt.Errorf("reads took %s while %d watchers were open", took, watchers)
 			case open < watchers:
-				err = fmt.Errorf("modbot_watch_subscribers rose by %v, want %d", open, watchers)
+				err = fmt.Errorf("modbot_config_watch_subscribers rose by %v, want %d", open, watchers)
 			}
 			return answer{Status: st.Status, Err: err}
 		},
@@ -465,7 +465,7 @@ func watcherRow() row {
 		settle: func(e *env) error {
 			base := e.configURL(e.leader())
 			deadline := time.Now().Add(10 * time.Second)
-			for e.metric(base, "modbot_watch_subscribers") > subsBefore {
+			for e.metric(base, "modbot_config_watch_subscribers") > subsBefore {
 				if time.Now().After(deadline) {
 					return fmt.Errorf("watch streams not released after the clients closed them")
 				}

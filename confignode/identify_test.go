@@ -153,13 +153,13 @@ func TestIdentifySlotsAreRefusedBelowTheReserve(t *testing.T) {
 		t.Fatalf("client: %v", err)
 	}
 	reg := tc.nodes[0].Registry()
-	if v := metricValue(t, reg, "modbot_identify_budget_remaining", nil); v != 50 {
-		t.Fatalf("modbot_identify_budget_remaining %v, want 50", v)
+	if v := metricValue(t, reg, "modbot_config_identify_budget_remaining", nil); v != 50 {
+		t.Fatalf("modbot_config_identify_budget_remaining %v, want 50", v)
 	}
-	if v := metricValue(t, reg, "modbot_identify_refused_total", map[string]string{"reason": "budget"}); v != 2 {
+	if v := metricValue(t, reg, "modbot_config_identify_refused_total", map[string]string{"reason": "budget"}); v != 2 {
 		t.Fatalf("budget refusals %v, want 2", v)
 	}
-	if v := metricValue(t, reg, "modbot_identify_refused_total", map[string]string{"reason": "not_holder"}); v != 2 {
+	if v := metricValue(t, reg, "modbot_config_identify_refused_total", map[string]string{"reason": "not_holder"}); v != 2 {
 		t.Fatalf("not-holder refusals %v, want 2", v)
 	}
 	// The 429 carries Retry-After in seconds.

@@ -181,9 +181,9 @@ func TestAmbiguousCompleteMoveThatCommittedCompletesTheMove(t *testing.T) {
 		t.Fatalf("the new owner was told to drop its copy (%v) or the move aborted (%d aborts, %d completes)", dst.deleted(""), aborts.Load(), completes.Load())
 	}
 	reg := n.Registry()
-	if metricValue(t, reg, "modbot_migrations_total", map[string]string{"result": "completed"}) != 1 ||
-		metricValue(t, reg, "modbot_migrations_total", map[string]string{"result": "aborted"}) > 0 ||
-		metricValue(t, reg, "modbot_migration_ambiguous_commits_total", nil) != 1 {
+	if metricValue(t, reg, "modbot_config_migrations_total", map[string]string{"result": "completed"}) != 1 ||
+		metricValue(t, reg, "modbot_config_migrations_total", map[string]string{"result": "aborted"}) > 0 ||
+		metricValue(t, reg, "modbot_config_migration_ambiguous_commits_total", nil) != 1 {
 		t.Fatal("metrics do not show one completed move and one ambiguous commit")
 	}
 }
@@ -330,7 +330,7 @@ func TestOrphanedMovesAreAbortedDespiteFailures(t *testing.T) {
 	if a := attempts.Load(); a != 4 {
 		t.Fatalf("%d abort attempts, want 3 failures and 1 success", a)
 	}
-	if f := metricValue(t, tc.nodes[nl].Registry(), "modbot_migration_orphan_abort_failures_total", nil); f != 3 {
+	if f := metricValue(t, tc.nodes[nl].Registry(), "modbot_config_migration_orphan_abort_failures_total", nil); f != 3 {
 		t.Fatalf("orphan abort failures metric %v, want 3", f)
 	}
 }

@@ -58,27 +58,27 @@ func newMetrics(n *Node) *metrics {
 		podsLeft: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_pods_left_total",
 			Help: "Gateway pods marked down at their own request before a planned stop (SIGTERM)."}),
 		forwarded: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_forwarded_requests_total", Help: "Requests forwarded to the leader."}),
-		moves: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "modbot_migrations_total",
+		moves: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "modbot_config_migrations_total",
 			Help: "Guild moves by result (completed, aborted)."}, []string{"result"}),
-		moveDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "modbot_migration_duration_seconds",
+		moveDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "modbot_config_migration_duration_seconds",
 			Help: "Guild move time from start to commit.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 16)}),
-		movesInFlight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_migrations_in_flight", Help: "Guild moves this leader is running."}),
+		movesInFlight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_config_migrations_in_flight", Help: "Guild moves this leader is running."}),
 		identifySlots: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_identify_slots_total", Help: "Discord identify slots handed out."}),
-		identifyRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "modbot_identify_refused_total",
+		identifyRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "modbot_config_identify_refused_total",
 			Help: "Identify slots refused by the leader, by reason (budget: the daily session start budget is down to its reserve; not_holder: the pod does not hold the shard at that epoch)."}, []string{"reason"}),
-		orphanAbortFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_migration_orphan_abort_failures_total",
+		orphanAbortFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_migration_orphan_abort_failures_total",
 			Help: "Failed attempts to abort a move no task of the leader runs (retried with backoff)."}),
-		ambiguousCommits: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_migration_ambiguous_commits_total",
+		ambiguousCommits: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_migration_ambiguous_commits_total",
 			Help: "CompleteMove proposals whose outcome was ambiguous (timeout, leadership lost) and had to be read back."}),
 		podsMarkedDown: prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_pods_marked_down_total", Help: "Pods marked down for missed heartbeats."}),
 		failovers:      prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_failovers_total", Help: "Failover jobs started: a pod down past the grace period had its guilds moved from its replica."}),
-		watchers:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_watch_subscribers", Help: "Open /v1/watch streams on this node."}),
-		watchSent:      prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_watch_events_sent_total", Help: "Change events written to watch streams."}),
-		raftState:      prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "modbot_raft_state", Help: "1 for the node's current Raft state."}, []string{"state"}),
-		raftTerm:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_raft_term", Help: "Current Raft term."}),
-		raftApplied:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_raft_applied_index", Help: "Last Raft index applied to the FSM."}),
-		raftCommit:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_raft_commit_index", Help: "Last committed Raft index."}),
-		lastContact:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_raft_last_contact_seconds", Help: "Seconds since this follower heard from the leader (0 on the leader)."}),
+		watchers:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_config_watch_subscribers", Help: "Open /v1/watch streams on this node."}),
+		watchSent:      prometheus.NewCounter(prometheus.CounterOpts{Name: "modbot_config_watch_events_sent_total", Help: "Change events written to watch streams."}),
+		raftState:      prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "modbot_config_raft_state", Help: "1 for the node's current Raft state."}, []string{"state"}),
+		raftTerm:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_config_raft_term", Help: "Current Raft term."}),
+		raftApplied:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_config_raft_applied_index", Help: "Last Raft index applied to the FSM."}),
+		raftCommit:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_config_raft_commit_index", Help: "Last committed Raft index."}),
+		lastContact:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "modbot_config_raft_last_contact_seconds", Help: "Seconds since this follower heard from the leader (0 on the leader)."}),
 	}
 	for _, r := range []string{"budget", "not_holder"} {
 		m.identifyRefused.WithLabelValues(r)
@@ -131,16 +131,16 @@ func (m *metrics) raftLoop(ctx context.Context, r func() *raft.Raft) {
 type fsmCollector struct{ n *Node }
 
 var (
-	descRevision  = prometheus.NewDesc("modbot_fsm_revision", "Revision of the last change applied on this node.", nil, nil)
-	descGuilds    = prometheus.NewDesc("modbot_fsm_guilds", "Guilds in the map.", nil, nil)
-	descMigrating = prometheus.NewDesc("modbot_fsm_guilds_migrating", "Guilds being moved.", nil, nil)
-	descPerPod    = prometheus.NewDesc("modbot_guilds_per_pod", "Guilds owned by each pod.", []string{"pod"}, nil)
-	descShardsPod = prometheus.NewDesc("modbot_shards_per_pod", "Shards held by each pod.", []string{"pod"}, nil)
-	descPods      = prometheus.NewDesc("modbot_pods", "Pods by state.", []string{"state"}, nil)
-	descHistory   = prometheus.NewDesc("modbot_watch_oldest_revision", "Oldest revision a watch can start from on this node.", nil, nil)
-	descJob       = prometheus.NewDesc("modbot_rebalance_moves", "Moves of the current or last rebalance/drain on this leader, by state (planned, done, failed, running).", []string{"kind", "state"}, nil)
-	descBudget    = prometheus.NewDesc("modbot_identify_budget_remaining", "Identifies left in Discord's daily session start budget, as the leader tracks it (only the leader reports it).", nil, nil)
-	descBudgetRes = prometheus.NewDesc("modbot_identify_budget_reserve", "Identifies of the daily budget kept back: slots are refused at or below it (leader only).", nil, nil)
+	descRevision  = prometheus.NewDesc("modbot_config_fsm_revision", "Revision of the last change applied on this node.", nil, nil)
+	descGuilds    = prometheus.NewDesc("modbot_config_fsm_guilds", "Guilds in the map.", nil, nil)
+	descMigrating = prometheus.NewDesc("modbot_config_fsm_guilds_migrating", "Guilds being moved.", nil, nil)
+	descPerPod    = prometheus.NewDesc("modbot_config_guilds_per_pod", "Guilds owned by each pod.", []string{"pod"}, nil)
+	descShardsPod = prometheus.NewDesc("modbot_config_shards_per_pod", "Shards held by each pod.", []string{"pod"}, nil)
+	descPods      = prometheus.NewDesc("modbot_config_pods", "Pods by state.", []string{"state"}, nil)
+	descHistory   = prometheus.NewDesc("modbot_config_watch_oldest_revision", "Oldest revision a watch can start from on this node.", nil, nil)
+	descJob       = prometheus.NewDesc("modbot_config_rebalance_moves", "Moves of the current or last rebalance/drain on this leader, by state (planned, done, failed, running).", []string{"kind", "state"}, nil)
+	descBudget    = prometheus.NewDesc("modbot_config_identify_budget_remaining", "Identifies left in Discord's daily session start budget, as the leader tracks it (only the leader reports it).", nil, nil)
+	descBudgetRes = prometheus.NewDesc("modbot_config_identify_budget_reserve", "Identifies of the daily budget kept back: slots are refused at or below it (leader only).", nil, nil)
 	descTasks     = prometheus.NewDesc("modbot_config_leader_tasks", "Leader tasks running on this node (moves, rebalances, orphan sweep, liveness).", nil, nil)
 )
 

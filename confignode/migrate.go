@@ -417,7 +417,7 @@ const orphanReason = "orphaned: no task of the current leader runs this move (th
 // of attempts here — for as long as the term lasts: right away, then every
 // OrphanCheckInterval, and after a failed abort again with backoff until
 // every orphan is aborted. Failures are counted
-// (modbot_migration_orphan_abort_failures_total).
+// (modbot_config_migration_orphan_abort_failures_total).
 func (m *mover) sweepOrphans(t *term) {
 	ctx := t.ctx
 	const minBackoff, maxBackoff = 100 * time.Millisecond, 5 * time.Second

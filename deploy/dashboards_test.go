@@ -170,7 +170,7 @@ func TestMetricsDashboardsDecodeAndTheirQueriesParse(t *testing.T) {
 func TestABrokenDashboardQueryIsCaught(t *testing.T) {
 	for _, d := range loadMetricsDashboards(t) {
 		d.Panels = d.Panels[:1]
-		d.Panels[0].Targets[0].Expr = "sum by (pod (modbot_guilds_per_pod)"
+		d.Panels[0].Targets[0].Expr = "sum by (pod (modbot_config_guilds_per_pod)"
 		if err := checkQueries(t, d); err == nil {
 			t.Fatal("promtool accepted a query with unbalanced parentheses")
 		}

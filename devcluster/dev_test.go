@@ -281,11 +281,15 @@ func TestDevRunsTheWholeSystemAndLeavesNothingBehind(t *testing.T) {
 	}
 }
 
+// metricScheme is the one naming scheme of modbot's metrics, and its one
+// exception (a histogram shared by every component, with a component label).
+var metricScheme = regexp.MustCompile(`^modbot_(config|gateway|proxy|pgmirror|replication|watcher)_[a-z0-9_]+$|^modbot_http_request_duration_seconds$`)
+
 // missingMetrics scrapes every target and returns the metric names the
 // rules (deploy/monitoring/rules) and dashboards (deploy/grafana/dashboards,
 // deploy/monitoring/dashboards)
 // use that none exports (a histogram's _bucket, _sum and _count are its
-// family). Without Postgres the mirror's metrics are not looked for.
+// family); a modbot_ family outside the naming scheme is an error. Without Postgres the mirror's metrics are not looked for.
 func missingMetrics(t *testing.T, targets []string, withMirror bool) []string {
 	t.Helper()
 	exported := map[string]bool{}
@@ -302,6 +306,9 @@ func missingMetrics(t *testing.T, targets []string, withMirror bool) []string {
 		for _, l := range strings.Split(string(b), "\n") {
 			if f, ok := strings.CutPrefix(l, "# TYPE "); ok {
 				name, kind, _ := strings.Cut(f, " ")
+				if strings.HasPrefix(name, "modbot_") && !metricScheme.MatchString(name) {
+					t.Errorf("%s (from %s) is not named modbot_<component>_<what>_<unit> (docs/operations.md, Metrics)", name, u)
+				}
 				exported[name] = true
 				if kind == "histogram" || kind == "summary" {
 					for _, suf := range []string{"_bucket", "_sum", "_count"} {
