@@ -15,7 +15,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/modbot/modbot/internal/pgserver"
+	"github.com/modbot/modbot/systest"
 )
 
 // buildBinaries compiles modbot and modbotctl once for the test.
@@ -88,7 +88,7 @@ func TestDevRunsTheWholeSystemAndLeavesNothingBehind(t *testing.T) {
 	cmd := exec.Command(modbot, "dev", "--dir", state, "--traffic", "0", "--guilds", "12", "--port-offset", strconv.Itoa(off))
 	cmd.Dir = work
 	stdout, _ := cmd.StdoutPipe()
-	var stderr lockedBuffer
+	var stderr systest.LockedBuffer
 	cmd.Stderr = &stderr
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
@@ -358,24 +358,6 @@ func mirroredGuilds(url string) int {
 	n := -1
 	_ = conn.QueryRow(ctx, `SELECT count(*) FROM guild_assignments`).Scan(&n)
 	return n
-}
-
-// lockedBuffer is a bytes.Buffer safe to read while the child writes to it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // dashboardOwner reads which pod serves a dashboard.

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/hex"
 	"log/slog"
@@ -9,30 +8,11 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/modbot/modbot/systest"
 )
-
-// lockedBuffer collects every component's log lines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestNoComponentLogsASecret runs config nodes, gateway pods and a proxy
 // with TLS, logging at debug level, through what makes them log the most:
@@ -40,7 +20,7 @@ func (l *lockedBuffer) String() string {
 // move. No line carries a token, the bot token, the OAuth client secret,
 // the session key or the TLS private key.
 func TestNoComponentLogsASecret(t *testing.T) {
-	var logs lockedBuffer
+	var logs systest.LockedBuffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	sys, err := systest.StartSystem(context.Background(), t.TempDir(), systest.SystemOptions{Shards: 2, Gateways: 2, Proxy: true, TLS: true, Logger: log})
 	if err != nil {
