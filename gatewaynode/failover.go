@@ -29,8 +29,9 @@ import (
 // child process, because Litestream's SQLite must never share a process
 // with the gateway's (DESIGN §9); the restore is integrity-checked — into a
 // temporary file, fences its copy of the guild at the failover's epoch and
-// exports it into the ordinary import path (checksum verified, all or
-// nothing). The restored copy is shared by every guild of that pod the
+// imports it with Store.ImportFrom: the import's bounded steps, SQLite
+// copying the rows from the attached copy, the result checked against the
+// copy's checksum, all or nothing. The restored copy is shared by every guild of that pod the
 // target receives and deleted once unused for failoverCopyIdle.
 
 // failoverCopyIdle is how long an unused restored replica is kept.
@@ -231,19 +232,12 @@ func (n *Node) importFromReplica(w http.ResponseWriter, r *http.Request, g, epoc
 	}
 	defer n.failover.release(c)
 	// Our private copy: fence it at the failover's epoch, as a live source
-	// fences itself, so the export carries that epoch.
+	// fences itself, so the copy carries that epoch.
 	if err := c.store.Fence(r.Context(), g, epoch); err != nil && !errors.Is(err, guildstore.ErrStaleEpoch) {
 		httpapi.WriteError(w, http.StatusInternalServerError, "fence the restored copy of guild %d: %v", g, err)
 		return
 	}
-	tmp, exp, _, err := n.exportToSpool(r.Context(), c.store, g)
-	if err != nil {
-		httpapi.WriteError(w, http.StatusInternalServerError, "from the restored replica: %v", err)
-		return
-	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-	info, err := n.store.ImportFile(r.Context(), g, tmp, exp.Checksum)
+	info, err := n.store.ImportFrom(r.Context(), g, c.store)
 	if err != nil {
 		httpapi.WriteError(w, importErrorStatus(err, http.StatusInternalServerError), "import guild %d from %s's replica: %v", g, dead.ID, err)
 		return

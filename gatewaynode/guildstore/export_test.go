@@ -4,8 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"os"
+	"math"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -93,30 +94,15 @@ func TestImportIsAllOrNothing(t *testing.T) {
 		{"truncated", truncated, info.Checksum, ErrBadExport},
 		{"garbage", []byte("hello\n"), info.Checksum, ErrBadExport},
 	} {
-		for _, via := range []string{"Import", "ImportFile"} {
-			t.Run(via+"/"+tc.name, func(t *testing.T) {
-				var err error
-				if via == "Import" {
-					_, err = dst.Import(ctx, g, bytes.NewReader(tc.data), tc.want)
-				} else {
-					_, err = dst.ImportFile(ctx, g, fileOf(t, tc.data), tc.want)
-				}
-				if !errors.Is(err, tc.err) {
-					t.Fatalf("err = %v, want %v", err, tc.err)
-				}
-				if after := mustChecksum(t, dst, g); after != before {
-					t.Fatal("failed import changed the target")
-				}
-			})
-		}
-	}
-	// The file variant imports a good export as Import does.
-	other := openTest(t, "other.db")
-	if _, err := other.ImportFile(ctx, g, fileOf(t, data), info.Checksum); err != nil {
-		t.Fatal(err)
-	}
-	if got := mustChecksum(t, other, g); got != info.Checksum {
-		t.Fatalf("ImportFile: checksum %s, want %s", got, info.Checksum)
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := dst.Import(ctx, g, bytes.NewReader(tc.data), tc.want)
+			if !errors.Is(err, tc.err) {
+				t.Fatalf("err = %v, want %v", err, tc.err)
+			}
+			if after := mustChecksum(t, dst, g); after != before {
+				t.Fatal("failed import changed the target")
+			}
+		})
 	}
 	// A stale export (epoch below the target's) is refused too.
 	if err := dst.Fence(ctx, g, 9); err != nil {
@@ -131,17 +117,71 @@ func TestImportIsAllOrNothing(t *testing.T) {
 	}
 }
 
-// fileOf writes data to a file and returns it open, positioned at its end
-// (ImportFile must read it from the start).
-func fileOf(t *testing.T, data []byte) *os.File {
-	t.Helper()
-	f, err := os.CreateTemp(t.TempDir(), "export-*.ndjson")
-	if err != nil {
-		t.Fatal(err)
+// TestSQLBuiltLinesAreAppendRows: for every table of integer columns, the
+// lines SQLite builds (tableLines) are byte for byte appendRow's of the
+// scanned values, NULLs and the extremes of int64 included; every other
+// table has no SQL-built line.
+func TestSQLBuiltLinesAreAppendRows(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, "lines.db")
+	const g = 77
+	vals := []int64{0, 1, -1, 9, 10, math.MaxInt64, math.MinInt64, 1 << 53, -(1 << 53) - 1, 1234567890123}
+	intOnly := 0
+	for _, tb := range exportTables {
+		if tb.lineSQL() == "" {
+			for _, ty := range tb.types {
+				if ty != cInt && ty != cNullInt {
+					goto next
+				}
+			}
+			t.Fatalf("%s has integer columns only but no SQL-built line", tb.name)
+		next:
+			continue
+		}
+		intOnly++
+		err := s.w.job(ctx, func(ctx context.Context, tx *wtx) error {
+			for i := range 40 {
+				row := make([]any, len(tb.cols))
+				row[0] = int64(g)
+				for c := 1; c < len(row); c++ {
+					row[c] = vals[(i*7+c*3)%len(vals)]
+					if tb.types[c] == cNullInt && (i+c)%3 == 0 {
+						row[c] = nil
+					}
+				}
+				if tb.order == "guild_id" && i > 0 {
+					break // one row per guild
+				}
+				if tb.order != "guild_id" {
+					row[1] = int64(i*1_000_003 - 20_000_000) // the key: distinct
+				}
+				if _, err := tx.exec(ctx, insertSQL(tb), row...); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", tb.name, err)
+		}
+		var viaSQL, viaGo []string
+		if _, err := tableLines(ctx, s.rdb, tb, g, func(line []byte) error {
+			viaSQL = append(viaSQL, string(line))
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tableRows(ctx, s.rdb, tb, g, func(v []any) error {
+			viaGo = append(viaGo, string(appendRow(nil, tb.name, v)))
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if len(viaGo) == 0 || !slices.Equal(viaSQL, viaGo) {
+			t.Fatalf("%s: SQL-built lines differ from appendRow's:\n sql %q\n  go %q", tb.name, viaSQL, viaGo)
+		}
 	}
-	t.Cleanup(func() { f.Close() })
-	if _, err := f.Write(data); err != nil {
-		t.Fatal(err)
+	if intOnly < 4 {
+		t.Fatalf("only %d tables with SQL-built lines; want guild_epochs, guild_settings, messages, unseen_messages", intOnly)
 	}
-	return f
 }

@@ -14,8 +14,9 @@ import (
 // restored replica) is verified first, without touching the database: the
 // whole stream is read, every row re-encoded canonically and hashed, and
 // only an export that hashes to the wanted checksum and agrees with its
-// trailer goes on (Import spools it to a local file on the way; ImportFile
-// reads its file twice). It is then published through the single writer in
+// trailer goes on (Import spools it to a local file on the way). A
+// failover's import from a restored replica on this machine (ImportFrom,
+// copy.go) takes the same steps with SQLite copying the rows. It is then published through the single writer in
 // bounded transactions — at most chunkRows rows and about chunkBudget each —
 // so every write of another guild queued meanwhile commits between two of
 // them instead of waiting for the whole guild:
@@ -141,6 +142,99 @@ type exportRow struct {
 	vals []any
 }
 
+// importRun is one import's sequence of bounded transactions (see the top
+// of this file); publish and ImportFrom differ only in where the rows come
+// from.
+type importRun struct {
+	s       *Store
+	guildID uint64
+	epoch   int64 // the export's
+	n       int   // transactions committed
+}
+
+// step runs fn in a transaction of its own on the writer, after checking
+// the stored epoch is still at most the export's.
+func (r *importRun) step(ctx context.Context, name string, fn func(ctx context.Context, t *wtx) error) error {
+	err := r.s.w.job(ctx, func(ctx context.Context, t *wtx) error {
+		if err := importEpochOK(ctx, t, r.guildID, r.epoch); err != nil {
+			return err
+		}
+		return fn(ctx, t)
+	})
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	r.n++
+	if h := r.s.imp.afterChunk; h != nil {
+		h(r.guildID, r.n, name)
+	}
+	return nil
+}
+
+// begin records the import in guild_imports; nothing else is written yet.
+func (r *importRun) begin(ctx context.Context) error {
+	return r.step(ctx, "begin", func(ctx context.Context, t *wtx) error {
+		t.w.unseen[r.guildID] = true // the import may bring parked rows
+		_, err := t.exec(ctx, `INSERT INTO guild_imports (guild_id, epoch, started_at) VALUES (?, ?, ?)
+			ON CONFLICT (guild_id) DO UPDATE SET epoch = excluded.epoch, started_at = excluded.started_at`,
+			int64(r.guildID), r.epoch, r.s.opts.Now().UnixMilli())
+		return err
+	})
+}
+
+// clear deletes the guild's old data rows (not its epoch, not its settings).
+func (r *importRun) clear(ctx context.Context) error {
+	for _, tb := range exportTables[2:] { // not guild_epochs, guild_settings
+		for done := false; !done; {
+			if err := r.step(ctx, "clear", func(ctx context.Context, t *wtx) error {
+				var err error
+				done, err = deleteRowsChunk(ctx, t, tb, r.guildID)
+				return err
+			}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// last runs check, replaces the settings row with settings (none: no
+// row), raises the epoch to the export's and ends the import.
+func (r *importRun) last(ctx context.Context, settings *exportRow, check func() error) error {
+	return r.step(ctx, "last", func(ctx context.Context, t *wtx) error {
+		if err := check(); err != nil {
+			return err
+		}
+		if _, err := t.exec(ctx, `DELETE FROM guild_settings WHERE guild_id = ?`, int64(r.guildID)); err != nil {
+			return fmt.Errorf("clear guild_settings: %w", err)
+		}
+		if settings != nil {
+			if _, err := t.exec(ctx, insertSQL(settings.spec), settings.vals...); err != nil {
+				return fmt.Errorf("insert guild_settings: %w", err)
+			}
+		}
+		if r.epoch > 0 {
+			if _, err := t.exec(ctx, `INSERT INTO guild_epochs (guild_id, epoch) VALUES (?, ?)
+				ON CONFLICT (guild_id) DO UPDATE SET epoch = excluded.epoch`, int64(r.guildID), r.epoch); err != nil {
+				return fmt.Errorf("set epoch: %w", err)
+			}
+		}
+		_, err := t.exec(ctx, `DELETE FROM guild_imports WHERE guild_id = ?`, int64(r.guildID))
+		return err
+	})
+}
+
+// failed leaves nothing of an import that failed after its begin, even if
+// the caller gave up; a store closed meanwhile leaves the guild_imports row
+// for the next Open.
+func (r *importRun) failed(ctx context.Context) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
+	defer cancel()
+	if cerr := r.s.dropImport(cctx, r.guildID); cerr != nil {
+		r.s.log.Warn("clean-up of a failed import failed; the next open finishes it", "guild", r.guildID, "err", cerr)
+	}
+}
+
 // publish replaces the guild's data rows with those of a verified export
 // read from r, in bounded transactions (see the top of this file).
 func (s *Store) publish(ctx context.Context, guildID uint64, r io.Reader, wantChecksum string) (ExportInfo, error) {
@@ -155,7 +249,7 @@ func (s *Store) publish(ctx context.Context, guildID uint64, r io.Reader, wantCh
 	}
 	// The export starts with the guild's one-row tables (epoch, settings):
 	// they are written by the last transaction only.
-	var epoch int64
+	run := &importRun{s: s, guildID: guildID}
 	var settings, carry *exportRow
 	eof := false
 	for carry == nil && !eof {
@@ -166,69 +260,30 @@ func (s *Store) publish(ctx context.Context, guildID uint64, r io.Reader, wantCh
 		case err != nil:
 			return ExportInfo{}, err
 		case spec.name == "guild_epochs":
-			epoch = vals[1].(int64)
+			run.epoch = vals[1].(int64)
 		case spec.name == "guild_settings":
 			settings = &exportRow{spec, vals}
 		default:
 			carry = &exportRow{spec, vals}
 		}
 	}
-	n := 0
-	step := func(name string, fn func(ctx context.Context, t *wtx) error) error {
-		err := s.w.job(ctx, func(ctx context.Context, t *wtx) error {
-			if err := importEpochOK(ctx, t, guildID, epoch); err != nil {
-				return err
-			}
-			return fn(ctx, t)
-		})
-		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-		n++
-		if h := s.imp.afterChunk; h != nil {
-			h(guildID, n, name)
-		}
-		return nil
-	}
-	err = step("begin", func(ctx context.Context, t *wtx) error {
-		t.w.unseen[guildID] = true // the import may bring parked rows
-		_, err := t.exec(ctx, `INSERT INTO guild_imports (guild_id, epoch, started_at) VALUES (?, ?, ?)
-			ON CONFLICT (guild_id) DO UPDATE SET epoch = excluded.epoch, started_at = excluded.started_at`,
-			int64(guildID), epoch, s.opts.Now().UnixMilli())
-		return err
-	})
-	if err != nil {
+	if err := run.begin(ctx); err != nil {
 		return ExportInfo{}, err // nothing written
 	}
-	info, err := s.publishRows(guildID, er, carry, settings, epoch, wantChecksum, step)
+	info, err := s.publishRows(ctx, run, er, carry, settings, wantChecksum)
 	if err != nil {
-		// Leave nothing, even if the caller gave up; a store closed meanwhile
-		// leaves the guild_imports row for the next Open.
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
-		defer cancel()
-		if cerr := s.dropImport(cctx, guildID); cerr != nil {
-			s.log.Warn("clean-up of a failed import failed; the next open finishes it", "guild", guildID, "err", cerr)
-		}
+		run.failed(ctx)
 		return ExportInfo{}, err
 	}
 	return info, nil
 }
 
-func (s *Store) publishRows(guildID uint64, er *exportReader, carry, settings *exportRow, epoch int64, wantChecksum string,
-	step func(string, func(context.Context, *wtx) error) error) (ExportInfo, error) {
-	for _, tb := range exportTables[2:] { // not guild_epochs, guild_settings
-		for done := false; !done; {
-			if err := step("clear", func(ctx context.Context, t *wtx) error {
-				var err error
-				done, err = deleteRowsChunk(ctx, t, tb, guildID)
-				return err
-			}); err != nil {
-				return ExportInfo{}, err
-			}
-		}
+func (s *Store) publishRows(ctx context.Context, run *importRun, er *exportReader, carry, settings *exportRow, wantChecksum string) (ExportInfo, error) {
+	if err := run.clear(ctx); err != nil {
+		return ExportInfo{}, err
 	}
 	for carry != nil {
-		if err := step("insert", func(ctx context.Context, t *wtx) error {
+		if err := run.step(ctx, "insert", func(ctx context.Context, t *wtx) error {
 			start := time.Now()
 			for rows := 0; carry != nil && rows < chunkRows && time.Since(start) < chunkBudget; rows++ {
 				if carry.spec.name == "guild_epochs" || carry.spec.name == "guild_settings" {
@@ -260,26 +315,9 @@ func (s *Store) publishRows(guildID uint64, er *exportReader, carry, settings *e
 		}
 	}
 	var info ExportInfo
-	err := step("last", func(ctx context.Context, t *wtx) error {
+	err := run.last(ctx, settings, func() error {
 		var err error
-		if info, err = er.finish(wantChecksum); err != nil {
-			return err
-		}
-		if _, err := t.exec(ctx, `DELETE FROM guild_settings WHERE guild_id = ?`, int64(guildID)); err != nil {
-			return fmt.Errorf("clear guild_settings: %w", err)
-		}
-		if settings != nil {
-			if _, err := t.exec(ctx, insertSQL(settings.spec), settings.vals...); err != nil {
-				return fmt.Errorf("insert guild_settings: %w", err)
-			}
-		}
-		if epoch > 0 {
-			if _, err := t.exec(ctx, `INSERT INTO guild_epochs (guild_id, epoch) VALUES (?, ?)
-				ON CONFLICT (guild_id) DO UPDATE SET epoch = excluded.epoch`, int64(guildID), epoch); err != nil {
-				return fmt.Errorf("set epoch: %w", err)
-			}
-		}
-		_, err = t.exec(ctx, `DELETE FROM guild_imports WHERE guild_id = ?`, int64(guildID))
+		info, err = er.finish(wantChecksum)
 		return err
 	})
 	return info, err

@@ -179,18 +179,32 @@ func TestRollupsEqualCountsOfRawRowsAfterAnyWriteSequence(t *testing.T) {
 		}
 		// A move of guild 2 into a fresh store and into one holding a stale
 		// copy of it (the import's clear step must take the old rows' counts away).
+		// Both ways a guild arrives: an export's import, and a failover's
+		// copy from a store on the same machine (ImportFrom).
 		data, info := exportOf(t, src, 2)
-		fresh, stale := openFuzzStore(t, fmt.Sprintf("fresh%d.db", seed)), openFuzzStore(t, fmt.Sprintf("stale%d.db", seed))
-		for _, batch := range randomMessageUnits(rng, guilds, 10) {
-			if _, err := stale.ApplyBatch(ctx, batch); err != nil {
-				t.Fatal(err)
+		var dsts []*Store
+		var vias []string
+		for _, via := range []string{"Import", "ImportFrom"} {
+			fresh, stale := openFuzzStore(t, fmt.Sprintf("fresh%s%d.db", via, seed)), openFuzzStore(t, fmt.Sprintf("stale%s%d.db", via, seed))
+			for _, batch := range randomMessageUnits(rng, guilds, 10) {
+				if _, err := stale.ApplyBatch(ctx, batch); err != nil {
+					t.Fatal(err)
+				}
 			}
+			dsts = append(dsts, fresh, stale)
+			vias = append(vias, via, via)
 		}
-		for _, dst := range []*Store{fresh, stale} {
-			if _, err := dst.Import(ctx, 2, bytes.NewReader(data), info.Checksum); err != nil {
+		for i, dst := range dsts {
+			var err error
+			if vias[i] == "Import" {
+				_, err = dst.Import(ctx, 2, bytes.NewReader(data), info.Checksum)
+			} else {
+				_, err = dst.ImportFrom(ctx, 2, src)
+			}
+			if err != nil {
 				t.Fatal(err)
 			}
-			assertRollupsEqualRawCounts(t, dst, 0, fmt.Sprintf("seed %d, after the import", seed))
+			assertRollupsEqualRawCounts(t, dst, 0, fmt.Sprintf("seed %d, after %s", seed, vias[i]))
 			if got, want := rollupRows(t, dst.rdb, 2), rollupRows(t, src.rdb, 2); !reflect.DeepEqual(got, want) {
 				t.Fatalf("seed %d: the moved guild's rollups differ from the source's:\n got %q\nwant %q", seed, got, want)
 			}

@@ -75,9 +75,12 @@ type request struct {
 	ctx   context.Context
 	units [][]Write
 	job   func(ctx context.Context, t *wtx) error
-	res   []UnitResult
-	err   error
-	done  chan struct{}
+	// conn, when set, runs on the writer's connection outside any
+	// transaction (ATTACH and DETACH cannot run inside one).
+	conn func(ctx context.Context, c *sql.Conn) error
+	res  []UnitResult
+	err  error
+	done chan struct{}
 }
 
 func (r *request) size() int {
@@ -107,6 +110,10 @@ type writer struct {
 	unseen map[uint64]bool
 	// msgLog is the change log's backing array, reused across transactions.
 	msgLog []msgChange
+	// attached are the databases ATTACHed to the connection, by path
+	// (copy.go). Touched only by the writer's goroutine.
+	attached map[string]*attachment
+	aliases  int
 
 	commits, requests, writes, maxWrites atomic.Uint64
 }
@@ -118,7 +125,8 @@ func newWriter(ctx context.Context, s *Store) (*writer, error) {
 	}
 	wctx, cancel := context.WithCancel(context.Background())
 	w := &writer{s: s, conn: conn, ctx: wctx, cancel: cancel, reqs: make(chan *request, 1024),
-		exited: make(chan struct{}), stmts: map[string]*sql.Stmt{}, unseen: map[uint64]bool{}}
+		exited: make(chan struct{}), stmts: map[string]*sql.Stmt{}, unseen: map[uint64]bool{},
+		attached: map[string]*attachment{}}
 	rows, err := conn.QueryContext(ctx, `SELECT DISTINCT guild_id FROM unseen_messages`)
 	if err != nil {
 		cancel()
@@ -185,6 +193,16 @@ func (w *writer) job(ctx context.Context, fn func(ctx context.Context, t *wtx) e
 	return r.err
 }
 
+// connJob runs fn on the writer goroutine with its connection, outside any
+// transaction.
+func (w *writer) connJob(ctx context.Context, fn func(ctx context.Context, c *sql.Conn) error) error {
+	r := &request{ctx: ctx, conn: fn, done: make(chan struct{})}
+	if err := w.submit(ctx, r); err != nil {
+		return err
+	}
+	return r.err
+}
+
 func (w *writer) run() {
 	defer close(w.exited)
 	var pending *request
@@ -199,7 +217,7 @@ func (w *writer) run() {
 				return
 			}
 		}
-		if first.job != nil {
+		if first.job != nil || first.conn != nil {
 			w.runJob(first)
 			continue
 		}
@@ -209,7 +227,7 @@ func (w *writer) run() {
 		for n < w.s.opts.MaxBatch {
 			select {
 			case r := <-w.reqs:
-				if r.job != nil {
+				if r.job != nil || r.conn != nil {
 					pending = r
 					break collect
 				}
@@ -239,6 +257,10 @@ func (w *writer) runJob(r *request) {
 	defer close(r.done)
 	if err := r.ctx.Err(); err != nil {
 		r.err = err
+		return
+	}
+	if r.conn != nil {
+		r.err = r.conn(r.ctx, w.conn)
 		return
 	}
 	t, err := w.begin()
