@@ -56,22 +56,11 @@ func TestAnImportIsPublishedInBoundedTransactions(t *testing.T) {
 	data, info := bigExport(t, g, 3*chunkRows)
 	dst := openTest(t, "dst.db")
 	fillMessages(t, dst, g, 2, 5_000_000, chunkRows+100) // an old, different copy
-	last := messageRows(t, dst, g)
-	steps := map[string]int{}
-	dst.imp.afterChunk = func(_ uint64, _ int, step string) {
-		steps[step]++
-		n := messageRows(t, dst, g)
-		if d := max(n-last, last-n); d > chunkRows {
-			t.Errorf("one %s transaction changed %d message rows (bound %d)", step, d, chunkRows)
-		}
-		last = n
-	}
+	steps := countBoundedSteps(t, dst, g, nil)
 	if _, err := dst.Import(ctx, g, bytes.NewReader(data), info.Checksum); err != nil {
 		t.Fatal(err)
 	}
-	if steps["begin"] != 1 || steps["last"] != 1 || steps["clear"] < 2 || steps["insert"] < 3 {
-		t.Fatalf("transactions by step = %v, want one begin and last, ≥ 2 clears, ≥ 3 inserts", steps)
-	}
+	assertBoundedSteps(t, steps)
 	if got := mustChecksum(t, dst, g); got != info.Checksum {
 		t.Fatalf("checksum after import %s, want %s", got, info.Checksum)
 	}
@@ -79,34 +68,48 @@ func TestAnImportIsPublishedInBoundedTransactions(t *testing.T) {
 
 // TestOtherGuildsWritesInterleaveWithAnImport: a write of another guild
 // submitted while an import is under way commits before the import's last
-// transaction (ordered by the import's own steps, not by timing).
+// transaction (ordered by the import's own steps, not by timing); the same
+// for a failover's copy from another store (ImportFrom).
 func TestOtherGuildsWritesInterleaveWithAnImport(t *testing.T) {
-	ctx := context.Background()
-	const g, other = 77, 5
-	data, info := bigExport(t, g, 3*chunkRows)
-	dst := openTest(t, "dst.db")
-	var order []string
-	dst.imp.afterChunk = func(_ uint64, n int, step string) {
-		order = append(order, step)
-		if step == "insert" && !slices.Contains(order, "other committed") {
-			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			defer cancel()
-			if _, err := dst.Apply(wctx, Write{Epoch: 1, Op: MessageCreate{GuildID: other, MessageID: 1, ChannelID: 1, AuthorID: 1, CreatedAt: t0}}); err != nil {
-				t.Errorf("another guild's write during the import: %v", err)
-				return
+	for _, via := range []string{"Import", "ImportFrom"} {
+		t.Run(via, func(t *testing.T) {
+			ctx := context.Background()
+			const g, other = 77, 5
+			data, info := bigExport(t, g, 3*chunkRows)
+			src := copySource(t, g, 3*chunkRows, 0)
+			dst := openTest(t, "dst.db")
+			var order []string
+			dst.imp.afterChunk = func(_ uint64, n int, step string) {
+				order = append(order, step)
+				if step == "insert" && !slices.Contains(order, "other committed") {
+					wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+					defer cancel()
+					if _, err := dst.Apply(wctx, Write{Epoch: 1, Op: MessageCreate{GuildID: other, MessageID: 1, ChannelID: 1, AuthorID: 1, CreatedAt: t0}}); err != nil {
+						t.Errorf("another guild's write during the import: %v", err)
+						return
+					}
+					order = append(order, "other committed")
+				}
 			}
-			order = append(order, "other committed")
-		}
-	}
-	if _, err := dst.Import(ctx, g, bytes.NewReader(data), info.Checksum); err != nil {
-		t.Fatal(err)
-	}
-	i, last := slices.Index(order, "other committed"), slices.Index(order, "last")
-	if i < 0 || last < i || !slices.Contains(order[i:], "insert") {
-		t.Fatalf("steps %v: the other guild's write did not commit between two of the import's transactions", order)
-	}
-	if messageRows(t, dst, other) != 1 || mustChecksum(t, dst, g) != info.Checksum {
-		t.Fatal("the other guild's write or the import is missing")
+			var err error
+			want := info.Checksum
+			if via == "Import" {
+				_, err = dst.Import(ctx, g, bytes.NewReader(data), info.Checksum)
+			} else {
+				want = mustChecksum(t, src, g)
+				_, err = dst.ImportFrom(ctx, g, src)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			i, last := slices.Index(order, "other committed"), slices.Index(order, "last")
+			if i < 0 || last < i || !slices.Contains(order[i:], "insert") {
+				t.Fatalf("steps %v: the other guild's write did not commit between two of the import's transactions", order)
+			}
+			if messageRows(t, dst, other) != 1 || mustChecksum(t, dst, g) != want {
+				t.Fatal("the other guild's write or the import is missing")
+			}
+		})
 	}
 }
 
@@ -242,18 +245,7 @@ func TestACrashMidImportLeavesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer re.Close()
-	c, err := re.Counts(ctx, g)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tb := range exportTables[1:] {
-		if c[tb.name] != 0 {
-			t.Errorf("%d %s rows visible after reopening", c[tb.name], tb.name)
-		}
-	}
-	if _, err := re.Checksum(ctx, g); err != nil {
-		t.Errorf("the guild is still marked importing after reopening: %v", err)
-	}
+	assertNoCopyLeft(t, re, g, "after reopening")
 	if mustChecksum(t, re, other) != otherSum {
 		t.Error("the clean-up touched another guild")
 	}
@@ -317,4 +309,51 @@ func openRaw(t testing.TB, path string) *sql.DB {
 		t.Fatal(err)
 	}
 	return db
+}
+
+// assertNoCopyLeft fails unless s holds none of guild g's data rows (its
+// epoch may stay) and no longer marks it importing.
+func assertNoCopyLeft(t testing.TB, s *Store, g uint64, when string) {
+	t.Helper()
+	c, err := s.Counts(context.Background(), g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tb := range exportTables[1:] {
+		if c[tb.name] != 0 {
+			t.Errorf("%s: %d %s rows left", when, c[tb.name], tb.name)
+		}
+	}
+	if _, err := s.Checksum(context.Background(), g); err != nil {
+		t.Errorf("%s: the guild is still marked importing: %v", when, err)
+	}
+}
+
+// countBoundedSteps counts the transactions of dst's next import of g by
+// step, failing the test when one changes more than chunkRows message rows;
+// also, when set, runs after each.
+func countBoundedSteps(t testing.TB, dst *Store, g uint64, also func(step string)) map[string]int {
+	last := messageRows(t, dst, g)
+	steps := map[string]int{}
+	dst.imp.afterChunk = func(_ uint64, _ int, step string) {
+		steps[step]++
+		n := messageRows(t, dst, g)
+		if d := max(n-last, last-n); d > chunkRows {
+			t.Errorf("one %s transaction changed %d message rows (bound %d)", step, d, chunkRows)
+		}
+		last = n
+		if also != nil {
+			also(step)
+		}
+	}
+	return steps
+}
+
+// assertBoundedSteps: an import over an old copy of ≥ 3×chunkRows rows
+// cleared and inserted in several transactions each.
+func assertBoundedSteps(t testing.TB, steps map[string]int) {
+	t.Helper()
+	if steps["begin"] != 1 || steps["last"] != 1 || steps["clear"] < 2 || steps["insert"] < 3 {
+		t.Fatalf("transactions by step = %v, want one begin and last, ≥ 2 clears, ≥ 3 inserts", steps)
+	}
 }
