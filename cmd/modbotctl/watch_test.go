@@ -2,41 +2,28 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
-	"sync"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/modbot/modbot/assignments"
 	"github.com/modbot/modbot/fsm"
+	"github.com/modbot/modbot/systest"
 )
 
-// lockedBuffer is an io.Writer the test reads while the command writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) lines() []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []string
-	sc := bufio.NewScanner(bytes.NewReader(l.b.Bytes()))
+// lines splits what the command printed into its lines.
+func lines(out *systest.LockedBuffer) []string {
+	var ls []string
+	sc := bufio.NewScanner(strings.NewReader(out.String()))
 	for sc.Scan() {
-		out = append(out, sc.Text())
+		ls = append(ls, sc.Text())
 	}
-	return out
+	return ls
 }
 
 // watchNode serves GET /v1/watch with progress from p every 20 ms, after
@@ -100,14 +87,14 @@ func TestWatchPrintsWholeRevisionsFromANodeThatKnowsALeader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := &lockedBuffer{}
+	out := &systest.LockedBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- cmdWatch(ctx, &ctl{client: client, output: "json", out: out}, []string{"--from", "5"}) }()
 	deadline := time.Now().Add(10 * time.Second)
-	for len(out.lines()) < n {
+	for len(lines(out)) < n {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d events printed, want %d", len(out.lines()), n)
+			t.Fatalf("%d events printed, want %d", len(lines(out)), n)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -116,7 +103,7 @@ func TestWatchPrintsWholeRevisionsFromANodeThatKnowsALeader(t *testing.T) {
 		t.Fatal(err)
 	}
 	seen := map[uint64]bool{}
-	for i, l := range out.lines() {
+	for i, l := range lines(out) {
 		var e fsm.Event
 		if err := json.Unmarshal([]byte(l), &e); err != nil || e.Revision != 6 || e.Guild == nil {
 			t.Fatalf("line %d %q: %v", i, l, err)
