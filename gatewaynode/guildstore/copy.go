@@ -179,15 +179,9 @@ func (s *Store) importFrom(ctx context.Context, guildID uint64, src *Store) (Exp
 		return ExportInfo{}, err
 	}
 	defer detach()
-	if err := run.begin(ctx); err != nil {
-		return ExportInfo{}, err // nothing written
-	}
-	info, err := s.copyRows(ctx, run, alias, head, settings, want)
-	if err != nil {
-		run.failed(ctx)
-		return ExportInfo{}, err
-	}
-	return info, nil
+	return run.run(ctx, func() (ExportInfo, error) {
+		return s.copyRows(ctx, run, alias, head, settings, want)
+	})
 }
 
 func (s *Store) copyRows(ctx context.Context, run *importRun, alias string, head []*exportRow, settings *exportRow,

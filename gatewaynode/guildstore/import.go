@@ -235,6 +235,20 @@ func (r *importRun) failed(ctx context.Context) {
 	}
 }
 
+// run records the import (begin), then has publish write its rows and end
+// it (clear, insert, last); a failure after the begin leaves nothing.
+func (r *importRun) run(ctx context.Context, publish func() (ExportInfo, error)) (ExportInfo, error) {
+	if err := r.begin(ctx); err != nil {
+		return ExportInfo{}, err // nothing written
+	}
+	info, err := publish()
+	if err != nil {
+		r.failed(ctx)
+		return ExportInfo{}, err
+	}
+	return info, nil
+}
+
 // publish replaces the guild's data rows with those of a verified export
 // read from r, in bounded transactions (see the top of this file).
 func (s *Store) publish(ctx context.Context, guildID uint64, r io.Reader, wantChecksum string) (ExportInfo, error) {
@@ -267,15 +281,9 @@ func (s *Store) publish(ctx context.Context, guildID uint64, r io.Reader, wantCh
 			carry = &exportRow{spec, vals}
 		}
 	}
-	if err := run.begin(ctx); err != nil {
-		return ExportInfo{}, err // nothing written
-	}
-	info, err := s.publishRows(ctx, run, er, carry, settings, wantChecksum)
-	if err != nil {
-		run.failed(ctx)
-		return ExportInfo{}, err
-	}
-	return info, nil
+	return run.run(ctx, func() (ExportInfo, error) {
+		return s.publishRows(ctx, run, er, carry, settings, wantChecksum)
+	})
 }
 
 func (s *Store) publishRows(ctx context.Context, run *importRun, er *exportReader, carry, settings *exportRow, wantChecksum string) (ExportInfo, error) {
