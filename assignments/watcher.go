@@ -18,7 +18,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/modbot/modbot/fsm"
-	"github.com/modbot/modbot/internal/guildtable"
 )
 
 // WatcherOptions configures a Watcher. Zero values take the defaults noted.
@@ -84,12 +83,12 @@ type localMap struct {
 	pods       map[string]fsm.Pod
 	// guilds is compact (about a tenth of a map of *fsm.Guild at 1M
 	// guilds), interns owners, counts guilds per owner and indexes them.
-	guilds      *guildtable.Table
+	guilds      *fsm.GuildTable
 	configNodes map[string]fsm.ConfigNode
 }
 
 func newLocalMap() *localMap {
-	return &localMap{pods: map[string]fsm.Pod{}, guilds: guildtable.New(), configNodes: map[string]fsm.ConfigNode{}}
+	return &localMap{pods: map[string]fsm.Pod{}, guilds: fsm.NewGuildTable(), configNodes: map[string]fsm.ConfigNode{}}
 }
 
 func mapFromSnapshot(s *Snapshot) *localMap {
@@ -97,7 +96,7 @@ func mapFromSnapshot(s *Snapshot) *localMap {
 		rev:         s.Revision,
 		shardCount:  s.ShardCount,
 		pods:        make(map[string]fsm.Pod, len(s.Pods)),
-		guilds:      guildtable.Build(s.Guilds), // keeps nothing of s.Guilds but migrations
+		guilds:      fsm.BuildGuildTable(s.Guilds), // keeps nothing of s.Guilds but migrations
 		configNodes: make(map[string]fsm.ConfigNode, len(s.ConfigNodes)),
 	}
 	m.resizeShards(s.ShardCount)

@@ -1,4 +1,4 @@
-package guildtable
+package fsm
 
 import (
 	"cmp"
@@ -345,7 +345,7 @@ func (it *segIter) next() (entry, bool) {
 
 // encodeSegment packs the next m records (ascending ids) into a new base
 // and indexes it by owner.
-func (t *Table) encodeSegment(next func() entry, m, wordsHint int) segment {
+func (t *GuildTable) encodeSegment(next func() entry, m, wordsHint int) segment {
 	nb := (m + blockSize - 1) / blockSize
 	s := segment{n: m, live: m, blocks: make([]blockHdr, nb)}
 	words := make([]uint64, 0, wordsHint)
@@ -414,7 +414,7 @@ func encodeBlock(es []entry, words []uint64) (blockHdr, []uint64) {
 // index builds a new base's owner index, given the number of records of
 // each owner: an owner with more than 1/16 of the records gets a bitmap (n
 // bits), the others an array (16 bits each).
-func (t *Table) index(s *segment, count []uint32) {
+func (t *GuildTable) index(s *segment, count []uint32) {
 	if s.n == 0 {
 		return
 	}

@@ -1,4 +1,4 @@
-package guildtable
+package fsm
 
 import (
 	"cmp"
@@ -6,14 +6,12 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
-
-	"github.com/modbot/modbot/fsm"
 )
 
 // checkStructure verifies the representation's own invariants: segment
 // ranges, sorted bases, overlay flags against the base and the shadow
 // bitset, every counter, the owner index and the migration exceptions.
-func checkStructure(t *Table) error {
+func checkStructure(t *GuildTable) error {
 	if len(t.segs) == 0 || t.segs[0].lo != 0 {
 		return fmt.Errorf("%d segments, the first starting at %v", len(t.segs), t.segs)
 	}
@@ -164,27 +162,29 @@ func checkStructure(t *Table) error {
 
 // model runs a table next to the plain map it must agree with.
 type model struct {
-	tb  *Table
-	ref map[uint64]fsm.Guild
+	tb  *GuildTable
+	ref map[uint64]Guild
 }
 
-func newModel(c config) *model { return &model{tb: newWithConfig(c), ref: map[uint64]fsm.Guild{}} }
+func newModel(c config) *model {
+	return &model{tb: newGuildTableWithConfig(c), ref: map[uint64]Guild{}}
+}
 
-func (m *model) set(g fsm.Guild) { m.tb.Set(g); m.ref[g.ID] = g }
-func (m *model) del(id uint64)   { m.tb.Delete(id); delete(m.ref, id) }
+func (m *model) set(g Guild)   { m.tb.Set(g); m.ref[g.ID] = g }
+func (m *model) del(id uint64) { m.tb.Delete(id); delete(m.ref, id) }
 
 // rebuild replaces the table by Build of the reference's records in a
 // random order, with stale duplicates before the final ones.
 func (m *model) rebuild(r *rand.Rand) {
-	gs := make([]fsm.Guild, 0, len(m.ref))
+	gs := make([]Guild, 0, len(m.ref))
 	for _, g := range m.ref {
 		gs = append(gs, g)
 	}
 	if r.IntN(2) == 0 {
-		slices.SortFunc(gs, func(a, b fsm.Guild) int { return cmp.Compare(a.ID, b.ID) })
+		slices.SortFunc(gs, func(a, b Guild) int { return cmp.Compare(a.ID, b.ID) })
 	} else {
 		r.Shuffle(len(gs), func(i, j int) { gs[i], gs[j] = gs[j], gs[i] })
-		withStale := make([]fsm.Guild, 0, len(gs)*5/4)
+		withStale := make([]Guild, 0, len(gs)*5/4)
 		for i, g := range gs {
 			if i%4 == 0 {
 				stale := g
@@ -195,7 +195,7 @@ func (m *model) rebuild(r *rand.Rand) {
 		}
 		gs = withStale
 	}
-	m.tb = buildWithConfig(m.tb.cfg, gs)
+	m.tb = buildGuildTableWithConfig(m.tb.cfg, gs)
 }
 
 // checkID: Get of one id is what the map says.
@@ -214,11 +214,11 @@ func (m *model) checkAll(owners []string) error {
 	if m.tb.Len() != len(m.ref) {
 		return fmt.Errorf("Len %d, the map has %d", m.tb.Len(), len(m.ref))
 	}
-	want := make([]fsm.Guild, 0, len(m.ref))
+	want := make([]Guild, 0, len(m.ref))
 	for _, g := range m.ref {
 		want = append(want, g)
 	}
-	slices.SortFunc(want, func(a, b fsm.Guild) int { return cmp.Compare(a.ID, b.ID) })
+	slices.SortFunc(want, func(a, b Guild) int { return cmp.Compare(a.ID, b.ID) })
 	got := m.tb.AppendTo(nil)
 	if !slices.Equal(got, want) {
 		return fmt.Errorf("All: %d guilds, the map has %d (first difference at %d)", len(got), len(want), firstDiff(got, want))
@@ -257,7 +257,7 @@ func (m *model) checkAll(owners []string) error {
 	return nil
 }
 
-func firstDiff(a, b []fsm.Guild) int {
+func firstDiff(a, b []Guild) int {
 	for i := range min(len(a), len(b)) {
 		if a[i] != b[i] {
 			return i
@@ -311,8 +311,8 @@ func (o *ops) value() uint64 {
 	}
 }
 
-func (o *ops) guild(id uint64) fsm.Guild {
-	g := fsm.Guild{ID: id, Owner: o.owner(), State: fsm.GuildActive, Epoch: o.value()}
+func (o *ops) guild(id uint64) Guild {
+	g := Guild{ID: id, Owner: o.owner(), State: GuildActive, Epoch: o.value()}
 	switch o.src(4) {
 	case 0:
 		g.Revision = g.Epoch
@@ -323,12 +323,12 @@ func (o *ops) guild(id uint64) fsm.Guild {
 	}
 	switch o.src(8) {
 	case 0:
-		g.State = fsm.GuildMigrating
-		g.Migration = &fsm.Migration{From: g.Owner, To: o.owner(), Epoch: g.Epoch, Phase: "started"}
+		g.State = GuildMigrating
+		g.Migration = &Migration{From: g.Owner, To: o.owner(), Epoch: g.Epoch, Phase: "started"}
 	case 1:
 		g.State = ""
 	case 2:
-		g.State = fsm.GuildState(fmt.Sprintf("state-%d", o.src(3)))
+		g.State = GuildState(fmt.Sprintf("state-%d", o.src(3)))
 	}
 	return g
 }
@@ -342,8 +342,8 @@ func (o *ops) step(r *rand.Rand) error {
 		if old, ok := o.m.ref[g.ID]; ok && o.src(3) == 0 {
 			g = old // a change of owner only, or a migration cleared
 			g.Owner, g.Migration, g.Revision = o.owner(), nil, g.Revision+1
-			if g.State == fsm.GuildMigrating {
-				g.State = fsm.GuildActive
+			if g.State == GuildMigrating {
+				g.State = GuildActive
 			}
 		}
 		o.m.set(g)

@@ -1,4 +1,4 @@
-package guildtable
+package fsm
 
 import (
 	"cmp"
@@ -7,8 +7,6 @@ import (
 	"slices"
 	"testing"
 	"unsafe"
-
-	"github.com/modbot/modbot/fsm"
 )
 
 // TestGetAfterAnySequenceIsWhatAPlainMapReturns runs long random sequences of
@@ -56,11 +54,11 @@ func TestGetAfterAnySequenceIsWhatAPlainMapReturns(t *testing.T) {
 func TestAllIteratesInAscendingIDOrder(t *testing.T) {
 	testOnConfigs(t, func(t *testing.T, c config) {
 		r := rand.New(rand.NewPCG(1, 2))
-		tb := newWithConfig(c)
+		tb := newGuildTableWithConfig(c)
 		want := map[uint64]bool{}
 		for range 5000 {
 			id := r.Uint64N(1 << 50)
-			tb.Set(fsm.Guild{ID: id, Owner: "gateway-0", State: fsm.GuildActive})
+			tb.Set(Guild{ID: id, Owner: "gateway-0", State: GuildActive})
 			want[id] = true
 		}
 		var got []uint64
@@ -92,7 +90,7 @@ func TestAllIteratesInAscendingIDOrder(t *testing.T) {
 func TestCountsEqualGuildsPerOwner(t *testing.T) {
 	testOnConfigs(t, func(t *testing.T, c config) {
 		r := rand.New(rand.NewPCG(3, 4))
-		tb := newWithConfig(c)
+		tb := newGuildTableWithConfig(c)
 		owner := map[uint64]string{}
 		pods := []string{"gateway-0", "gateway-1", "gateway-2"}
 		for i := range 20000 {
@@ -102,7 +100,7 @@ func TestCountsEqualGuildsPerOwner(t *testing.T) {
 				delete(owner, id)
 			} else {
 				p := pods[r.IntN(len(pods))]
-				tb.Set(fsm.Guild{ID: id, Owner: p, State: fsm.GuildActive, Epoch: uint64(i)})
+				tb.Set(Guild{ID: id, Owner: p, State: GuildActive, Epoch: uint64(i)})
 				owner[id] = p
 			}
 		}
@@ -134,7 +132,7 @@ func TestBuildIsSetInOrder(t *testing.T) {
 	testOnConfigs(t, func(t *testing.T, c config) {
 		r := rand.New(rand.NewPCG(5, 6))
 		o := &ops{src: r.IntN, m: newModel(c)}
-		var gs []fsm.Guild
+		var gs []Guild
 		for range 3000 {
 			gs = append(gs, o.guild(uint64(r.IntN(2000))))
 		}
@@ -148,7 +146,7 @@ func TestBuildIsSetInOrder(t *testing.T) {
 			for _, g := range gs {
 				ref.set(g)
 			}
-			built := &model{tb: buildWithConfig(c, gs), ref: ref.ref}
+			built := &model{tb: buildGuildTableWithConfig(c, gs), ref: ref.ref}
 			if err := built.checkAll(o.knownOwners()); err != nil {
 				t.Fatalf("sorted %v: %v", sorted, err)
 			}
@@ -159,16 +157,16 @@ func TestBuildIsSetInOrder(t *testing.T) {
 	})
 }
 
-func dedupeSorted(gs []fsm.Guild) []fsm.Guild {
-	last := map[uint64]fsm.Guild{}
+func dedupeSorted(gs []Guild) []Guild {
+	last := map[uint64]Guild{}
 	for _, g := range gs {
 		last[g.ID] = g
 	}
-	out := make([]fsm.Guild, 0, len(last))
+	out := make([]Guild, 0, len(last))
 	for _, g := range last {
 		out = append(out, g)
 	}
-	slices.SortFunc(out, func(a, b fsm.Guild) int { return cmp.Compare(a.ID, b.ID) })
+	slices.SortFunc(out, func(a, b Guild) int { return cmp.Compare(a.ID, b.ID) })
 	return out
 }
 
@@ -176,12 +174,12 @@ func dedupeSorted(gs []fsm.Guild) []fsm.Guild {
 // an owner returns the same string data, not the caller's, and reading
 // allocates nothing.
 func TestGetReturnsInternedStringsWithoutAllocating(t *testing.T) {
-	tb := New()
+	tb := NewGuildTable()
 	for i := range 1000 {
 		owner := fmt.Sprintf("gateway-%d", i%2) // a new string each time, as decoded
-		tb.Set(fsm.Guild{ID: uint64(i), Owner: owner, State: fsm.GuildState(string([]byte("active")))})
+		tb.Set(Guild{ID: uint64(i), Owner: owner, State: GuildState(string([]byte("active")))})
 	}
-	tb2 := Build([]fsm.Guild{{ID: 1, Owner: fmt.Sprintf("gateway-%d", 0)}})
+	tb2 := BuildGuildTable([]Guild{{ID: 1, Owner: fmt.Sprintf("gateway-%d", 0)}})
 	a, _ := tb.Get(0)
 	b, _ := tb.Get(998)
 	if a.Owner != "gateway-0" || unsafe.StringData(a.Owner) != unsafe.StringData(b.Owner) || unsafe.StringData(string(a.State)) != unsafe.StringData(string(b.State)) {
@@ -191,7 +189,7 @@ func TestGetReturnsInternedStringsWithoutAllocating(t *testing.T) {
 	if c.Owner != "gateway-0" {
 		t.Fatalf("built table: owner %q", c.Owner)
 	}
-	var sink fsm.Guild
+	var sink Guild
 	allocs := testing.AllocsPerRun(100, func() {
 		for i := range 1000 {
 			sink, _ = tb.Get(uint64(i))
@@ -208,19 +206,19 @@ func TestGetReturnsInternedStringsWithoutAllocating(t *testing.T) {
 // from the base as from the overlay.
 func TestExtremeValuesRoundTrip(t *testing.T) {
 	const top = ^uint64(0)
-	gs := []fsm.Guild{
+	gs := []Guild{
 		{ID: 0, Owner: "a", Epoch: 0, Revision: top},
 		{ID: 1, Owner: "b", Epoch: top, Revision: 0},
 		{ID: 1 << 63, Owner: "a", Epoch: top, Revision: top},
 		{ID: top - 1, Owner: "", State: "", Epoch: 5, Revision: 4},
-		{ID: top, Owner: "c", State: fsm.GuildMigrating, Migration: &fsm.Migration{From: "c", To: "a"}, Epoch: 1 << 40, Revision: 1<<40 + 1},
+		{ID: top, Owner: "c", State: GuildMigrating, Migration: &Migration{From: "c", To: "a"}, Epoch: 1 << 40, Revision: 1<<40 + 1},
 	}
 	for _, viaBuild := range []bool{false, true} {
-		var tb *Table
+		var tb *GuildTable
 		if viaBuild {
-			tb = Build(gs)
+			tb = BuildGuildTable(gs)
 		} else {
-			tb = New()
+			tb = NewGuildTable()
 			for _, g := range gs {
 				tb.Set(g)
 			}
@@ -239,10 +237,10 @@ func TestExtremeValuesRoundTrip(t *testing.T) {
 	}
 }
 
-// TestZeroTableIsEmptyAndUsable: a zero Table answers as an empty map and
+// TestZeroTableIsEmptyAndUsable: a zero GuildTable answers as an empty map and
 // takes writes.
 func TestZeroTableIsEmptyAndUsable(t *testing.T) {
-	var tb Table
+	var tb GuildTable
 	if _, ok := tb.Get(1); ok || tb.Len() != 0 || tb.Count("x") != 0 || tb.OwnedBy("x") != nil {
 		t.Fatal("the zero table is not empty")
 	}
@@ -250,7 +248,7 @@ func TestZeroTableIsEmptyAndUsable(t *testing.T) {
 	for range tb.All() {
 		t.Fatal("All yields from the zero table")
 	}
-	tb.Set(fsm.Guild{ID: 1, Owner: "x"})
+	tb.Set(Guild{ID: 1, Owner: "x"})
 	if g, ok := tb.Get(1); !ok || g.Owner != "x" || tb.Count("x") != 1 || !slices.Equal(tb.OwnedBy("x"), []uint64{1}) {
 		t.Fatalf("after a Set: %+v, %v", g, ok)
 	}
@@ -264,7 +262,7 @@ func TestSegmentsSplitAndCoalesce(t *testing.T) {
 	m := newModel(c)
 	r := rand.New(rand.NewPCG(7, 8))
 	for i := range 20000 {
-		m.set(fsm.Guild{ID: r.Uint64N(1 << 40), Owner: poolOwners[i%3], Epoch: uint64(i), Revision: uint64(i)})
+		m.set(Guild{ID: r.Uint64N(1 << 40), Owner: poolOwners[i%3], Epoch: uint64(i), Revision: uint64(i)})
 	}
 	if err := m.checkAll(poolOwners); err != nil {
 		t.Fatal(err)
@@ -298,7 +296,7 @@ func TestSegmentsSplitAndCoalesce(t *testing.T) {
 func TestDeadOwnersAreCompactedAway(t *testing.T) {
 	m := newModel(config{maxSeg: 1000, ovMin: 16, ovFrac: 8, compactSlack: 64})
 	for i := range 10000 {
-		m.set(fsm.Guild{ID: uint64(i % 50), Owner: fmt.Sprintf("pod-%d", i), State: fsm.GuildActive})
+		m.set(Guild{ID: uint64(i % 50), Owner: fmt.Sprintf("pod-%d", i), State: GuildActive})
 	}
 	if len(m.tb.classes) > 2*50+64+1 || len(m.tb.owners) > 2*50+64+1 {
 		t.Fatalf("%d classes, %d owners interned for 50 guilds", len(m.tb.classes), len(m.tb.owners))
@@ -312,17 +310,17 @@ func TestDeadOwnersAreCompactedAway(t *testing.T) {
 // TestMigrationIsTheOneSet: a migrating guild's Migration is the pointer
 // last set; clearing it (or deleting the guild) drops the exception.
 func TestMigrationIsTheOneSet(t *testing.T) {
-	tb := New()
-	mig := &fsm.Migration{From: "a", To: "b", Epoch: 3, Phase: "started"}
-	tb.Set(fsm.Guild{ID: 7, Owner: "a", State: fsm.GuildMigrating, Migration: mig, Epoch: 3})
+	tb := NewGuildTable()
+	mig := &Migration{From: "a", To: "b", Epoch: 3, Phase: "started"}
+	tb.Set(Guild{ID: 7, Owner: "a", State: GuildMigrating, Migration: mig, Epoch: 3})
 	if g, _ := tb.Get(7); g.Migration != mig {
 		t.Fatalf("Migration %p, set %p", g.Migration, mig)
 	}
-	tb.Set(fsm.Guild{ID: 7, Owner: "b", State: fsm.GuildActive, Epoch: 3, Revision: 4})
+	tb.Set(Guild{ID: 7, Owner: "b", State: GuildActive, Epoch: 3, Revision: 4})
 	if g, _ := tb.Get(7); g.Migration != nil || len(tb.mig) != 0 {
 		t.Fatalf("Migration %+v after completing the move (%d kept)", g.Migration, len(tb.mig))
 	}
-	tb.Set(fsm.Guild{ID: 8, Owner: "a", Migration: mig})
+	tb.Set(Guild{ID: 8, Owner: "a", Migration: mig})
 	tb.Delete(8)
 	if len(tb.mig) != 0 {
 		t.Fatalf("%d migrations kept after the delete", len(tb.mig))

@@ -1,6 +1,6 @@
 //go:build race
 
-package guildtable
+package fsm
 
 // raceEnabled: the race detector slows the long random sequences tenfold,
 // so they are shortened.

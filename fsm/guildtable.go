@@ -1,12 +1,10 @@
-package guildtable
+package fsm
 
 import (
 	"cmp"
 	"iter"
 	"slices"
 	"strings"
-
-	"github.com/modbot/modbot/fsm"
 )
 
 // config holds the tuning knobs; tests shrink them to reach every path with
@@ -22,8 +20,69 @@ type config struct {
 
 var defaultConfig = config{maxSeg: 1 << 14, ovMin: 256, ovFrac: 16, compactSlack: 1024}
 
-// Table is a set of guild records by id. See the package documentation.
-type Table struct {
+// GuildTable holds a set of Guild records, keyed by guild id, in a compact
+// form without a pointer per guild. It is the State's guild map and a
+// watcher's copy of it: a million guilds cost about 10 bytes each instead
+// of a heap object, a map slot and two strings each (118 bytes), and the
+// collector has nothing to scan in it but a few slice headers per 16,384
+// guilds.
+//
+// # Representation
+//
+// Owners and states are interned: a guild refers to a class, a small integer
+// naming one (owner, state, has-a-migration) triple; the strings live once in
+// the table. Migrations, which only guilds being moved have, are kept as
+// exceptions in a map by guild id.
+//
+// The records are split by id range into segments of at most 16,384. A
+// segment's base is immutable between merges: its records, sorted by id, are
+// cut into blocks of 128, and each block packs its records as fixed-width
+// bit fields holding offsets from the block's minimum (frame of reference):
+// the id from the block's first id, the epoch from the block's least epoch,
+// the revision as revision−epoch from the block's least such difference, the
+// class from the block's least class. Every record of a block has the same
+// width, so the n-th is read in O(1) and a block is searched in place; the
+// block headers (first id, minimums, widths) sit in their own array for the
+// search across blocks. Both searches interpolate (ids are close to
+// uniform) and gallop from the probe, so a lookup touches a line or two of
+// each. Real placements (random snowflakes, epochs that are Raft indexes,
+// revision = epoch until the guild moves) pack into about 9 bytes.
+//
+// Changes go to the segment's overlay, a small map of upserts and
+// tombstones in front of the base; a bitset marks the base records the
+// overlay shadows. When an overlay grows past 1/16 of its base (and 256
+// records) the segment is rebuilt: base and overlay are merged into new
+// blocks, a segment grown past the maximum is split and one shrunk below a
+// quarter of it is merged with a neighbour. A rebuild costs O(segment), so
+// each change costs amortised O(1) (about 16 records re-packed), and no
+// rebuild holds more than two segments' worth of memory at once or takes
+// more than about a millisecond (the watcher holds its write lock
+// meanwhile). Once classes no guild uses outnumber the live ones (owners
+// that came and went), the whole table is rebuilt to renumber them.
+//
+// Per-owner counters are kept exactly on every change. Each segment indexes
+// its base by owner: for every owner present, the positions of its records,
+// as an array of uint16 or, when the owner has more than 1/16 of the
+// segment, as a bitmap (at most 2 bytes per guild, 1/8 byte per owner per
+// guild when owners are few). OwnedBy reads the index and the overlays, not
+// every record.
+//
+// # Invariants
+//
+//   - After any sequence of Set, Delete and BuildGuildTable, Get returns exactly what a
+//     plain map[uint64]Guild given the same sequence would, field for
+//     field (the Migration pointer is the one last set), and Len is that
+//     map's length.
+//   - All yields every guild once, in ascending id order.
+//   - Count(owner) is the number of guilds whose Owner is owner, and
+//     OwnedBy(owner) their ids in ascending order.
+//   - The Owner and State of a guild returned are the table's interned
+//     strings: reading allocates nothing beyond the Guild value.
+//
+// A GuildTable is not safe for concurrent use when one of the callers writes;
+// concurrent reads (Get, Len, Count, OwnedBy, All) are safe. The zero GuildTable
+// is empty and ready to use.
+type GuildTable struct {
 	cfg  config
 	segs []segment // by id range; segs[0].lo == 0; never empty once initialised
 	n    int       // guilds
@@ -32,18 +91,18 @@ type Table struct {
 	liveClasses int // classes with live > 0
 	owners      []owner
 	ownerIdx    map[string]uint32
-	states      []fsm.GuildState
-	stateIdx    map[fsm.GuildState]uint32
+	states      []GuildState
+	stateIdx    map[GuildState]uint32
 	lastOwner   uint32 // the owner of the last Set, tried first
 
-	mig map[uint64]*fsm.Migration // the guilds whose class has mig set
+	mig map[uint64]*Migration // the guilds whose class has mig set
 }
 
 // class is one interned (owner, state, has-a-migration) triple.
 type class struct {
 	owner    uint32
 	stateIdx uint32
-	state    fsm.GuildState // states[stateIdx]
+	state    GuildState // states[stateIdx]
 	mig      bool
 	live     int // guilds of this class
 }
@@ -63,35 +122,35 @@ type entry struct {
 }
 
 // New returns an empty table.
-func New() *Table {
-	t := &Table{}
+func NewGuildTable() *GuildTable {
+	t := &GuildTable{}
 	t.init(defaultConfig)
 	return t
 }
 
-func newWithConfig(c config) *Table {
-	t := &Table{}
+func newGuildTableWithConfig(c config) *GuildTable {
+	t := &GuildTable{}
 	t.init(c)
 	return t
 }
 
-func (t *Table) init(c config) {
+func (t *GuildTable) init(c config) {
 	t.cfg = c
 	t.segs = []segment{{}}
 	t.ownerIdx = map[string]uint32{}
-	t.stateIdx = map[fsm.GuildState]uint32{}
-	t.mig = map[uint64]*fsm.Migration{}
+	t.stateIdx = map[GuildState]uint32{}
+	t.mig = map[uint64]*Migration{}
 }
 
 // Build returns a table holding gs, as if each were Set in order (a later
 // record with the same id wins). gs is not modified or kept. It costs
 // O(n) when gs is sorted by id (a snapshot is) and O(n log n) otherwise.
-func Build(gs []fsm.Guild) *Table {
-	return buildWithConfig(defaultConfig, gs)
+func BuildGuildTable(gs []Guild) *GuildTable {
+	return buildGuildTableWithConfig(defaultConfig, gs)
 }
 
-func buildWithConfig(c config, gs []fsm.Guild) *Table {
-	t := newWithConfig(c)
+func buildGuildTableWithConfig(c config, gs []Guild) *GuildTable {
+	t := newGuildTableWithConfig(c)
 	sorted := true
 	for i := 1; i < len(gs); i++ {
 		if gs[i].ID <= gs[i-1].ID {
@@ -137,39 +196,39 @@ func buildWithConfig(c config, gs []fsm.Guild) *Table {
 	return t
 }
 
-func (t *Table) ensure() {
+func (t *GuildTable) ensure() {
 	if t.segs == nil {
 		t.init(defaultConfig)
 	}
 }
 
 // Len returns the number of guilds.
-func (t *Table) Len() int { return t.n }
+func (t *GuildTable) Len() int { return t.n }
 
 // Get returns a guild's record.
-func (t *Table) Get(id uint64) (fsm.Guild, bool) {
+func (t *GuildTable) Get(id uint64) (Guild, bool) {
 	if t.n == 0 {
-		return fsm.Guild{}, false
+		return Guild{}, false
 	}
 	s := &t.segs[t.segFor(id)]
 	if len(s.ov) > 0 {
 		if e, ok := s.ov[id]; ok {
 			if e.flags&ovDeleted != 0 {
-				return fsm.Guild{}, false
+				return Guild{}, false
 			}
 			return t.guild(entry{id: id, epoch: e.epoch, rev: e.rev, class: e.class}), true
 		}
 	}
 	pos, ok := s.find(id)
 	if !ok {
-		return fsm.Guild{}, false
+		return Guild{}, false
 	}
 	return t.guild(s.at(pos)), true
 }
 
-func (t *Table) guild(e entry) fsm.Guild {
+func (t *GuildTable) guild(e entry) Guild {
 	c := &t.classes[e.class]
-	g := fsm.Guild{ID: e.id, Owner: t.owners[c.owner].name, State: c.state, Epoch: e.epoch, Revision: e.rev}
+	g := Guild{ID: e.id, Owner: t.owners[c.owner].name, State: c.state, Epoch: e.epoch, Revision: e.rev}
 	if c.mig {
 		g.Migration = t.mig[e.id]
 	}
@@ -178,7 +237,7 @@ func (t *Table) guild(e entry) fsm.Guild {
 
 // Set inserts or replaces a guild's record. The Migration pointer is kept
 // as given (the caller must not modify what it points to afterwards).
-func (t *Table) Set(g fsm.Guild) {
+func (t *GuildTable) Set(g Guild) {
 	t.ensure()
 	c := t.classFor(g.Owner, g.State, g.Migration != nil)
 	t.ref(c)
@@ -215,7 +274,7 @@ func (t *Table) Set(g fsm.Guild) {
 }
 
 // Delete removes a guild's record (nothing when it has none).
-func (t *Table) Delete(id uint64) {
+func (t *GuildTable) Delete(id uint64) {
 	if t.n == 0 {
 		return
 	}
@@ -248,7 +307,7 @@ func (t *Table) Delete(id uint64) {
 }
 
 // Count returns the number of guilds owner owns.
-func (t *Table) Count(owner string) int {
+func (t *GuildTable) Count(owner string) int {
 	o, ok := t.ownerIdx[owner]
 	if !ok {
 		return 0
@@ -258,7 +317,7 @@ func (t *Table) Count(owner string) int {
 
 // OwnedBy returns the ids of the guilds owner owns, ascending (nil when
 // none). It reads each segment's owner index and overlay, not every guild.
-func (t *Table) OwnedBy(owner string) []uint64 {
+func (t *GuildTable) OwnedBy(owner string) []uint64 {
 	o, ok := t.ownerIdx[owner]
 	if !ok || t.owners[o].count == 0 {
 		return nil
@@ -299,8 +358,8 @@ func (t *Table) OwnedBy(owner string) []uint64 {
 
 // All yields every guild in ascending id order. The table must not be
 // changed while the iteration runs.
-func (t *Table) All() iter.Seq[fsm.Guild] {
-	return func(yield func(fsm.Guild) bool) {
+func (t *GuildTable) All() iter.Seq[Guild] {
+	return func(yield func(Guild) bool) {
 		for i := range t.segs {
 			it := newSegIter(&t.segs[i])
 			for e, ok := it.next(); ok; e, ok = it.next() {
@@ -313,7 +372,7 @@ func (t *Table) All() iter.Seq[fsm.Guild] {
 }
 
 // AppendTo appends every guild to dst in ascending id order.
-func (t *Table) AppendTo(dst []fsm.Guild) []fsm.Guild {
+func (t *GuildTable) AppendTo(dst []Guild) []Guild {
 	dst = slices.Grow(dst, t.n)
 	for g := range t.All() {
 		dst = append(dst, g)
@@ -322,7 +381,7 @@ func (t *Table) AppendTo(dst []fsm.Guild) []fsm.Guild {
 }
 
 // segFor returns the index of the segment whose range holds id.
-func (t *Table) segFor(id uint64) int {
+func (t *GuildTable) segFor(id uint64) int {
 	lo, hi := 1, len(t.segs) // the answer is the last segment with lo <= id
 	for lo < hi {
 		mid := int(uint(lo+hi) >> 1)
@@ -337,7 +396,7 @@ func (t *Table) segFor(id uint64) int {
 
 // ---- interning ----
 
-func (t *Table) classFor(ownerName string, state fsm.GuildState, mig bool) uint32 {
+func (t *GuildTable) classFor(ownerName string, state GuildState, mig bool) uint32 {
 	o := t.lastOwner
 	if int(o) >= len(t.owners) || t.owners[o].name != ownerName {
 		var ok bool
@@ -368,7 +427,7 @@ func (t *Table) classFor(ownerName string, state fsm.GuildState, mig bool) uint3
 	return c
 }
 
-func (t *Table) stateFor(state fsm.GuildState) uint32 {
+func (t *GuildTable) stateFor(state GuildState) uint32 {
 	for i := range min(len(t.states), 4) { // there are two in practice
 		if t.states[i] == state {
 			return uint32(i)
@@ -376,7 +435,7 @@ func (t *Table) stateFor(state fsm.GuildState) uint32 {
 	}
 	si, ok := t.stateIdx[state]
 	if !ok {
-		st := fsm.GuildState(strings.Clone(string(state)))
+		st := GuildState(strings.Clone(string(state)))
 		si = uint32(len(t.states))
 		t.states = append(t.states, st)
 		t.stateIdx[st] = si
@@ -384,7 +443,7 @@ func (t *Table) stateFor(state fsm.GuildState) uint32 {
 	return si
 }
 
-func (t *Table) ref(c uint32) {
+func (t *GuildTable) ref(c uint32) {
 	cl := &t.classes[c]
 	if cl.live == 0 {
 		t.liveClasses++
@@ -393,7 +452,7 @@ func (t *Table) ref(c uint32) {
 	t.owners[cl.owner].count++
 }
 
-func (t *Table) unref(c uint32) {
+func (t *GuildTable) unref(c uint32) {
 	cl := &t.classes[c]
 	cl.live--
 	if cl.live == 0 {
@@ -405,13 +464,13 @@ func (t *Table) unref(c uint32) {
 // maybeCompact drops the classes and owners no guild uses once they
 // outnumber the live ones, renumbering the rest (a full rebuild: rare,
 // amortised over at least compactSlack new classes).
-func (t *Table) maybeCompact() {
+func (t *GuildTable) maybeCompact() {
 	if len(t.classes) <= 2*t.liveClasses+t.cfg.compactSlack {
 		return
 	}
 	remap := make([]uint32, len(t.classes))
 	oldOwners, oldStates := t.owners, t.states
-	t.owners, t.ownerIdx, t.states, t.stateIdx = nil, map[string]uint32{}, nil, map[fsm.GuildState]uint32{}
+	t.owners, t.ownerIdx, t.states, t.stateIdx = nil, map[string]uint32{}, nil, map[GuildState]uint32{}
 	classes := t.classes
 	t.classes, t.liveClasses, t.lastOwner = nil, 0, 0
 	for i, c := range classes {
@@ -433,7 +492,7 @@ func (t *Table) maybeCompact() {
 // maybeMerge rebuilds segment si once its overlay has outgrown its base,
 // taking a neighbour along when it has shrunk to under a quarter of the
 // maximum.
-func (t *Table) maybeMerge(si int) {
+func (t *GuildTable) maybeMerge(si int) {
 	s := &t.segs[si]
 	if len(s.ov) <= max(t.cfg.ovMin, s.n/t.cfg.ovFrac) {
 		return
@@ -451,7 +510,7 @@ func (t *Table) maybeMerge(si int) {
 
 // rebuild replaces segments [i, j) by new ones holding their live records,
 // with classes renumbered through remap when it is not nil.
-func (t *Table) rebuild(i, j int, remap []uint32) {
+func (t *GuildTable) rebuild(i, j int, remap []uint32) {
 	m, words, base := 0, 0, 0
 	its := make([]*segIter, 0, j-i)
 	for k := i; k < j; k++ {
@@ -493,7 +552,7 @@ func (t *Table) rebuild(i, j int, remap []uint32) {
 // encodeSegments encodes m records pulled from next (ascending ids) into
 // segments, the first starting its range at lo. Bulk loads fill segments
 // to 3/4 of the maximum so that they take inserts before splitting.
-func (t *Table) encodeSegments(lo uint64, next func() entry, m, wordsHint int, bulk bool) []segment {
+func (t *GuildTable) encodeSegments(lo uint64, next func() entry, m, wordsHint int, bulk bool) []segment {
 	target := max(t.cfg.maxSeg*3/4, 1)
 	nseg := 1
 	if m > t.cfg.maxSeg || (bulk && m > target) {

@@ -1,4 +1,4 @@
-package guildtable
+package fsm
 
 import (
 	"cmp"
@@ -8,8 +8,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-
-	"github.com/modbot/modbot/fsm"
 )
 
 const benchGuilds = 1_000_000
@@ -19,10 +17,10 @@ const benchGuilds = 1_000_000
 // the batch's Raft index) on the holders of their shards among pods pods,
 // and then one in twenty moved (a later epoch and a revision past it).
 // Every string is its own allocation, as decoded from JSON. Sorted by id.
-func placements(n, pods int) []fsm.Guild {
+func placements(n, pods int) []Guild {
 	r := rand.New(rand.NewPCG(18, uint64(pods)))
 	const tenYearsMs = 10 * 365 * 24 * 3600 * 1000
-	gs := make([]fsm.Guild, n)
+	gs := make([]Guild, n)
 	seen := make(map[uint64]bool, n)
 	for i := range gs {
 		var id uint64
@@ -31,16 +29,16 @@ func placements(n, pods int) []fsm.Guild {
 		}
 		seen[id] = true
 		index := uint64(1000 + i/10_000)
-		g := fsm.Guild{ID: id, State: fsm.GuildActive, Epoch: index, Revision: index}
+		g := Guild{ID: id, State: GuildActive, Epoch: index, Revision: index}
 		if r.IntN(20) == 0 {
 			g.Epoch = index + uint64(r.IntN(5000))
 			g.Revision = g.Epoch + uint64(r.IntN(20))
 		}
-		g.Owner = fmt.Sprintf("gateway-%d", fsm.ShardOf(id, 1024)%pods)
-		g.State = fsm.GuildState(strings.Clone(string(g.State)))
+		g.Owner = fmt.Sprintf("gateway-%d", ShardOf(id, 1024)%pods)
+		g.State = GuildState(strings.Clone(string(g.State)))
 		gs[i] = g
 	}
-	slices.SortFunc(gs, func(a, b fsm.Guild) int { return cmp.Compare(a.ID, b.ID) })
+	slices.SortFunc(gs, func(a, b Guild) int { return cmp.Compare(a.ID, b.ID) })
 	return gs
 }
 
@@ -54,7 +52,7 @@ func liveHeap() uint64 {
 
 // BenchmarkHeapPerGuild reports the live heap per guild at 1M guilds, for
 // the table built from a snapshot (Build), the table fed by Set in a random
-// order, and the watcher's former map[uint64]*fsm.Guild fed the same way.
+// order, and the watcher's former map[uint64]*Guild fed the same way.
 func BenchmarkHeapPerGuild(b *testing.B) {
 	for _, pods := range []int{3, 16, 128} {
 		for _, how := range []string{"build", "set", "oldmap"} {
@@ -71,15 +69,15 @@ func BenchmarkHeapPerGuild(b *testing.B) {
 					var keep any
 					switch how {
 					case "build":
-						keep = Build(gs)
+						keep = BuildGuildTable(gs)
 					case "set":
-						tb := New()
+						tb := NewGuildTable()
 						for _, g := range gs {
 							tb.Set(g)
 						}
 						keep = tb
 					case "oldmap":
-						m := map[uint64]*fsm.Guild{}
+						m := map[uint64]*Guild{}
 						for _, g := range gs {
 							m[g.ID] = &g
 						}
@@ -104,7 +102,7 @@ func BenchmarkGet(b *testing.B) {
 	for i := range ids {
 		ids[i] = gs[r.IntN(len(gs))].ID
 	}
-	tb := Build(gs)
+	tb := BuildGuildTable(gs)
 	b.Run("table", func(b *testing.B) {
 		i := 0
 		for b.Loop() {
@@ -114,7 +112,7 @@ func BenchmarkGet(b *testing.B) {
 			i++
 		}
 	})
-	ov := Build(gs)
+	ov := BuildGuildTable(gs)
 	for range benchGuilds / 32 / 2 {
 		g := gs[r.IntN(len(gs))]
 		g.Owner = "gateway-3"
@@ -129,7 +127,7 @@ func BenchmarkGet(b *testing.B) {
 			i++
 		}
 	})
-	m := make(map[uint64]*fsm.Guild, len(gs))
+	m := make(map[uint64]*Guild, len(gs))
 	for i := range gs {
 		m[gs[i].ID] = &gs[i]
 	}
@@ -154,29 +152,29 @@ func BenchmarkSet(b *testing.B) {
 	}
 	r := rand.New(rand.NewPCG(3, 3))
 	b.Run("move", func(b *testing.B) {
-		tb := Build(gs)
+		tb := BuildGuildTable(gs)
 		i := 0
 		for b.Loop() {
-			tb.Set(fsm.Guild{ID: ids[r.IntN(len(ids))], Owner: poolOwners[i&3], State: fsm.GuildActive, Epoch: 7000, Revision: 7000 + uint64(i)})
+			tb.Set(Guild{ID: ids[r.IntN(len(ids))], Owner: poolOwners[i&3], State: GuildActive, Epoch: 7000, Revision: 7000 + uint64(i)})
 			i++
 		}
 	})
 	b.Run("place", func(b *testing.B) {
-		tb := Build(gs)
+		tb := BuildGuildTable(gs)
 		i := 0
 		for b.Loop() {
-			tb.Set(fsm.Guild{ID: r.Uint64() | 1, Owner: poolOwners[i&3], State: fsm.GuildActive, Epoch: 5000, Revision: 5000})
+			tb.Set(Guild{ID: r.Uint64() | 1, Owner: poolOwners[i&3], State: GuildActive, Epoch: 5000, Revision: 5000})
 			i++
 		}
 	})
 	b.Run("oldmap/move", func(b *testing.B) {
-		m := make(map[uint64]*fsm.Guild, len(gs))
+		m := make(map[uint64]*Guild, len(gs))
 		for i := range gs {
 			m[gs[i].ID] = &gs[i]
 		}
 		i := 0
 		for b.Loop() {
-			m[ids[r.IntN(len(ids))]] = &fsm.Guild{ID: ids[r.IntN(len(ids))], Owner: poolOwners[i&3], State: fsm.GuildActive, Epoch: 7000, Revision: 7000 + uint64(i)}
+			m[ids[r.IntN(len(ids))]] = &Guild{ID: ids[r.IntN(len(ids))], Owner: poolOwners[i&3], State: GuildActive, Epoch: 7000, Revision: 7000 + uint64(i)}
 			i++
 		}
 	})
@@ -186,7 +184,7 @@ func BenchmarkSet(b *testing.B) {
 // and of the scan and sort the watcher did before.
 func BenchmarkOwnedBy(b *testing.B) {
 	gs := placements(benchGuilds, 16)
-	tb := Build(gs)
+	tb := BuildGuildTable(gs)
 	b.Run("table", func(b *testing.B) {
 		for b.Loop() {
 			if len(tb.OwnedBy("gateway-3")) == 0 {
@@ -194,7 +192,7 @@ func BenchmarkOwnedBy(b *testing.B) {
 			}
 		}
 	})
-	m := make(map[uint64]*fsm.Guild, len(gs))
+	m := make(map[uint64]*Guild, len(gs))
 	for i := range gs {
 		m[gs[i].ID] = &gs[i]
 	}
@@ -216,7 +214,7 @@ func BenchmarkOwnedBy(b *testing.B) {
 
 // BenchmarkRebuild reports ns per record of rebuilding a full segment.
 func BenchmarkRebuild(b *testing.B) {
-	tb := Build(placements(benchGuilds, 16))
+	tb := BuildGuildTable(placements(benchGuilds, 16))
 	s := &tb.segs[0]
 	b.ReportMetric(float64(s.n), "records")
 	for b.Loop() {

@@ -1,4 +1,4 @@
-package guildtable
+package fsm
 
 import (
 	"math/rand/v2"

@@ -1,5 +1,5 @@
 //go:build !race
 
-package guildtable
+package fsm
 
 const raceEnabled = false
