@@ -513,8 +513,8 @@ func ScaleMap(guilds, batch int) (ScaleMapResult, error) {
 		return res, err
 	}
 	res.Restore = time.Since(start)
-	if r.Revision != s.Revision || len(r.Guilds) != len(s.Guilds) {
-		return res, fmt.Errorf("restored %d guilds at revision %d, want %d at %d", len(r.Guilds), r.Revision, len(s.Guilds), s.Revision)
+	if r.Revision != s.Revision || r.Guilds.Len() != s.Guilds.Len() {
+		return res, fmt.Errorf("restored %d guilds at revision %d, want %d at %d", r.Guilds.Len(), r.Revision, s.Guilds.Len(), s.Revision)
 	}
 	runtime.KeepAlive(s)
 	return res, nil

@@ -1,10 +1,8 @@
 package confignode
 
 import (
-	"cmp"
 	"net"
 	"net/http"
-	"slices"
 	"strconv"
 
 	"github.com/gorilla/mux"
@@ -137,7 +135,7 @@ func (n *Node) handleStatus(w http.ResponseWriter, r *http.Request) {
 		Servers: srv,
 	}
 	n.store.View(func(s *fsm.State) {
-		st.Revision, st.ShardCount, st.Guilds, st.Migrating = s.Revision, s.ShardCount, len(s.Guilds), s.Migrating()
+		st.Revision, st.ShardCount, st.Guilds, st.Migrating = s.Revision, s.ShardCount, s.Guilds.Len(), s.Migrating()
 		st.Pods = n.podSummaries(s)
 	})
 	httpapi.WriteJSON(w, http.StatusOK, st)
@@ -358,18 +356,24 @@ func (n *Node) handleGuilds(w http.ResponseWriter, r *http.Request) {
 			pod = p.ID
 		}
 		out.Revision = s.Revision
-		ids := s.SortedGuildIDs()
-		i := searchAfter(ids, after)
-		for ; i < len(ids); i++ {
-			g := s.Guilds[ids[i]]
-			if pod != "" && g.Owner != pod {
-				continue
+		page := s.Guilds.After(after)
+		if pod != "" {
+			ids := s.Guilds.OwnedBy(pod) // the owner index, not a scan of every guild
+			ids = ids[searchAfter(ids, after):]
+			page = func(yield func(fsm.Guild) bool) {
+				for _, id := range ids {
+					if g, ok := s.Guilds.Get(id); ok && !yield(g) {
+						return
+					}
+				}
 			}
+		}
+		for g := range page {
 			if len(out.Guilds) == limit {
 				out.Next = strconv.FormatUint(out.Guilds[limit-1].ID, 10)
 				break
 			}
-			out.Guilds = append(out.Guilds, *g)
+			out.Guilds = append(out.Guilds, g)
 		}
 	})
 	if unknownPod {
@@ -434,11 +438,11 @@ func (n *Node) handleGuild(w http.ResponseWriter, r *http.Request) {
 	}
 	var out *assignments.GuildView
 	n.store.View(func(s *fsm.State) {
-		g, ok := s.Guilds[id]
+		g, ok := s.Guilds.Get(id)
 		if !ok {
 			return
 		}
-		v := assignments.GuildView{Guild: *g, Shard: fsm.ShardOf(id, s.ShardCount), ShardHolder: s.HolderOf(id), MapRevision: s.Revision}
+		v := assignments.GuildView{Guild: g, Shard: fsm.ShardOf(id, s.ShardCount), ShardHolder: s.HolderOf(id), MapRevision: s.Revision}
 		if g.Migration != nil {
 			m := *g.Migration
 			v.Migration = &m
@@ -482,8 +486,8 @@ func (n *Node) handlePlace(w http.ResponseWriter, r *http.Request) {
 	n.store.View(func(s *fsm.State) {
 		out.Revision = s.Revision
 		for _, id := range ids {
-			if g, ok := s.Guilds[id]; ok {
-				out.Guilds = append(out.Guilds, *g)
+			if g, ok := s.Guilds.Get(id); ok {
+				out.Guilds = append(out.Guilds, g)
 			}
 		}
 	})
@@ -517,22 +521,19 @@ func (n *Node) snapshot() assignments.Snapshot {
 			out.Pods = append(out.Pods, *p)
 		}
 		out.Shards = shardAssignments(s)
-		// Copied in map order under the lock, sorted after it: a list of
-		// a million guilds holds Apply up for the copy only.
-		out.Guilds = make([]fsm.Guild, 0, len(s.Guilds))
-		for _, g := range s.Guilds {
-			c := *g
-			if c.Migration != nil {
-				m := *c.Migration
-				c.Migration = &m
+		// In id order from the table; the Migrations are copied so that
+		// nothing the caller does reaches the state.
+		out.Guilds = s.Guilds.AppendTo(make([]fsm.Guild, 0, s.Guilds.Len()))
+		for i := range out.Guilds {
+			if m := out.Guilds[i].Migration; m != nil {
+				c := *m
+				out.Guilds[i].Migration = &c
 			}
-			out.Guilds = append(out.Guilds, c)
 		}
 		out.ConfigNodes = make([]fsm.ConfigNode, 0, len(s.ConfigNodes))
 		for _, c := range s.ConfigNodes {
 			out.ConfigNodes = append(out.ConfigNodes, c)
 		}
 	})
-	slices.SortFunc(out.Guilds, func(a, b fsm.Guild) int { return cmp.Compare(a.ID, b.ID) })
 	return out
 }

@@ -65,9 +65,13 @@ func (n *Node) podToFailOver(now time.Time) string {
 		if len(down) == 0 {
 			return
 		}
-		for _, g := range s.Guilds {
-			if down[g.Owner] && g.Migration == nil {
-				pod = g.Owner
+		moving := map[string]int{} // guilds of each down pod already being moved off it
+		for g := range s.Guilds.Migrations() {
+			moving[g.Owner]++
+		}
+		for _, p := range s.SortedPods() {
+			if down[p.ID] && s.GuildCount(p.ID) > moving[p.ID] {
+				pod = p.ID
 				return
 			}
 		}

@@ -235,12 +235,12 @@ func TestLostLeadershipStopsInFlightMoves(t *testing.T) {
 	nl := tc.waitLeader()
 	waitFor(t, 15*time.Second, "the new leader to abort the orphaned move", func() bool {
 		var after fsm.Guild
-		tc.nodes[nl].store.View(func(s *fsm.State) { after = *s.Guilds[g.ID] })
+		tc.nodes[nl].store.View(func(s *fsm.State) { after, _ = s.Guilds.Get(g.ID) })
 		return after.Migration == nil && after.Epoch > mv.Epoch
 	})
 	waitFor(t, 10*time.Second, "the new leader to drop the target's copy", func() bool { return dst.deleted(tc.cfgs[nl].ID) })
 	var after fsm.Guild
-	tc.nodes[nl].store.View(func(s *fsm.State) { after = *s.Guilds[g.ID] })
+	tc.nodes[nl].store.View(func(s *fsm.State) { after, _ = s.Guilds.Get(g.ID) })
 	if after.Owner != g.Owner || after.Epoch <= mv.Epoch {
 		t.Fatalf("after the orphan was aborted: %+v (move epoch %d)", after, mv.Epoch)
 	}
@@ -319,11 +319,11 @@ func TestOrphanedMovesAreAbortedDespiteFailures(t *testing.T) {
 	nl := tc.waitLeader()
 	waitFor(t, 20*time.Second, "the orphan aborted", func() bool {
 		var after fsm.Guild
-		tc.nodes[nl].store.View(func(s *fsm.State) { after = *s.Guilds[g.ID] })
+		tc.nodes[nl].store.View(func(s *fsm.State) { after, _ = s.Guilds.Get(g.ID) })
 		return after.Migration == nil && after.Epoch > res.Index
 	})
 	var after fsm.Guild
-	tc.nodes[nl].store.View(func(s *fsm.State) { after = *s.Guilds[g.ID] })
+	tc.nodes[nl].store.View(func(s *fsm.State) { after, _ = s.Guilds.Get(g.ID) })
 	if after.Owner != g.Owner || after.Epoch <= res.Index {
 		t.Fatalf("after the abort: %+v (move epoch %d)", after, res.Index)
 	}

@@ -153,7 +153,7 @@ func (c *fsmCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *fsmCollector) Collect(ch chan<- prometheus.Metric) {
 	c.n.store.View(func(s *fsm.State) {
 		ch <- prometheus.MustNewConstMetric(descRevision, prometheus.GaugeValue, float64(s.Revision))
-		ch <- prometheus.MustNewConstMetric(descGuilds, prometheus.GaugeValue, float64(len(s.Guilds)))
+		ch <- prometheus.MustNewConstMetric(descGuilds, prometheus.GaugeValue, float64(s.Guilds.Len()))
 		ch <- prometheus.MustNewConstMetric(descMigrating, prometheus.GaugeValue, float64(s.Migrating()))
 		states := map[fsm.PodState]int{fsm.PodActive: 0, fsm.PodDown: 0, fsm.PodDraining: 0}
 		shards := map[string]int{}

@@ -100,7 +100,7 @@ func (m *mover) startMove(ctx context.Context, guild uint64, toRef string, fo *f
 			cp := *p
 			to = &cp
 		}
-		if g, ok := s.Guilds[guild]; ok {
+		if g, ok := s.Guilds.Get(guild); ok {
 			from = g.Owner
 		}
 	})
@@ -323,9 +323,8 @@ func (m *mover) settle(ctx context.Context, mv assignments.MoveResponse) (moveSt
 	}
 	var g *fsm.Guild
 	n.store.View(func(s *fsm.State) {
-		if x, ok := s.Guilds[mv.Guild]; ok {
-			cp := *x
-			g = &cp
+		if x, ok := s.Guilds.Get(mv.Guild); ok {
+			g = &x
 		}
 	})
 	switch {
@@ -452,10 +451,8 @@ func (m *mover) abortOrphans(t *term) (failed int) {
 		if s.Migrating() <= running {
 			return // every migrating guild may be one of ours; look again later
 		}
-		for id, g := range s.Guilds {
-			if g.Migration != nil {
-				orphans = append(orphans, orphan{id, g.Migration.Epoch, g.Migration.To})
-			}
+		for g := range s.Guilds.Migrations() {
+			orphans = append(orphans, orphan{g.ID, g.Migration.Epoch, g.Migration.To})
 		}
 	})
 	for _, o := range orphans {

@@ -80,7 +80,7 @@ func (p *stubPod) called(prefix string) bool {
 func guildOn(t *testing.T, tc *testCluster, id uint64) fsm.Guild {
 	t.Helper()
 	var g fsm.Guild
-	tc.nodes[tc.leader()].store.View(func(s *fsm.State) { g = *s.Guilds[id] })
+	tc.nodes[tc.leader()].store.View(func(s *fsm.State) { g, _ = s.Guilds.Get(id) })
 	return g
 }
 
@@ -373,11 +373,9 @@ func TestAFailoversMovesAreCappedPerTargetNotByTheDeadSource(t *testing.T) {
 	migrating := func() (n int, to map[string]int) {
 		to = map[string]int{}
 		tc.nodes[tc.leader()].store.View(func(s *fsm.State) {
-			for _, g := range s.Guilds {
-				if g.Migration != nil {
-					n++
-					to[g.Migration.To]++
-				}
+			for g := range s.Guilds.Migrations() {
+				n++
+				to[g.Migration.To]++
 			}
 		})
 		return n, to

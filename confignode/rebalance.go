@@ -21,10 +21,7 @@ type rebalanceJob = assignments.RebalanceJob
 func (n *Node) plan(kind, pod string) []assignments.Move {
 	var moves []assignments.Move
 	n.store.View(func(s *fsm.State) {
-		guilds := make([]fsm.Guild, 0, len(s.Guilds))
-		for _, g := range s.Guilds {
-			guilds = append(guilds, *g)
-		}
+		guilds := s.Guilds.AppendTo(nil)
 		pods := make([]fsm.Pod, 0, len(s.Pods))
 		for _, p := range s.Pods {
 			pods = append(pods, *p)
@@ -219,8 +216,8 @@ func (m *mover) moveAndWait(ctx context.Context, mv assignments.Move, job *rebal
 	for ctx.Err() == nil {
 		var g fsm.Guild
 		n.store.View(func(s *fsm.State) {
-			if x, ok := s.Guilds[mv.Guild]; ok {
-				g = *x
+			if x, ok := s.Guilds.Get(mv.Guild); ok {
+				g = x
 			}
 		})
 		if g.Migration == nil || g.Migration.Epoch != res.Epoch {

@@ -164,8 +164,8 @@ func (s *system) guildEverywhere(g uint64) (fsm.Guild, bool) {
 		}
 		var v fsm.Guild
 		n.Store().View(func(st *fsm.State) {
-			if x, ok := st.Guilds[g]; ok {
-				v = *x
+			if x, ok := st.Guilds.Get(g); ok {
+				v = x
 				v.Migration = nil
 				if x.Migration != nil {
 					m := *x.Migration

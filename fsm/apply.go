@@ -55,11 +55,11 @@ func (s *State) Validate(c Command) error {
 			return reject(ErrNotFound, "unknown pod %q", c.PodID)
 		}
 		if c.Type == CmdRemovePod {
-			if n := s.owned[p.ID]; n > 0 {
+			if n := s.Guilds.Count(p.ID); n > 0 {
 				return reject(ErrConflict, "pod %s still owns %d guilds; drain it first", p.ID, n)
 			}
-			for _, g := range s.Guilds {
-				if g.Migration != nil && g.Migration.To == p.ID {
+			for g := range s.Guilds.Migrations() {
+				if g.Migration.To == p.ID {
 					return reject(ErrConflict, "pod %s is the target of the move of guild %d", p.ID, g.ID)
 				}
 			}
@@ -81,7 +81,7 @@ func (s *State) Validate(c Command) error {
 				return reject(ErrConflict, "the cluster is not initialised (no shard count); bootstrap it with --shards")
 			}
 			for _, id := range c.GuildIDs {
-				if _, ok := s.Guilds[id]; !ok {
+				if _, ok := s.Guilds.Get(id); !ok {
 					if s.placementFor(id) == nil {
 						return reject(ErrNoActivePods, "cannot place guild %d: no active pod", id)
 					}
@@ -90,13 +90,13 @@ func (s *State) Validate(c Command) error {
 			}
 		} else {
 			for _, id := range c.GuildIDs {
-				if g, ok := s.Guilds[id]; ok && g.Migration != nil {
+				if g, ok := s.Guilds.Get(id); ok && g.Migration != nil {
 					return reject(ErrConflict, "guild %d is migrating; abort the move first", id)
 				}
 			}
 		}
 	case CmdStartMove:
-		g, ok := s.Guilds[c.Guild]
+		g, ok := s.Guilds.Get(c.Guild)
 		if !ok {
 			return reject(ErrNotFound, "unknown guild %d", c.Guild)
 		}
@@ -123,7 +123,7 @@ func (s *State) Validate(c Command) error {
 			return reject(ErrConflict, "cannot move guild %d: its owner %s is down and cannot export its data", g.ID, g.Owner)
 		}
 	case CmdSetMovePhase, CmdCompleteMove, CmdAbortMove:
-		g, ok := s.Guilds[c.Guild]
+		g, ok := s.Guilds.Get(c.Guild)
 		if !ok {
 			return reject(ErrNotFound, "unknown guild %d", c.Guild)
 		}
@@ -249,69 +249,58 @@ func (s *State) Apply(index uint64, c Command) ([]Event, error) {
 	case CmdRemovePod:
 		p := s.Pods[c.PodID]
 		delete(s.Pods, c.PodID)
-		delete(s.owned, c.PodID)
 		a.emit(Event{Type: EventPodRemove, Pod: p})
 		a.rebalanceShards()
 	case CmdPlaceGuilds:
 		for _, id := range c.GuildIDs {
-			if _, ok := s.Guilds[id]; ok {
+			if _, ok := s.Guilds.Get(id); ok {
 				continue // placing is idempotent
 			}
 			p := s.placementFor(id)
-			g := &Guild{ID: id, Owner: p.ID, State: GuildActive, Epoch: index}
-			s.Guilds[id] = g
-			s.owned[p.ID]++
-			s.sorted = nil
-			a.guildChanged(g)
+			a.setGuild(Guild{ID: id, Owner: p.ID, State: GuildActive, Epoch: index})
 		}
 	case CmdRemoveGuilds:
 		for _, id := range c.GuildIDs {
-			g, ok := s.Guilds[id]
+			gone, ok := s.Guilds.Get(id)
 			if !ok {
 				continue
 			}
-			delete(s.Guilds, id)
-			s.owned[g.Owner]--
-			s.sorted = nil
-			gone := *g
+			s.Guilds.Delete(id)
 			gone.Revision = index
 			a.emit(Event{Type: EventGuildGone, Guild: &gone})
 		}
 	case CmdStartMove:
-		g := s.Guilds[c.Guild]
+		g, _ := s.Guilds.Get(c.Guild)
 		g.Epoch = index
 		g.State = GuildMigrating
 		g.Migration = &Migration{From: g.Owner, To: c.To, Epoch: g.Epoch, Phase: "started", StartedAt: c.At}
 		if c.Failover {
 			g.Migration.Failover, g.Migration.LossWindowMs = true, c.LossWindowMs
 		}
-		s.migrating++
-		a.guildChanged(g)
+		a.setGuild(g)
 	case CmdSetMovePhase:
-		g := s.Guilds[c.Guild]
+		g, _ := s.Guilds.Get(c.Guild)
 		if g.Migration.Phase != c.Phase {
-			g.Migration.Phase = c.Phase
-			a.guildChanged(g)
+			m := *g.Migration // the table keeps the pointer it was given: never change it in place
+			m.Phase = c.Phase
+			g.Migration = &m
+			a.setGuild(g)
 		}
 	case CmdCompleteMove:
-		g := s.Guilds[c.Guild]
-		s.owned[g.Owner]--
+		g, _ := s.Guilds.Get(c.Guild)
 		g.Owner = g.Migration.To
-		s.owned[g.Owner]++
 		g.State = GuildActive
 		g.Migration = nil
-		s.migrating--
-		a.guildChanged(g)
+		a.setGuild(g)
 	case CmdAbortMove:
-		g := s.Guilds[c.Guild]
+		g, _ := s.Guilds.Get(c.Guild)
 		// The epoch grows again so that a target which already imported the
 		// guild at the move's epoch is fenced off as well.
 		g.Epoch = index
 		g.State = GuildActive
 		g.Migration = nil
-		s.migrating--
 		a.reason = c.Reason
-		a.guildChanged(g)
+		a.setGuild(g)
 	}
 	if len(a.events) > 0 {
 		s.Revision = index
@@ -337,14 +326,17 @@ func (a *applier) emit(e Event) {
 	a.events = append(a.events, e)
 }
 
-func (a *applier) guildChanged(g *Guild) {
+// setGuild stores a guild's new value at this revision and emits it. The
+// event gets its own copy of the Migration, so nothing a subscriber does
+// with it reaches the table.
+func (a *applier) setGuild(g Guild) {
 	g.Revision = a.index
-	cp := *g
+	a.s.Guilds.Set(g)
 	if g.Migration != nil {
 		m := *g.Migration
-		cp.Migration = &m
+		g.Migration = &m
 	}
-	a.emit(Event{Type: EventGuild, Guild: &cp})
+	a.emit(Event{Type: EventGuild, Guild: &g})
 }
 
 func (a *applier) podChanged(p *Pod) {

@@ -78,8 +78,8 @@ func TestPlacementPrefersShardHolderThenLeastLoaded(t *testing.T) {
 		t.Fatalf("shards %v", s.Shards)
 	}
 	mustApply(t, s, 10, Command{Type: CmdPlaceGuilds, GuildIDs: []uint64{0<<22 | 1, 1<<22 | 1, 3<<22 | 1}})
-	if s.Guilds[1].Owner != "gateway-0" || s.Guilds[1<<22|1].Owner != "gateway-1" || s.Guilds[3<<22|1].Owner != "gateway-1" {
-		t.Fatalf("not placed on shard holders: %+v %+v %+v", s.Guilds[1], s.Guilds[1<<22|1], s.Guilds[3<<22|1])
+	if guildAt(s, 1).Owner != "gateway-0" || guildAt(s, 1<<22|1).Owner != "gateway-1" || guildAt(s, 3<<22|1).Owner != "gateway-1" {
+		t.Fatalf("not placed on shard holders: %+v %+v %+v", guildAt(s, 1), guildAt(s, 1<<22|1), guildAt(s, 3<<22|1))
 	}
 	// gateway-1 goes down: its shard moves to gateway-0, which becomes the holder.
 	mustApply(t, s, 11, Command{Type: CmdMarkPodDown, PodID: "gateway-1"})
@@ -94,8 +94,8 @@ func TestPlacementPrefersShardHolderThenLeastLoaded(t *testing.T) {
 	// A third pod comes up: it holds every shard and gets new guilds.
 	mustApply(t, s, 14, Command{Type: CmdRegisterPod, Pod: &PodSpec{ID: "gateway-2", Ordinal: 2, Addr: "a:1"}})
 	mustApply(t, s, 15, Command{Type: CmdPlaceGuilds, GuildIDs: []uint64{5 << 22}})
-	if s.Guilds[5<<22].Owner != "gateway-2" {
-		t.Fatalf("placed on %s", s.Guilds[5<<22].Owner)
+	if guildAt(s, 5<<22).Owner != "gateway-2" {
+		t.Fatalf("placed on %s", guildAt(s, 5<<22).Owner)
 	}
 	// Least-loaded wins when the holder is not active: re-register gateway-1 and take gateway-2 down.
 	mustApply(t, s, 16, Command{Type: CmdRegisterPod, Pod: &PodSpec{ID: "gateway-1", Ordinal: 1, Addr: "b:1"}})
@@ -106,12 +106,12 @@ func TestMoveLifecycleFencesStaleEpochs(t *testing.T) {
 	s := cluster(t, 1, 2)
 	g := uint64(42 << 22)
 	mustApply(t, s, 10, Command{Type: CmdPlaceGuilds, GuildIDs: []uint64{g}})
-	if s.Guilds[g].Epoch != 10 {
-		t.Fatalf("epoch %d", s.Guilds[g].Epoch)
+	if guildAt(s, g).Epoch != 10 {
+		t.Fatalf("epoch %d", guildAt(s, g).Epoch)
 	}
 	mustApply(t, s, 11, Command{Type: CmdStartMove, Guild: g, To: "gateway-1"})
 	mustApply(t, s, 12, Command{Type: CmdAbortMove, Guild: g, Epoch: 11, Reason: "target died"})
-	if gg := s.Guilds[g]; gg.Owner != "gateway-0" || gg.State != GuildActive || gg.Epoch != 12 {
+	if gg := guildAt(s, g); gg.Owner != "gateway-0" || gg.State != GuildActive || gg.Epoch != 12 {
 		t.Fatalf("after abort: %+v", gg)
 	}
 	mustApply(t, s, 13, Command{Type: CmdStartMove, Guild: g, To: "gateway-1"})
@@ -120,7 +120,7 @@ func TestMoveLifecycleFencesStaleEpochs(t *testing.T) {
 		t.Fatalf("stale complete: %v", err)
 	}
 	mustApply(t, s, 15, Command{Type: CmdCompleteMove, Guild: g, Epoch: 13})
-	if gg := s.Guilds[g]; gg.Owner != "gateway-1" || gg.Epoch != 13 || s.GuildCount("gateway-1") != 1 || s.GuildCount("gateway-0") != 0 {
+	if gg := guildAt(s, g); gg.Owner != "gateway-1" || gg.Epoch != 13 || s.GuildCount("gateway-1") != 1 || s.GuildCount("gateway-0") != 0 {
 		t.Fatalf("after complete: %+v", gg)
 	}
 	checkInvariants(t, s)

@@ -12,7 +12,7 @@ import (
 func TestFailoverMovesOnlyGuildsOfADownOwner(t *testing.T) {
 	s := cluster(t, 2, 2)
 	mustApply(t, s, 10, Command{Type: CmdPlaceGuilds, GuildIDs: []uint64{42}})
-	owner := s.Guilds[42].Owner
+	owner := guildAt(s, 42).Owner
 	to := "gateway-0"
 	if owner == to {
 		to = "gateway-1"
@@ -30,11 +30,11 @@ func TestFailoverMovesOnlyGuildsOfADownOwner(t *testing.T) {
 	if _, err := s.Apply(14, old); !errors.Is(err, ErrUnsupported) {
 		t.Fatalf("failover at command version 2: %v, want ErrUnsupported", err)
 	}
-	if g := s.Guilds[42]; g.Migration != nil || g.Epoch != 10 {
+	if g := guildAt(s, 42); g.Migration != nil || g.Epoch != 10 {
 		t.Fatalf("a rejected command changed the guild: %+v", g)
 	}
 	mustApply(t, s, 15, fail)
-	m := s.Guilds[42].Migration
+	m := guildAt(s, 42).Migration
 	if m == nil || !m.Failover || m.LossWindowMs != 1200 || m.From != owner || m.To != to || m.Epoch != 15 {
 		t.Fatalf("migration after the failover start: %+v", m)
 	}
@@ -46,11 +46,11 @@ func TestFailoverMovesOnlyGuildsOfADownOwner(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := r.Guilds[42].Migration; got == nil || *got != *m {
+	if got := guildAt(r, 42).Migration; got == nil || *got != *m {
 		t.Fatalf("migration after a snapshot round trip: %+v, want %+v", got, m)
 	}
 	mustApply(t, s, 16, Command{Type: CmdCompleteMove, Guild: 42, Epoch: 15})
-	if g := s.Guilds[42]; g.Owner != to || g.Migration != nil || g.Epoch != 15 {
+	if g := guildAt(s, 42); g.Owner != to || g.Migration != nil || g.Epoch != 15 {
 		t.Fatalf("after the failover commits: %+v", g)
 	}
 }

@@ -49,13 +49,13 @@ func fuzzFixture() (*State, uint64, error) {
 		func() error { return apply(Command{Type: CmdPlaceGuilds, GuildIDs: guilds, At: 20}) },
 		func() error {
 			to := "gateway-3"
-			if s.Guilds[guilds[0]].Owner == to {
+			if guildAt(s, guilds[0]).Owner == to {
 				to = "gateway-2"
 			}
 			return apply(Command{Type: CmdStartMove, Guild: guilds[0], To: to, At: 21})
 		},
 		func() error {
-			return apply(Command{Type: CmdSetMovePhase, Guild: guilds[0], Epoch: s.Guilds[guilds[0]].Epoch, Phase: "copying", At: 22})
+			return apply(Command{Type: CmdSetMovePhase, Guild: guilds[0], Epoch: guildAt(s, guilds[0]).Epoch, Phase: "copying", At: 22})
 		},
 		func() error {
 			return apply(Command{Type: CmdSaveCheckpoints, PodID: s.Shards[5], At: 23,
@@ -195,7 +195,7 @@ func FuzzApplyCommand(f *testing.F) {
 			}
 			before := encodeSnapshot(t, s)
 			guildEpochs := map[uint64]uint64{}
-			for id, g := range s.Guilds {
+			for id, g := range guildsOf(s) {
 				guildEpochs[id] = g.Epoch
 			}
 			shardEpochs := append([]uint64(nil), s.ShardEpochs...)
@@ -238,7 +238,7 @@ func FuzzApplyCommand(f *testing.F) {
 					}
 				}
 			}
-			for id, g := range s.Guilds {
+			for id, g := range guildsOf(s) {
 				if old, ok := guildEpochs[id]; ok && g.Epoch < old {
 					t.Fatalf("%s: guild %d epoch went from %d to %d", line, id, old, g.Epoch)
 				}
@@ -453,7 +453,7 @@ func TestSnapshotWithDuplicateGuildIDsIsRefused(t *testing.T) {
 			}
 		})
 	}
-	if st, err := ReadSnapshot(bytes.NewReader(withDeltas(5, 3))); err != nil || len(st.Guilds) != 2 || st.GuildCount("p0") != 2 {
+	if st, err := ReadSnapshot(bytes.NewReader(withDeltas(5, 3))); err != nil || st.Guilds.Len() != 2 || st.GuildCount("p0") != 2 {
 		t.Fatalf("the well-formed control snapshot: %v", err)
 	}
 	for name, in := range map[string][]byte{
@@ -462,7 +462,7 @@ func TestSnapshotWithDuplicateGuildIDsIsRefused(t *testing.T) {
 		"wrap around": withDeltas(5, ^uint64(0)),
 	} {
 		if st, err := ReadSnapshot(bytes.NewReader(in)); err == nil {
-			t.Errorf("%s: restored %d guilds, %d counted for their owner; want a refusal", name, len(st.Guilds), st.GuildCount("p0"))
+			t.Errorf("%s: restored %d guilds, %d counted for their owner; want a refusal", name, st.Guilds.Len(), st.GuildCount("p0"))
 		}
 	}
 }

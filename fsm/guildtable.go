@@ -150,7 +150,6 @@ func BuildGuildTable(gs []Guild) *GuildTable {
 }
 
 func buildGuildTableWithConfig(c config, gs []Guild) *GuildTable {
-	t := newGuildTableWithConfig(c)
 	sorted := true
 	for i := 1; i < len(gs); i++ {
 		if gs[i].ID <= gs[i-1].ID {
@@ -158,42 +157,79 @@ func buildGuildTableWithConfig(c config, gs []Guild) *GuildTable {
 			break
 		}
 	}
-	var order []int // indexes into gs, by id, one per id (the last)
-	m := len(gs)
-	if !sorted {
-		order = make([]int, len(gs))
-		for i := range order {
-			order[i] = i
+	b := newGuildTableBuilder(c)
+	if sorted {
+		for i := range gs {
+			b.add(&gs[i])
 		}
-		slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(gs[a].ID, gs[b].ID) })
-		w := 0
-		for i, k := range order {
-			if i+1 < len(order) && gs[order[i+1]].ID == gs[k].ID {
-				continue // a later record of the same id wins
-			}
-			order[w] = k
-			w++
-		}
-		order = order[:w]
-		m = w
+		return b.finish()
 	}
+	order := make([]int, len(gs)) // indexes into gs, by id
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(gs[a].ID, gs[b].ID) })
+	for i, k := range order {
+		if i+1 < len(order) && gs[order[i+1]].ID == gs[k].ID {
+			continue // a later record of the same id wins
+		}
+		b.add(&gs[k])
+	}
+	return b.finish()
+}
+
+// guildTableBuilder builds a table from guilds given in strictly ascending
+// id order, one at a time, holding at most one segment's records unpacked:
+// a snapshot is restored through it without a slice of every guild.
+type guildTableBuilder struct {
+	t       *GuildTable
+	pending []entry
+	target  int // records per segment: 3/4 of the maximum, so that segments take inserts before splitting
+}
+
+func newGuildTableBuilder(c config) *guildTableBuilder {
+	t := newGuildTableWithConfig(c)
+	t.segs = t.segs[:0]
+	target := max(c.maxSeg*3/4, 1)
+	return &guildTableBuilder{t: t, target: target, pending: make([]entry, 0, target)}
+}
+
+// add appends g, whose id must be above every id added before.
+func (b *guildTableBuilder) add(g *Guild) {
+	t := b.t
+	c := t.classFor(g.Owner, g.State, g.Migration != nil)
+	t.ref(c)
+	if g.Migration != nil {
+		t.mig[g.ID] = g.Migration
+	}
+	b.pending = append(b.pending, entry{id: g.ID, epoch: g.Epoch, rev: g.Revision, class: c})
+	if len(b.pending) == b.target {
+		b.flush()
+	}
+}
+
+func (b *guildTableBuilder) flush() {
+	t := b.t
 	i := 0
-	next := func() entry {
-		g := &gs[i]
-		if order != nil {
-			g = &gs[order[i]]
-		}
-		i++
-		c := t.classFor(g.Owner, g.State, g.Migration != nil)
-		t.ref(c)
-		if g.Migration != nil {
-			t.mig[g.ID] = g.Migration
-		}
-		return entry{id: g.ID, epoch: g.Epoch, rev: g.Revision, class: c}
+	next := func() entry { i++; return b.pending[i-1] }
+	s := t.encodeSegment(next, len(b.pending), len(b.pending)*12/8+64)
+	if len(t.segs) > 0 {
+		s.lo = s.blocks[0].first
 	}
-	t.n = m
-	t.segs = t.encodeSegments(0, next, m, m*12/8+64, true)
-	return t
+	t.segs = append(t.segs, s)
+	t.n += len(b.pending)
+	b.pending = b.pending[:0]
+}
+
+// finish returns the table; the builder must not be used after it.
+func (b *guildTableBuilder) finish() *GuildTable {
+	if len(b.pending) > 0 {
+		b.flush()
+	}
+	if len(b.t.segs) == 0 {
+		b.t.segs = []segment{{}}
+	}
+	return b.t
 }
 
 func (t *GuildTable) ensure() {
@@ -371,6 +407,44 @@ func (t *GuildTable) All() iter.Seq[Guild] {
 	}
 }
 
+// After yields the guilds with ids above after in ascending id order (a
+// page of a list starts there). It skips at most one segment's records
+// before the first. The table must not be changed while the iteration runs.
+func (t *GuildTable) After(after uint64) iter.Seq[Guild] {
+	return func(yield func(Guild) bool) {
+		if t.n == 0 {
+			return
+		}
+		for i := t.segFor(after); i < len(t.segs); i++ {
+			it := newSegIter(&t.segs[i])
+			for e, ok := it.next(); ok; e, ok = it.next() {
+				if e.id > after && !yield(t.guild(e)) {
+					return
+				}
+			}
+		}
+	}
+}
+
+// Migrating returns how many guilds have a Migration.
+func (t *GuildTable) Migrating() int { return len(t.mig) }
+
+// Migrations yields the guilds that have a Migration, in ascending id order.
+func (t *GuildTable) Migrations() iter.Seq[Guild] {
+	return func(yield func(Guild) bool) {
+		ids := make([]uint64, 0, len(t.mig))
+		for id := range t.mig {
+			ids = append(ids, id)
+		}
+		slices.Sort(ids)
+		for _, id := range ids {
+			if g, ok := t.Get(id); ok && !yield(g) {
+				return
+			}
+		}
+	}
+}
+
 // AppendTo appends every guild to dst in ascending id order.
 func (t *GuildTable) AppendTo(dst []Guild) []Guild {
 	dst = slices.Grow(dst, t.n)
@@ -536,7 +610,7 @@ func (t *GuildTable) rebuild(i, j int, remap []uint32) {
 	if base > 0 {
 		hint = int(float64(words)*float64(m)/float64(base)*1.05) + 64
 	}
-	out := t.encodeSegments(t.segs[i].lo, next, m, hint, false)
+	out := t.encodeSegments(t.segs[i].lo, next, m, hint)
 	t.segs = slices.Replace(t.segs, i, j, out...)
 	if len(t.segs) > 1 {
 		// An empty segment goes; its range joins its left neighbour's (or,
@@ -550,12 +624,13 @@ func (t *GuildTable) rebuild(i, j int, remap []uint32) {
 }
 
 // encodeSegments encodes m records pulled from next (ascending ids) into
-// segments, the first starting its range at lo. Bulk loads fill segments
-// to 3/4 of the maximum so that they take inserts before splitting.
-func (t *GuildTable) encodeSegments(lo uint64, next func() entry, m, wordsHint int, bulk bool) []segment {
-	target := max(t.cfg.maxSeg*3/4, 1)
+// segments, the first starting its range at lo: one, or when m is over the
+// maximum, as many as fill each to 3/4 of it (so that they take inserts
+// before splitting).
+func (t *GuildTable) encodeSegments(lo uint64, next func() entry, m, wordsHint int) []segment {
 	nseg := 1
-	if m > t.cfg.maxSeg || (bulk && m > target) {
+	if m > t.cfg.maxSeg {
+		target := max(t.cfg.maxSeg*3/4, 1)
 		nseg = (m + target - 1) / target
 	}
 	out := make([]segment, 0, nseg)

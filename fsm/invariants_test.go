@@ -17,7 +17,7 @@ func checkInvariants(t *testing.T, s *State) {
 	t.Helper()
 	owned := map[string]int{}
 	migrating := 0
-	for id, g := range s.Guilds {
+	for id, g := range guildsOf(s) {
 		if g.ID != id {
 			t.Fatalf("guild %d stored under key %d", g.ID, id)
 		}
@@ -39,9 +39,12 @@ func checkInvariants(t *testing.T, s *State) {
 		}
 	}
 	for p, n := range owned {
-		if s.GuildCount(p) != n {
-			t.Fatalf("pod %s: derived count %d, actual %d", p, s.GuildCount(p), n)
+		if s.GuildCount(p) != n || len(s.Guilds.OwnedBy(p)) != n {
+			t.Fatalf("pod %s: derived count %d (%d listed), actual %d", p, s.GuildCount(p), len(s.Guilds.OwnedBy(p)), n)
 		}
+	}
+	if err := checkStructure(s.Guilds); err != nil {
+		t.Fatalf("the guild table: %v", err)
 	}
 	if s.Migrating() != migrating {
 		t.Fatalf("migrating count %d, actual %d", s.Migrating(), migrating)
@@ -182,7 +185,7 @@ func randomCommand(r *rand.Rand, s *State, guildPool []uint64) Command {
 		c.Guild = guild()
 		c.Type = []CommandType{CmdCompleteMove, CmdAbortMove, CmdSetMovePhase}[r.IntN(3)]
 		c.Phase = "exporting"
-		if g := s.Guilds[c.Guild]; g != nil {
+		if g := guildAt(s, c.Guild); g != nil {
 			c.Epoch = g.Epoch
 		}
 		if r.IntN(5) == 0 {
@@ -225,12 +228,12 @@ func assertSameState(t *testing.T, want, got *State) {
 	if !reflect.DeepEqual(want.ConfigNodes, got.ConfigNodes) {
 		t.Fatalf("config nodes differ: want %v got %v", want.ConfigNodes, got.ConfigNodes)
 	}
-	if len(want.Guilds) != len(got.Guilds) {
-		t.Fatalf("guild count: want %d got %d", len(want.Guilds), len(got.Guilds))
+	if want.Guilds.Len() != got.Guilds.Len() {
+		t.Fatalf("guild count: want %d got %d", want.Guilds.Len(), got.Guilds.Len())
 	}
-	for id, g := range want.Guilds {
-		if !reflect.DeepEqual(g, got.Guilds[id]) {
-			t.Fatalf("guild %d: want %+v got %+v", id, g, got.Guilds[id])
+	for id, g := range guildsOf(want) {
+		if !reflect.DeepEqual(g, guildAt(got, id)) {
+			t.Fatalf("guild %d: want %+v got %+v", id, g, guildAt(got, id))
 		}
 	}
 	for _, p := range want.Pods {
@@ -350,7 +353,7 @@ func TestRandomCommandsKeepInvariants(t *testing.T) {
 					}
 				}
 				checkInvariants(t, s)
-				for id, g := range s.Guilds {
+				for id, g := range guildsOf(s) {
 					if g.Epoch < epochs[id] {
 						t.Fatalf("guild %d epoch went from %d to %d", id, epochs[id], g.Epoch)
 					}
@@ -427,10 +430,10 @@ func TestEventsReplayToSameState(t *testing.T) {
 			apply(ev)
 		}
 	}
-	if len(guilds) != len(s.Guilds) || len(pods) != len(s.Pods) {
-		t.Fatalf("replayed %d guilds/%d pods, state has %d/%d", len(guilds), len(pods), len(s.Guilds), len(s.Pods))
+	if len(guilds) != s.Guilds.Len() || len(pods) != len(s.Pods) {
+		t.Fatalf("replayed %d guilds/%d pods, state has %d/%d", len(guilds), len(pods), s.Guilds.Len(), len(s.Pods))
 	}
-	for id, g := range s.Guilds {
+	for id, g := range guildsOf(s) {
 		if !reflect.DeepEqual(*g, guilds[id]) {
 			t.Fatalf("guild %d: state %+v, replay %+v", id, *g, guilds[id])
 		}
@@ -452,16 +455,16 @@ func TestOneOwnerPerGuild(t *testing.T) {
 	s := cluster(t, 2, 3)
 	g := uint64(7 << 22)
 	mustApply(t, s, 10, Command{Type: CmdPlaceGuilds, GuildIDs: []uint64{g, g}})
-	owner := s.Guilds[g].Owner
-	if len(s.Guilds) != 1 || s.GuildCount(owner) != 1 {
-		t.Fatalf("placing a guild twice: %d guilds, %s owns %d", len(s.Guilds), owner, s.GuildCount(owner))
+	owner := guildAt(s, g).Owner
+	if s.Guilds.Len() != 1 || s.GuildCount(owner) != 1 {
+		t.Fatalf("placing a guild twice: %d guilds, %s owns %d", s.Guilds.Len(), owner, s.GuildCount(owner))
 	}
 	to := "gateway-2"
 	if owner == to {
 		to = "gateway-1"
 	}
 	mustApply(t, s, 11, Command{Type: CmdStartMove, Guild: g, To: to})
-	if gg := s.Guilds[g]; gg.Owner != owner || s.GuildCount(to) != 0 || gg.Migration.From != owner || gg.Migration.To != to {
+	if gg := guildAt(s, g); gg.Owner != owner || s.GuildCount(to) != 0 || gg.Migration.From != owner || gg.Migration.To != to {
 		t.Fatalf("while migrating the source must stay the one owner: %+v, target owns %d", gg, s.GuildCount(to))
 	}
 	for _, p := range []string{owner, to} {
@@ -475,13 +478,13 @@ func TestOneOwnerPerGuild(t *testing.T) {
 	mustApply(t, s, 14, Command{Type: CmdPodAlive, PodID: to})
 	mustApply(t, s, 15, Command{Type: CmdStartMove, Guild: g, To: to})
 	mustApply(t, s, 16, Command{Type: CmdCompleteMove, Guild: g, Epoch: 15})
-	if gg := s.Guilds[g]; gg.Owner != to || s.GuildCount(to) != 1 || s.GuildCount(owner) != 0 || gg.Migration != nil {
+	if gg := guildAt(s, g); gg.Owner != to || s.GuildCount(to) != 1 || s.GuildCount(owner) != 0 || gg.Migration != nil {
 		t.Fatalf("after the move: %+v, counts %d/%d", gg, s.GuildCount(owner), s.GuildCount(to))
 	}
 	mustApply(t, s, 17, Command{Type: CmdRemovePod, PodID: owner})
 	mustApply(t, s, 18, Command{Type: CmdRemoveGuilds, GuildIDs: []uint64{g}})
-	if len(s.Guilds) != 0 || s.GuildCount(to) != 0 {
-		t.Fatalf("after removing the guild: %d guilds, %s owns %d", len(s.Guilds), to, s.GuildCount(to))
+	if s.Guilds.Len() != 0 || s.GuildCount(to) != 0 {
+		t.Fatalf("after removing the guild: %d guilds, %s owns %d", s.Guilds.Len(), to, s.GuildCount(to))
 	}
 	checkInvariants(t, s)
 }
@@ -497,7 +500,7 @@ func TestGuildEpochsOnlyGrow(t *testing.T) {
 	step := func(idx uint64, c Command, want uint64) {
 		t.Helper()
 		mustApply(t, s, idx, c)
-		e := s.Guilds[g].Epoch
+		e := guildAt(s, g).Epoch
 		if e != want || (len(seen) > 0 && e < seen[len(seen)-1]) {
 			t.Fatalf("after %s at %d: epoch %d, want %d (history %v)", c, idx, e, want, seen)
 		}
@@ -694,7 +697,7 @@ func TestSnapshotRestoreReproducesTheState(t *testing.T) {
 	mustApply(t, s, 10, Command{Type: CmdPlaceGuilds, GuildIDs: ids})
 	g := ids[0]
 	to := "gateway-3"
-	if s.Guilds[g].Owner == to {
+	if guildAt(s, g).Owner == to {
 		to = "gateway-2"
 	}
 	mustApply(t, s, 11, Command{Type: CmdStartMove, Guild: g, To: to, At: 99})
@@ -751,8 +754,8 @@ func TestVersion1SnapshotStillRestores(t *testing.T) {
 		_, _ = replayed.Apply(e.Index, c)
 		last = e.Index
 	}
-	if restored.Revision == 0 || len(restored.Guilds) == 0 || len(restored.Checkpoints) == 0 || restored.Migrating() == 0 {
-		t.Fatalf("the fixture is too thin: revision %d, %d guilds, %d checkpoints, %d migrating", restored.Revision, len(restored.Guilds), len(restored.Checkpoints), restored.Migrating())
+	if restored.Revision == 0 || restored.Guilds.Len() == 0 || len(restored.Checkpoints) == 0 || restored.Migrating() == 0 {
+		t.Fatalf("the fixture is too thin: revision %d, %d guilds, %d checkpoints, %d migrating", restored.Revision, restored.Guilds.Len(), len(restored.Checkpoints), restored.Migrating())
 	}
 	assertSameState(t, replayed, restored)
 	for i, e := range restored.ShardEpochs {
@@ -789,4 +792,22 @@ func snapshotBytes(t *testing.T, s *State) []byte {
 		t.Fatal(err)
 	}
 	return buf.Bytes()
+}
+
+// guildAt returns a copy of a guild's record, nil when the state has none.
+func guildAt(s *State, id uint64) *Guild {
+	g, ok := s.Guilds.Get(id)
+	if !ok {
+		return nil
+	}
+	return &g
+}
+
+// guildsOf returns a copy of every guild's record by id.
+func guildsOf(s *State) map[uint64]*Guild {
+	out := make(map[uint64]*Guild, s.Guilds.Len())
+	for g := range s.Guilds.All() {
+		out[g.ID] = &g
+	}
+	return out
 }

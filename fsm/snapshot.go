@@ -38,10 +38,6 @@ const (
 	snapshotMagic   = "MODBOTFSM"
 	snapshotVersion = 3
 	podFlagDrain    = 1 << 0
-	// ReadSnapshot reserves room for at most guildPrealloc guilds before
-	// reading them, and allocates them guildBlock at a time.
-	guildPrealloc = 1 << 20
-	guildBlock    = 1 << 16
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -172,13 +168,11 @@ func (s *State) writeSnapshot(w io.Writer, version uint64) error {
 		sw.varint(cp.At)
 		sw.uvarint(cp.Epoch)
 	}
-	ids := s.SortedGuildIDs()
-	sw.uvarint(uint64(len(ids)))
+	sw.uvarint(uint64(s.Guilds.Len()))
 	var prev uint64
-	for _, id := range ids {
-		g := s.Guilds[id]
-		sw.uvarint(id - prev)
-		prev = id
+	for g := range s.Guilds.All() {
+		sw.uvarint(g.ID - prev)
+		prev = g.ID
 		sw.uvarint(index[g.Owner])
 		sw.byte1(guildStateCode(g.State))
 		sw.uvarint(g.Epoch)
@@ -418,20 +412,13 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 		return nil, fmt.Errorf("read snapshot: %d guilds is not plausible", n)
 	}
 	// n is read from the snapshot, whose checksum is only verified at the
-	// end: a corrupted count must not allocate gigabytes up front. Memory
-	// is reserved for at most guildPrealloc guilds ahead and the guilds are
-	// allocated in blocks as they are read.
-	hint := min(n, guildPrealloc)
-	s.Guilds = make(map[uint64]*Guild, hint)
-	sorted := make([]uint64, 0, hint)
-	var all []Guild
+	// end: a corrupted count must not allocate gigabytes up front. The
+	// guilds go into the table as they are read, a segment at a time.
+	b := newGuildTableBuilder(defaultConfig)
 	var prev uint64
 	for i := uint64(0); i < n && sr.err == nil; i++ {
-		if len(all) == 0 {
-			all = make([]Guild, min(n-i, guildBlock))
-		}
-		g := &all[0]
-		all = all[1:]
+		var gv Guild
+		g := &gv
 		// Ids are written strictly increasing: a zero (or wrapping) delta
 		// is corruption, and would store two guilds under one id.
 		d := sr.uvarint()
@@ -454,13 +441,13 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 			if mb == 2 {
 				g.Migration.Failover, g.Migration.LossWindowMs = true, sr.varint()
 			}
-			s.migrating++
 		case mb != 0:
 			return nil, fmt.Errorf("read snapshot: guild %d: bad migration byte %d", g.ID, mb)
 		}
-		s.Guilds[g.ID] = g
-		s.owned[g.Owner]++
-		sorted = append(sorted, g.ID)
+		if sr.err != nil {
+			break
+		}
+		b.add(g)
 	}
 	if sr.err != nil {
 		return nil, fmt.Errorf("read snapshot: %w", sr.err)
@@ -474,6 +461,6 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 	if got := binary.LittleEndian.Uint32(trailer[:]); got != want {
 		return nil, fmt.Errorf("read snapshot: checksum mismatch (stored %08x, computed %08x)", got, want)
 	}
-	s.sorted = sorted
+	s.Guilds = b.finish()
 	return s, nil
 }

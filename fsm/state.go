@@ -1,10 +1,6 @@
 package fsm
 
-import (
-	"slices"
-	"sort"
-	"sync"
-)
+import "sort"
 
 // EventType names one kind of change in the change stream.
 type EventType string
@@ -46,46 +42,26 @@ type State struct {
 	// index of the entry that last changed its holder (0: never changed by a
 	// version-2 command).
 	ShardEpochs []uint64
-	Guilds      map[uint64]*Guild
+	// Guilds holds every guild's placement. Only Apply and Restore change
+	// it; readers share it under the adapter's read lock.
+	Guilds      *GuildTable
 	ConfigNodes map[string]ConfigNode
 	// Checkpoints are the shards' resume points. They are bookkeeping, not
 	// part of the map: a later seq of a session emits no event and leaves the
 	// revision; the first checkpoint of a session in a tenure emits EventShard.
 	Checkpoints map[int]Checkpoint
-
-	// Derived, rebuilt on Restore.
-	owned     map[string]int // pod id → guilds owned
-	migrating int
-	sortMu    sync.Mutex // guards sorted, so readers sharing a read lock may build it
-	sorted    []uint64   // guild ids in order; nil when stale
 }
 
 // New returns an empty state.
 func New() *State {
-	return &State{Pods: map[string]*Pod{}, Guilds: map[uint64]*Guild{}, ConfigNodes: map[string]ConfigNode{}, Checkpoints: map[int]Checkpoint{}, owned: map[string]int{}}
+	return &State{Pods: map[string]*Pod{}, Guilds: NewGuildTable(), ConfigNodes: map[string]ConfigNode{}, Checkpoints: map[int]Checkpoint{}}
 }
 
 // GuildCount returns how many guilds a pod owns.
-func (s *State) GuildCount(pod string) int { return s.owned[pod] }
+func (s *State) GuildCount(pod string) int { return s.Guilds.Count(pod) }
 
 // Migrating returns how many guilds are being moved.
-func (s *State) Migrating() int { return s.migrating }
-
-// SortedGuildIDs returns every guild id in ascending order. The slice is
-// shared; callers must not modify it.
-func (s *State) SortedGuildIDs() []uint64 {
-	s.sortMu.Lock()
-	defer s.sortMu.Unlock()
-	if s.sorted == nil {
-		ids := make([]uint64, 0, len(s.Guilds))
-		for id := range s.Guilds {
-			ids = append(ids, id)
-		}
-		slices.Sort(ids)
-		s.sorted = ids
-	}
-	return s.sorted
-}
+func (s *State) Migrating() int { return s.Guilds.Migrating() }
 
 // SortedPods returns the pods ordered by ordinal, then id.
 func (s *State) SortedPods() []*Pod {
@@ -192,7 +168,7 @@ func (s *State) activePods() []*Pod {
 func (s *State) LeastLoaded() *Pod {
 	var best *Pod
 	for _, p := range s.activePods() {
-		if best == nil || s.owned[p.ID] < s.owned[best.ID] {
+		if best == nil || s.Guilds.Count(p.ID) < s.Guilds.Count(best.ID) {
 			best = p
 		}
 	}

@@ -83,11 +83,7 @@ func (c *memCluster) mustApply(t *testing.T, cmd fsm.Command) uint64 {
 func (c *memCluster) Lookup(g uint64) (fsm.Guild, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	gi, ok := c.st.Guilds[g]
-	if !ok {
-		return fsm.Guild{}, false
-	}
-	return *gi, true
+	return c.st.Guilds.Get(g)
 }
 
 func (c *memCluster) Pod(id string) (fsm.Pod, bool) {
@@ -140,13 +136,7 @@ func (c *memCluster) GuildCount(pod string) int {
 func (c *memCluster) GuildsOwnedBy(pod string) []uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var out []uint64
-	for _, id := range c.st.SortedGuildIDs() {
-		if c.st.Guilds[id].Owner == pod {
-			out = append(out, id)
-		}
-	}
-	return out
+	return c.st.Guilds.OwnedBy(pod)
 }
 
 func (c *memCluster) Revision() uint64 {

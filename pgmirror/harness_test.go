@@ -227,14 +227,18 @@ func (p *proposer) randomWindow(n int) {
 				down = append(down, pod.ID)
 			}
 		}
-		ids := s.SortedGuildIDs()
+		ids := make([]uint64, 0, s.Guilds.Len())
+		for g := range s.Guilds.All() {
+			ids = append(ids, g.ID)
+		}
 		used := map[uint64]bool{}
 		pick := func() *fsm.Guild {
 			for try := 0; try < 8 && len(ids) > 0; try++ {
 				id := ids[p.rng.IntN(len(ids))]
 				if !used[id] {
 					used[id] = true
-					return s.Guilds[id]
+					g, _ := s.Guilds.Get(id)
+					return &g
 				}
 			}
 			return nil
@@ -394,13 +398,12 @@ func compareWithFSM(t *testing.T, c *systest.Cluster, conn *pgx.Conn, final bool
 	var rev uint64
 	c.Nodes[l].Store().View(func(s *fsm.State) {
 		rev = s.Revision
-		for _, id := range s.SortedGuildIDs() {
-			g := s.Guilds[id]
+		for g := range s.Guilds.All() {
 			mv := "-"
 			if m := g.Migration; m != nil {
 				mv = fmt.Sprintf("%s>%s@%d/%s/%d/%v", m.From, m.To, m.Epoch, m.Phase, m.StartedAt, m.Failover)
 			}
-			wantGuilds = append(wantGuilds, fmt.Sprintf("%d %s %s %d %s %d", id, g.Owner, g.State, g.Epoch, mv, g.Revision))
+			wantGuilds = append(wantGuilds, fmt.Sprintf("%d %s %s %d %s %d", g.ID, g.Owner, g.State, g.Epoch, mv, g.Revision))
 		}
 		for _, p := range s.SortedPods() {
 			wantPods = append(wantPods, fmt.Sprintf("%s %d %s %s %d %v %d", p.ID, p.Ordinal, p.Addr, p.State, p.Since, p.Drain, s.GuildCount(p.ID)))

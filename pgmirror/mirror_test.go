@@ -197,17 +197,17 @@ func TestMoveDurationsAndKindsFollowTheHistory(t *testing.T) {
 	p.apply(fsm.Command{Type: fsm.CmdPlaceGuilds, GuildIDs: []uint64{g}, At: 1_000_000})
 	var owner string
 	var epoch uint64
-	p.leaderState(func(s *fsm.State) { owner, epoch = s.Guilds[g].Owner, s.Guilds[g].Epoch })
+	p.leaderState(func(s *fsm.State) { x, _ := s.Guilds.Get(g); owner, epoch = x.Owner, x.Epoch })
 	to := "gateway-0"
 	if owner == to {
 		to = "gateway-1"
 	}
 	p.apply(fsm.Command{Type: fsm.CmdStartMove, Guild: g, To: to, At: 2_000_000})
-	p.leaderState(func(s *fsm.State) { epoch = s.Guilds[g].Epoch })
+	p.leaderState(func(s *fsm.State) { x, _ := s.Guilds.Get(g); epoch = x.Epoch })
 	p.apply(fsm.Command{Type: fsm.CmdSetMovePhase, Guild: g, Epoch: epoch, Phase: "exporting", At: 2_000_500})
 	p.apply(fsm.Command{Type: fsm.CmdAbortMove, Guild: g, Epoch: epoch, Reason: "import checksum mismatch", At: 2_003_000})
 	p.apply(fsm.Command{Type: fsm.CmdStartMove, Guild: g, To: to, At: 3_000_000})
-	p.leaderState(func(s *fsm.State) { epoch = s.Guilds[g].Epoch })
+	p.leaderState(func(s *fsm.State) { x, _ := s.Guilds.Get(g); epoch = x.Epoch })
 	p.apply(fsm.Command{Type: fsm.CmdCompleteMove, Guild: g, Epoch: epoch, At: 3_001_250})
 	conn := connect(t, url)
 	waitMirrored(t, c, conn, 10*time.Second)

@@ -196,7 +196,7 @@ func (h history) apply(at time.Time, cmd fsm.Command) {
 }
 
 func (h history) guild(id uint64) (g fsm.Guild) {
-	h.c.Nodes[h.c.Leader()].Store().View(func(s *fsm.State) { g = *s.Guilds[id] })
+	h.c.Nodes[h.c.Leader()].Store().View(func(s *fsm.State) { g, _ = s.Guilds.Get(id) })
 	return g
 }
 

@@ -79,7 +79,7 @@ func main() {
 			c.Guild = g
 			c.Type = []fsm.CommandType{fsm.CmdCompleteMove, fsm.CmdAbortMove, fsm.CmdSetMovePhase}[r.IntN(3)]
 			c.Phase, c.Reason = "copying", "test"
-			if gg := s.Guilds[g]; gg != nil {
+			if gg, ok := s.Guilds.Get(g); ok {
 				c.Epoch = gg.Epoch
 			}
 		default:
@@ -106,5 +106,5 @@ func main() {
 			drain++
 		}
 	}
-	fmt.Println("revision", s.Revision, "guilds", len(s.Guilds), "pods", len(s.Pods), "checkpoints", len(s.Checkpoints), "migrating", s.Migrating(), "draining", drain, "shards", s.Shards)
+	fmt.Println("revision", s.Revision, "guilds", s.Guilds.Len(), "pods", len(s.Pods), "checkpoints", len(s.Checkpoints), "migrating", s.Migrating(), "draining", drain, "shards", s.Shards)
 }
