@@ -33,6 +33,9 @@ type ScaleOptions struct {
 	Batch         int    // guilds per placement request (default 10,000)
 	RoutingTrials int    // extra batches timed from write to routable (default 5)
 	Verbose       bool   // the processes log to stderr (else to files in the scratch dir)
+	// CPUProfile, when set, is where 5 s of the leader's CPU profile from
+	// the start of the placement is written (go tool pprof FILE).
+	CPUProfile string
 }
 
 // ScaleResult is one run: 3 `modbot config-node` processes and one
@@ -113,6 +116,9 @@ func Scale(ctx context.Context, o ScaleOptions) (ScaleResult, error) {
 			"--data-dir", filepath.Join(dir, fmt.Sprintf("config-%d", i)),
 			"--raft-addr", fmt.Sprintf("127.0.0.1:%d", raftPort), "--http-addr", fmt.Sprintf("127.0.0.1:%d", httpPort),
 			"--token", scaleToken}
+		if o.CPUProfile != "" {
+			args = append(args, "--pprof")
+		}
 		if i == 0 {
 			args = append(args, "--bootstrap")
 		} else {
@@ -235,6 +241,7 @@ func Scale(ctx context.Context, o ScaleOptions) (ScaleResult, error) {
 		return ids[len(ids)-1], nil
 	}
 	start := time.Now()
+	profiled := profileCPU(ctx, o.CPUProfile, leader.url)
 	var last string
 	for next < o.Guilds {
 		if last, err = batch(); err != nil {
@@ -242,6 +249,9 @@ func Scale(ctx context.Context, o ScaleOptions) (ScaleResult, error) {
 		}
 	}
 	res.Place = time.Since(start)
+	if err := profiled(); err != nil {
+		return res, err
+	}
 	if err := systest.Poll(ctx, 60*time.Second, "the proxy routing the last guild", func() bool { return routes(last) }); err != nil {
 		return res, err
 	}
@@ -552,4 +562,33 @@ func printScaleProcesses(w io.Writer, r ScaleResult) {
 	fmt.Fprintf(tw, "proxy restarted → routes the last guild\t%s\n", ms(r.ProxyCatchUp))
 	fmt.Fprintf(tw, "follower kill -9, restarted → caught up\t%s\n", ms(r.FollowerCatchUp))
 	tw.Flush()
+}
+
+// profileCPU records 5 s of the CPU profile of the config node at url (the
+// placement's first 5 s) into file (nothing when file is ""); the function
+// it returns waits for the file.
+func profileCPU(ctx context.Context, file, url string) func() error {
+	if file == "" {
+		return func() error { return nil }
+	}
+	done := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url+"/debug/pprof/profile?seconds=5", nil)
+		req.Header.Set("Authorization", "Bearer "+scaleToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			done <- fmt.Errorf("cpu profile of %s: %w", url, err)
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err == nil && resp.StatusCode != http.StatusOK {
+			err = fmt.Errorf("cpu profile of %s: status %s: %s", url, resp.Status, b)
+		}
+		if err == nil {
+			err = os.WriteFile(file, b, 0o644)
+		}
+		done <- err
+	}()
+	return func() error { return <-done }
 }

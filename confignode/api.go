@@ -3,6 +3,7 @@ package confignode
 import (
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 
 	"github.com/gorilla/mux"
@@ -31,6 +32,16 @@ func (n *Node) routes() *mux.Router {
 	}).Methods("GET")
 	r.HandleFunc("/readyz", n.handleReady).Methods("GET")
 	r.Handle("/metrics", n.auth.Metrics(promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{}))).Methods("GET")
+	if n.cfg.Pprof {
+		// Go's profiler (go tool pprof URL/debug/pprof/profile), admin only.
+		pp := http.NewServeMux()
+		pp.HandleFunc("/debug/pprof/", pprof.Index) // and the named profiles: heap, goroutine, …
+		pp.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		pp.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		pp.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		pp.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		r.PathPrefix("/debug/pprof/").Handler(n.scoped(httpapi.ScopeAdmin, pp))
+	}
 
 	// Every /v1 route requires a token of its scope (httpapi.Scope).
 	// (Registered on the root router: gorilla/mux subrouters answer 404

@@ -240,3 +240,26 @@ func TestPodLivenessMarksSilentPodsDown(t *testing.T) {
 		return false
 	})
 }
+
+// TestProfilerIsServedOnlyWhenAskedAndOnlyToAdmins: --pprof serves Go's
+// profiler to the admin token, refuses the read token, and without the
+// flag the path does not exist.
+func TestProfilerIsServedOnlyWhenAskedAndOnlyToAdmins(t *testing.T) {
+	tc := newTestCluster(t, 2, func(i int, c *Config) {
+		c.ReadToken = "reader"
+		c.Pprof = i == 0
+	})
+	on, off := "http://"+tc.cfgs[0].HTTPAddr, "http://"+tc.cfgs[1].HTTPAddr
+	if r := rawRequest(t, "GET", on+"/debug/pprof/cmdline", testToken, ""); r.status != http.StatusOK || !strings.Contains(r.body, "confignode") {
+		t.Fatalf("admin, profiler on: %d %q", r.status, r.body)
+	}
+	if r := rawRequest(t, "GET", on+"/debug/pprof/heap?debug=1", testToken, ""); r.status != http.StatusOK || !strings.Contains(r.body, "heap profile") {
+		t.Fatalf("admin, heap profile: %d %.200q", r.status, r.body)
+	}
+	if r := rawRequest(t, "GET", on+"/debug/pprof/cmdline", "reader", ""); r.status != http.StatusForbidden {
+		t.Fatalf("read token: %d %q", r.status, r.body)
+	}
+	if r := rawRequest(t, "GET", off+"/debug/pprof/cmdline", testToken, ""); r.status != http.StatusNotFound {
+		t.Fatalf("profiler off: %d %q", r.status, r.body)
+	}
+}

@@ -41,6 +41,8 @@ type Config struct {
 	Token, InternalToken, ReadToken string
 	// NoAuth must be set explicitly to run without a token.
 	NoAuth bool
+	// Pprof serves Go's profiler at /debug/pprof/ to the admin token.
+	Pprof bool
 	// TLS, when set, is the TLS of the API, of the Raft transport and of
 	// every call this node makes (peers, pods): internal/tlsconfig.
 	TLS *tlsconfig.Reloader

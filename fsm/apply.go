@@ -82,7 +82,7 @@ func (s *State) Validate(c Command) error {
 			}
 			for _, id := range c.GuildIDs {
 				if _, ok := s.Guilds.Get(id); !ok {
-					if s.placementFor(id) == nil {
+					if s.placementFor(id, nil) == nil {
 						return reject(ErrNoActivePods, "cannot place guild %d: no active pod", id)
 					}
 					break
@@ -252,12 +252,27 @@ func (s *State) Apply(index uint64, c Command) ([]Event, error) {
 		a.emit(Event{Type: EventPodRemove, Pod: p})
 		a.rebalanceShards()
 	case CmdPlaceGuilds:
+		// Decided one by one in the command's order (a pod's count grows
+		// with each guild it gets), stored in one SetMany.
+		placed := make([]Guild, 0, len(c.GuildIDs))
+		seen := make(map[uint64]struct{}, len(c.GuildIDs)) // a command may repeat an id
+		added := map[string]int{}                          // guilds this command gave each pod
 		for _, id := range c.GuildIDs {
 			if _, ok := s.Guilds.Get(id); ok {
 				continue // placing is idempotent
 			}
-			p := s.placementFor(id)
-			a.setGuild(Guild{ID: id, Owner: p.ID, State: GuildActive, Epoch: index})
+			if _, ok := seen[id]; ok {
+				continue
+			}
+			seen[id] = struct{}{}
+			p := s.placementFor(id, added)
+			added[p.ID]++
+			placed = append(placed, Guild{ID: id, Owner: p.ID, State: GuildActive, Epoch: index, Revision: index})
+		}
+		s.Guilds.SetMany(placed)
+		a.events = slices.Grow(a.events, len(placed))
+		for i := range placed {
+			a.emit(Event{Type: EventGuild, Guild: &placed[i]})
 		}
 	case CmdRemoveGuilds:
 		for _, id := range c.GuildIDs {

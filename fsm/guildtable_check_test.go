@@ -170,7 +170,16 @@ func newModel(c config) *model {
 	return &model{tb: newGuildTableWithConfig(c), ref: map[uint64]Guild{}}
 }
 
-func (m *model) set(g Guild)   { m.tb.Set(g); m.ref[g.ID] = g }
+func (m *model) set(g Guild) { m.tb.Set(g); m.ref[g.ID] = g }
+
+// setMany is SetMany of gs, each id's last record winning in the reference.
+func (m *model) setMany(gs []Guild) {
+	m.tb.SetMany(gs)
+	for _, g := range gs {
+		m.ref[g.ID] = g
+	}
+}
+
 func (m *model) del(id uint64) { m.tb.Delete(id); delete(m.ref, id) }
 
 // rebuild replaces the table by Build of the reference's records in a
@@ -359,6 +368,31 @@ func (o *ops) step(r *rand.Rand) error {
 			o.m.set(g)
 			o.touched = append(o.touched, g.ID)
 		}
+	case k < 96: // one SetMany of new, changed and repeated ids, runs and strays
+		var gs []Guild
+		for range 1 + o.src(600) {
+			var g Guild
+			switch o.src(4) {
+			case 0: // a run continues
+				if len(gs) > 0 {
+					g = o.guild(gs[len(gs)-1].ID + 1)
+					break
+				}
+				fallthrough
+			case 1, 2:
+				g = o.guild(o.id())
+			default: // an id given before in this batch, changed
+				if len(gs) == 0 {
+					g = o.guild(o.id())
+					break
+				}
+				g = gs[o.src(len(gs))]
+				g.Owner, g.Revision = o.owner(), g.Revision+1
+			}
+			gs = append(gs, g)
+			o.touched = append(o.touched, g.ID)
+		}
+		o.m.setMany(gs)
 	case k < 99: // delete a range
 		first, n := o.id(), 1+o.src(400)
 		for i := range n {

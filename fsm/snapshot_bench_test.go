@@ -53,3 +53,35 @@ func BenchmarkSnapshotMillionGuilds(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkApplyPlace measures one command placing 10,000 new guilds on a
+// state holding a million: ids after every existing one (new snowflakes, as
+// the scale benchmark sends them) and ids spread over the whole range.
+func BenchmarkApplyPlace(b *testing.B) {
+	for _, spread := range []bool{false, true} {
+		b.Run(fmt.Sprintf("spread=%v", spread), func(b *testing.B) {
+			s := millionGuilds(b)
+			idx, n := uint64(1000), 0
+			ids := make([]uint64, 10_000)
+			r := uint64(88172645463325252)
+			for b.Loop() {
+				for i := range ids {
+					if spread {
+						r ^= r << 13
+						r ^= r >> 7
+						r ^= r << 17
+						ids[i] = r>>1 | 1
+					} else {
+						ids[i] = uint64(1420070400000+37_000_000+n*37)<<22 | uint64(n%4096)
+						n++
+					}
+				}
+				if _, err := s.Apply(idx, Command{Version: CommandVersion, Type: CmdPlaceGuilds, GuildIDs: ids}); err != nil {
+					b.Fatal(err)
+				}
+				idx++
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(len(ids)), "ns/guild")
+		})
+	}
+}

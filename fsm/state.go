@@ -165,23 +165,28 @@ func (s *State) activePods() []*Pod {
 
 // LeastLoaded returns the active pod owning the fewest guilds (ties: lowest
 // ordinal), or nil when no pod is active.
-func (s *State) LeastLoaded() *Pod {
+func (s *State) LeastLoaded() *Pod { return s.leastLoaded(nil) }
+
+// leastLoaded is LeastLoaded counting added[pod] more guilds for each pod.
+func (s *State) leastLoaded(added map[string]int) *Pod {
 	var best *Pod
+	bestN := 0
 	for _, p := range s.activePods() {
-		if best == nil || s.Guilds.Count(p.ID) < s.Guilds.Count(best.ID) {
-			best = p
+		if n := s.Guilds.Count(p.ID) + added[p.ID]; best == nil || n < bestN {
+			best, bestN = p, n
 		}
 	}
 	return best
 }
 
 // placementFor decides where a new guild goes: its shard's holder when that
-// pod is active, otherwise the least-loaded active pod.
-func (s *State) placementFor(guildID uint64) *Pod {
+// pod is active, otherwise the least-loaded active pod, counting added[pod]
+// guilds more for each pod (those the command being applied gave it).
+func (s *State) placementFor(guildID uint64, added map[string]int) *Pod {
 	if h := s.HolderOf(guildID); h != "" {
 		if p := s.Pods[h]; p != nil && p.State == PodActive {
 			return p
 		}
 	}
-	return s.LeastLoaded()
+	return s.leastLoaded(added)
 }

@@ -37,6 +37,7 @@ func runConfigNode(args []string) error {
 	fs.DurationVar(&c.FailoverGrace, "failover-grace", 0, "how long a gateway pod may stay down before its guilds fail over (default 60s)")
 	fs.DurationVar(&c.IdentifyInterval, "identify-interval", 0, "Discord identify spacing per max_concurrency bucket (default 5s)")
 	fs.DurationVar(&c.SnapshotInterval, "snapshot-interval", 0, "how often to check whether to snapshot (default 30s)")
+	fs.BoolVar(&c.Pprof, "pprof", false, "serve Go's profiler at /debug/pprof/ (admin token)")
 	tlsFlags := cli.TLSFlags(fs)
 	fs.StringVar(&c.PeerTLSName, "peer-tls-name", "", "with TLS: the name every other config node's certificate must carry, on Raft and on forwarded requests (default: the host dialled, an IP)")
 	if err := cli.Parse(fs, args); err != nil {

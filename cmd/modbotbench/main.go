@@ -42,6 +42,7 @@ func main() {
 	var scale benchmarks.ScaleOptions
 	fs.IntVar(&scale.Guilds, "scale-guilds", 1_000_000, "guilds in the map of the scale benchmark (issue 18's figures are at 1,000,000; its 10M run: -scale-guilds 10000000)")
 	fs.IntVar(&scale.Batch, "scale-batch", 10_000, "guilds per placement in the scale benchmark")
+	fs.StringVar(&scale.CPUProfile, "scale-cpuprofile", "", "write 5 s of the leader's CPU profile from the start of the scale benchmark's placement to this file (go tool pprof FILE)")
 	scaleProcs := fs.Bool("scale-processes", true, "run the process part of the scale benchmark (false: only the in-process FSM sizes)")
 	scaleMaps := fs.String("scale-map-guilds", "1000000", "FSM sizes built in process for the live heap and snapshot figures, e.g. 1000000,10000000")
 	only := fs.String("only", "", "run one group: controlplane, watch, ingest, proxy, migration, replication, recovery, rest, pgmirror, dashboard, scale")
