@@ -130,8 +130,21 @@ func (m *localMap) resizeShards(n int) {
 // apply upserts (or deletes) every event of one revision. Events carry whole
 // values, so applying is idempotent.
 func (m *localMap) apply(rev uint64, events []fsm.Event) {
+	// A run of guild events (a placement is 10,000) goes into the table in
+	// one SetMany; any other event is applied after the run before it.
+	var run []fsm.Guild
 	for i := range events {
 		e := &events[i]
+		if e.Type == fsm.EventGuild {
+			if e.Guild != nil {
+				run = append(run, *e.Guild)
+			}
+			continue
+		}
+		if len(run) > 0 {
+			m.guilds.SetMany(run)
+			run = run[:0]
+		}
 		switch e.Type {
 		case fsm.EventInit:
 			if e.ShardCount > 0 {
@@ -158,10 +171,6 @@ func (m *localMap) apply(rev uint64, events []fsm.Event) {
 				}
 				m.shards[sa.Shard] = sa
 			}
-		case fsm.EventGuild:
-			if e.Guild != nil {
-				m.guilds.Set(*e.Guild)
-			}
 		case fsm.EventGuildGone:
 			if e.Guild != nil {
 				m.guilds.Delete(e.Guild.ID)
@@ -176,6 +185,7 @@ func (m *localMap) apply(rev uint64, events []fsm.Event) {
 			}
 		}
 	}
+	m.guilds.SetMany(run)
 	m.rev = rev
 }
 

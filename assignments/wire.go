@@ -459,3 +459,42 @@ func cutUint(b []byte, key string) (uint64, []byte, bool) {
 	}
 	return v, rest[j:], true
 }
+
+// ParsePlaceRequestIDs reads a POST /v1/guilds body in the form
+// json.Marshal writes a PlaceRequest ({"guild_ids":["…",…]}, no whitespace
+// but after it, plain decimal ids without leading zeros, none of them 0)
+// without reflection: a batch carries 10,000. It reports false for
+// anything else, which the server then reads with its strict decoder and
+// fsm.ParseGuildID, for the same ids or a clear error.
+func ParsePlaceRequestIDs(b []byte) ([]uint64, bool) {
+	rest, ok := bytes.CutPrefix(b, []byte(`{"guild_ids":[`))
+	if !ok || len(rest) == 0 || rest[0] == ']' {
+		return nil, false
+	}
+	ids := make([]uint64, 0, len(rest)/22+1)
+	for {
+		if len(rest) == 0 || rest[0] != '"' {
+			return nil, false
+		}
+		j := 1
+		for j < len(rest) && rest[j] >= '0' && rest[j] <= '9' {
+			j++
+		}
+		if j == 1 || rest[1] == '0' || j >= len(rest) || rest[j] != '"' {
+			return nil, false
+		}
+		v, err := strconv.ParseUint(string(rest[1:j]), 10, 64)
+		if err != nil {
+			return nil, false
+		}
+		ids = append(ids, v)
+		switch rest = rest[j+1:]; {
+		case len(rest) > 0 && rest[0] == ',':
+			rest = rest[1:]
+		case bytes.Equal(bytes.TrimRight(rest, " \t\r\n"), []byte("]}")):
+			return ids, true
+		default:
+			return nil, false
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"reflect"
+	"strconv"
 	"testing"
 
 	"github.com/modbot/modbot/fsm"
@@ -187,4 +188,65 @@ func TestPlaceResponseDecodesWhatEncodingJSONDecodes(t *testing.T) {
 	if err := json.Unmarshal([]byte(`{"revision":3,"guilds":[{"id":"x"}]}`), &p); err == nil {
 		t.Fatal("a bad guild id decoded")
 	}
+}
+
+// placeRequestInputs: bodies as json.Marshal writes a PlaceRequest, and
+// the variations the fast path must leave to the strict decoder.
+var placeRequestInputs = []string{
+	`{"guild_ids":["1","2","18446744073709551615"]}`, `{"guild_ids":["42"]} `, `{"guild_ids":[]}`, `{"guild_ids":null}`,
+	`{"guild_ids":["0"]}`, `{"guild_ids":["01"]}`, `{"guild_ids":[" 1"]}`, `{"guild_ids":["18446744073709551616"]}`,
+	`{"guild_ids":["1",]}`, `{"guild_ids":["1"],"x":1}`, `{"guild_ids":["1"]}x`, `{"guild_ids":[1]}`, `{"guild_ids":["\u0031"]}`,
+	`{ "guild_ids":["1"]}`, `{"guild_ids":["1"]`, `{"guild_ids":["1""2"]}`, `{"guild_ids":["-1"]}`,
+}
+
+// TestPlaceRequestFastPathReadsWhatTheStrictDecoderReads: every body
+// ParsePlaceRequestIDs takes, encoding/json and fsm.ParseGuildID read to
+// the same ids, and a request as the client writes it is taken.
+func TestPlaceRequestFastPathReadsWhatTheStrictDecoderReads(t *testing.T) {
+	for _, in := range placeRequestInputs {
+		checkPlaceRequestFast(t, []byte(in))
+	}
+	for n := 1; n < 200; n += 7 {
+		ids := make([]string, n)
+		for i := range ids {
+			ids[i] = strconv.FormatUint(snowflake(i), 10)
+		}
+		b, _ := json.Marshal(PlaceRequest{GuildIDs: ids})
+		if _, ok := ParsePlaceRequestIDs(b); !ok {
+			t.Fatalf("%.80s: the fast path refused a request as the client writes it", b)
+		}
+		checkPlaceRequestFast(t, b)
+	}
+}
+
+func checkPlaceRequestFast(t *testing.T, b []byte) {
+	t.Helper()
+	got, ok := ParsePlaceRequestIDs(b)
+	if !ok {
+		return
+	}
+	var req PlaceRequest
+	if err := json.Unmarshal(b, &req); err != nil {
+		t.Fatalf("%.80q: the fast path read %v, encoding/json refuses it: %v", b, got, err)
+	}
+	want := make([]uint64, 0, len(req.GuildIDs))
+	for _, s := range req.GuildIDs {
+		id, err := fsm.ParseGuildID(s)
+		if err != nil {
+			t.Fatalf("%.80q: the fast path read %v, ParseGuildID refuses %q: %v", b, got, s, err)
+		}
+		want = append(want, id)
+	}
+	if len(want) == 0 || !reflect.DeepEqual(got, want) {
+		t.Fatalf("%.80q: the fast path read %v, the strict decoder %v", b, got, want)
+	}
+}
+
+// FuzzPlaceRequestFastPath holds ParsePlaceRequestIDs to the strict
+// decoder on any input.
+func FuzzPlaceRequestFastPath(f *testing.F) {
+	for _, in := range placeRequestInputs {
+		f.Add([]byte(in))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) { checkPlaceRequestFast(t, b) })
 }

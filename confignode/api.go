@@ -471,19 +471,27 @@ func (n *Node) handleGuild(w http.ResponseWriter, r *http.Request) {
 }
 
 func (n *Node) handlePlace(w http.ResponseWriter, r *http.Request) {
-	var req assignments.PlaceRequest
-	if err := n.decodeBody(w, r, &req); err != nil {
+	body, err := httpapi.ReadBody(w, r, n.cfg.MaxBodyBytes)
+	if err != nil {
 		n.fail(w, r, err)
 		return
 	}
-	ids := make([]uint64, 0, len(req.GuildIDs))
-	for _, s := range req.GuildIDs {
-		id, err := fsm.ParseGuildID(s)
-		if err != nil {
-			n.fail(w, r, badRequest("%v", err))
+	ids, ok := assignments.ParsePlaceRequestIDs(body) // the form our client writes, without reflection
+	if !ok {
+		var req assignments.PlaceRequest
+		if err := httpapi.DecodeJSONBody(body, &req, httpapi.DecodeOptions{}); err != nil {
+			n.fail(w, r, err)
 			return
 		}
-		ids = append(ids, id)
+		ids = make([]uint64, 0, len(req.GuildIDs))
+		for _, s := range req.GuildIDs {
+			id, err := fsm.ParseGuildID(s)
+			if err != nil {
+				n.fail(w, r, badRequest("%v", err))
+				return
+			}
+			ids = append(ids, id)
+		}
 	}
 	if len(ids) == 0 {
 		n.fail(w, r, badRequest("guild_ids is empty"))
@@ -504,7 +512,7 @@ func (n *Node) handlePlace(w http.ResponseWriter, r *http.Request) {
 	})
 	// json.Marshal(out), the guilds written by hand: a batch is 10,000.
 	b := strconv.AppendUint(append(make([]byte, 0, 64+96*len(out.Guilds)), `{"revision":`...), out.Revision, 10)
-	b, err := assignments.AppendGuildsJSON(append(b, `,"guilds":`...), out.Guilds)
+	b, err = assignments.AppendGuildsJSON(append(b, `,"guilds":`...), out.Guilds)
 	if err != nil {
 		n.fail(w, r, err)
 		return

@@ -91,6 +91,9 @@ func (c Command) Encode() ([]byte, error) {
 
 // DecodeCommand parses a Raft log entry.
 func DecodeCommand(b []byte) (Command, error) {
+	if c, ok := decodeCommandFast(b); ok {
+		return c, nil
+	}
 	var c Command
 	if err := json.Unmarshal(b, &c); err != nil {
 		return Command{}, fmt.Errorf("decode command: %w", err)

@@ -159,3 +159,68 @@ func FuzzParseEventJSON(f *testing.F) {
 		}
 	})
 }
+
+// commandFastInputs are commands as Encode writes them and variations the
+// fast decoder must leave to encoding/json (or read the same).
+var commandFastInputs = []string{
+	`{"v":3,"type":"place_guilds","at":1764700000000,"guild_ids":[1,2,3]}`,
+	` { "guild_ids" : [ 5 ] , "at" : -3 , "type" : "remove_guilds" , "v" : 1 } `,
+	`{"v":3,"type":"place_guilds","at":1,"guild_ids":[]}`, `{"v":3,"type":"place_guilds","at":1,"guild_ids":[1,]}`,
+	`{"v":3,"type":"place_guilds","at":1,"guild_ids":[,1]}`, `{"v":3,"type":"place_guilds","at":1,"guild_ids":[1]} `,
+	`{"v":3,"type":"place_guilds","at":1,"guild_ids":[1]`, `{"v":3,"type":"place_guilds","at":1,"guild_ids":[1 ]}`,
+	`{"v":3,"type":"place_guilds","at":1,"guild_ids":null}`,
+	`{"v":3,"type":"place_guilds","at":1,"guild_ids":[1],"pod_id":"x"}`,
+	`{"v":3,"type":"place_guilds","v":2}`,
+	`{"V":3,"Type":"place_guilds"}`,
+	`{"v":3.0}`, `{"v":1e2}`, `{"v":01}`, `{"v":-0}`, `{"at":9223372036854775808}`, `{"v":"3"}`,
+	`{"type":"a\"b"}`, `{"type":"é"}`, `{"type":"\u0041"}`, `{}`, `{"v":3}x`, `{"v":3`, `{"v":3,}`, `[1]`, `null`,
+	`{"v":3,"guild_ids":[1,2,]}`, `{"v":3,"guild_ids":[01]}`, `{"guild_ids":[18446744073709551616]}`,
+}
+
+// TestDecodeCommandFastReadsWhatEncodingJSONReads: every command the fast
+// path takes, encoding/json reads to the same value; and a placement as
+// Encode writes it is taken by the fast path.
+func TestDecodeCommandFastReadsWhatEncodingJSONReads(t *testing.T) {
+	for _, in := range commandFastInputs {
+		checkDecodeCommandFast(t, []byte(in))
+	}
+	r := rand.New(rand.NewPCG(5, 5))
+	for range 200 {
+		ids := make([]uint64, 1+r.IntN(30))
+		for i := range ids {
+			ids[i] = randU64(r)
+		}
+		c := Command{Type: []CommandType{CmdPlaceGuilds, CmdRemoveGuilds}[r.IntN(2)], At: randI64(r), GuildIDs: ids}
+		b, err := c.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := decodeCommandFast(b); !ok {
+			t.Fatalf("%s: the fast path refused a placement as Encode writes it", b)
+		}
+		checkDecodeCommandFast(t, b)
+	}
+}
+
+func checkDecodeCommandFast(t *testing.T, b []byte) {
+	t.Helper()
+	got, ok := decodeCommandFast(b)
+	if !ok {
+		return
+	}
+	var want Command
+	if err := json.Unmarshal(b, &want); err != nil {
+		t.Fatalf("%.120q: the fast path read %+v, encoding/json refuses it: %v", b, got, err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("%.120q: the fast path read %+v, encoding/json %+v", b, got, want)
+	}
+}
+
+// FuzzDecodeCommandFast holds the fast path to encoding/json on any input.
+func FuzzDecodeCommandFast(f *testing.F) {
+	for _, in := range commandFastInputs {
+		f.Add([]byte(in))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) { checkDecodeCommandFast(t, b) })
+}

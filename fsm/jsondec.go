@@ -87,6 +87,13 @@ func (c *cursor) uint() uint64 {
 	if !c.ok {
 		return 0
 	}
+	if len(d) < 20 { // 19 digits are below 2^64
+		var v uint64
+		for _, x := range d {
+			v = v*10 + uint64(x-'0')
+		}
+		return v
+	}
 	v, err := strconv.ParseUint(string(d), 10, 64)
 	if err != nil {
 		c.ok = false

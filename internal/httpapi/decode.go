@@ -48,14 +48,30 @@ func BodyStatus(err error) int {
 // key twice in one object. A refusal is a *BodyError saying what was wrong;
 // v may then be partly filled and must not be used.
 func DecodeJSON(w http.ResponseWriter, r *http.Request, v any, o DecodeOptions) error {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, o.MaxBytes))
+	body, err := ReadBody(w, r, o.MaxBytes)
+	if err != nil {
+		return err
+	}
+	return DecodeJSONBody(body, v, o)
+}
+
+// ReadBody reads the request body, at most max bytes (a *BodyError with
+// 413 when it is larger, 400 when it cannot be read).
+func ReadBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return &BodyError{Status: http.StatusRequestEntityTooLarge, Msg: fmt.Sprintf("request body is larger than %d bytes: %v", o.MaxBytes, err), Err: err}
+			return nil, &BodyError{Status: http.StatusRequestEntityTooLarge, Msg: fmt.Sprintf("request body is larger than %d bytes: %v", max, err), Err: err}
 		}
-		return &BodyError{Status: http.StatusBadRequest, Msg: fmt.Sprintf("read request body: %v", err), Err: err}
+		return nil, &BodyError{Status: http.StatusBadRequest, Msg: fmt.Sprintf("read request body: %v", err), Err: err}
 	}
+	return body, nil
+}
+
+// DecodeJSONBody is DecodeJSON of a body already read (o.MaxBytes is not
+// used): for a handler that tries a faster reading of its body first.
+func DecodeJSONBody(body []byte, v any, o DecodeOptions) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return &BodyError{Status: http.StatusBadRequest, Msg: "request body is empty; expected JSON"}
 	}
