@@ -170,6 +170,19 @@ func (c *Client) doOne(ctx context.Context, base, method, path string, body []by
 		_, _ = io.Copy(io.Discard, resp.Body)
 		return nil
 	}
+	if u, ok := out.(json.Unmarshaler); ok {
+		// A type that reads its own JSON (a placement's answer carries
+		// 10,000 guilds) gets the body whole: encoding/json would scan it
+		// twice before handing it over.
+		b, err := io.ReadAll(resp.Body)
+		if err == nil {
+			err = u.UnmarshalJSON(b)
+		}
+		if err != nil {
+			return fmt.Errorf("decode answer of %s %s: %w", method, base+path, err)
+		}
+		return nil
+	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 		return fmt.Errorf("decode answer of %s %s: %w", method, base+path, err)
 	}
