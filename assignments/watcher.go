@@ -133,6 +133,9 @@ func (m *localMap) apply(rev uint64, events []fsm.Event) {
 	// A run of guild events (a placement is 10,000) goes into the table in
 	// one SetMany; any other event is applied after the run before it.
 	var run []fsm.Guild
+	if len(events) > 1 {
+		run = make([]fsm.Guild, 0, len(events))
+	}
 	for i := range events {
 		e := &events[i]
 		if e.Type == fsm.EventGuild {

@@ -274,7 +274,7 @@ func parseChangeFrame(b []byte, f *ChangeFrame) bool {
 	if rest, ok = bytes.CutPrefix(rest, []byte(`,"events":[`)); !ok {
 		return false
 	}
-	events := make([]fsm.Event, 0, 16)
+	events := make([]fsm.Event, 0, len(rest)/160+1) // a guild event is ~170 bytes
 	for len(rest) > 0 && rest[0] != ']' {
 		var e fsm.Event
 		n, ok := fsm.ParseEventJSON(rest, &e)

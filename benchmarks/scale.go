@@ -58,6 +58,9 @@ type ScaleResult struct {
 	FollowerCatchUp time.Duration
 	// Retries counts placements sent again after a 503 (leader change).
 	Retries int
+	// PlaceCPU is the CPU time (user + system) each process spent while
+	// the Guilds were placed: where the two cores went.
+	PlaceCPU struct{ Leader, Followers, Proxy, Bench time.Duration }
 }
 
 // PerGuild is the resident memory added per guild, from before to after.
@@ -240,6 +243,7 @@ func Scale(ctx context.Context, o ScaleOptions) (ScaleResult, error) {
 		}
 		return ids[len(ids)-1], nil
 	}
+	cpu0 := [4]time.Duration{cpuTime(leader.cmd.Process.Pid), cpuTime(followers[0].cmd.Process.Pid) + cpuTime(followers[1].cmd.Process.Pid), cpuTime(px.cmd.Process.Pid), cpuTime(os.Getpid())}
 	start := time.Now()
 	profiled := profileCPU(ctx, o.CPUProfile, leader.url)
 	var last string
@@ -249,6 +253,10 @@ func Scale(ctx context.Context, o ScaleOptions) (ScaleResult, error) {
 		}
 	}
 	res.Place = time.Since(start)
+	res.PlaceCPU.Leader = cpuTime(leader.cmd.Process.Pid) - cpu0[0]
+	res.PlaceCPU.Followers = cpuTime(followers[0].cmd.Process.Pid) + cpuTime(followers[1].cmd.Process.Pid) - cpu0[1]
+	res.PlaceCPU.Proxy = cpuTime(px.cmd.Process.Pid) - cpu0[2]
+	res.PlaceCPU.Bench = cpuTime(os.Getpid()) - cpu0[3]
 	if err := profiled(); err != nil {
 		return res, err
 	}
@@ -337,6 +345,28 @@ func nodeStatus(ctx context.Context, url string) (assignments.Status, error) {
 		return assignments.Status{}, err
 	}
 	return c.Status(ctx)
+}
+
+// cpuTime is the user and system CPU time a process has used (0 when
+// unreadable): /proc/PID/stat's utime and stime, in clock ticks of 1/100 s.
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name, which is in parentheses and may
+	// hold spaces: state is field 3, utime 14, stime 15.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
 // rss is a process's resident set size in bytes (0 when unreadable).
@@ -558,6 +588,9 @@ func printScaleProcesses(w io.Writer, r ScaleResult) {
 	fmt.Fprintf(tw, "follower RSS before → after\t%s → %s: %.0f B/guild\n", mib(r.FollowerRSS[0]), mib(r.FollowerRSS[1]), PerGuild(r.FollowerRSS, r.Guilds))
 	fmt.Fprintf(tw, "proxy RSS before → after\t%s → %s: %.0f B/guild\n", mib(r.ProxyRSS[0]), mib(r.ProxyRSS[1]), PerGuild(r.ProxyRSS, r.Guilds))
 	fmt.Fprintf(tw, "placed in batches of %d, one client\t%.2f s (%.0f guilds/s; %d batches sent again after a leader change)\n", r.Batch, r.Place.Seconds(), float64(r.Guilds)/r.Place.Seconds(), r.Retries)
+	c := r.PlaceCPU
+	fmt.Fprintf(tw, "CPU while placing: leader, 2 followers, proxy, client\t%.2f s, %.2f s, %.2f s, %.2f s (%.0f%% of 2 cores)\n", c.Leader.Seconds(), c.Followers.Seconds(), c.Proxy.Seconds(), c.Bench.Seconds(),
+		100*(c.Leader+c.Followers+c.Proxy+c.Bench).Seconds()/(2*r.Place.Seconds()))
 	fmt.Fprintf(tw, "write → proxy routes the batch's last guild (%d batches)\tp50 %s, max %s\n", r.Routing.N, ms(r.Routing.P50), ms(r.Routing.Max))
 	fmt.Fprintf(tw, "proxy restarted → routes the last guild\t%s\n", ms(r.ProxyCatchUp))
 	fmt.Fprintf(tw, "follower kill -9, restarted → caught up\t%s\n", ms(r.FollowerCatchUp))

@@ -54,6 +54,7 @@ func (l *eventLog) add(rev uint64, evs []fsm.Event, relisted bool) {
 	if relisted {
 		l.events = append(l.events, fsm.Event{Revision: rev, Type: "relisted", At: time.Now().UnixMilli(), Reason: "the map was listed again (changes may have been missed)"})
 	}
+	evs = evs[max(0, len(evs)-recentEvents):] // a placement is 10,000: only the last are kept
 	l.events = append(l.events, evs...)
 	if over := len(l.events) - recentEvents; over > 0 {
 		l.events = append([]fsm.Event(nil), l.events[over:]...)
