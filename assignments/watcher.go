@@ -6,10 +6,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,7 +38,10 @@ type WatcherOptions struct {
 	// contact a node may report and still count as current. Default 10 s,
 	// five times the config nodes' progress interval (2 s).
 	StaleAfter time.Duration
-	// ListTimeout bounds one GET /v1/snapshot (default 30 s).
+	// ListTimeout bounds each wait of one GET /v1/snapshot: for its
+	// answer, then for every next byte of its body, not the whole list
+	// (ten million guilds take minutes to send but never stall). Default
+	// 30 s.
 	ListTimeout time.Duration
 }
 
@@ -667,8 +672,11 @@ func (w *Watcher) list(ctx context.Context) error {
 }
 
 func (w *Watcher) listOne(ctx context.Context, base string) (Snapshot, error) {
-	ctx, cancel := context.WithTimeout(ctx, w.o.ListTimeout)
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stalled := fmt.Errorf("%s sent nothing of its snapshot for %s", base, w.o.ListTimeout)
+	stall := time.AfterFunc(w.o.ListTimeout, func() { cancel(stalled) })
+	defer stall.Stop()
 	var s Snapshot
 	resp, err := w.request(ctx, base, "/v1/snapshot")
 	if err != nil {
@@ -679,10 +687,17 @@ func (w *Watcher) listOne(ctx context.Context, base string) (Snapshot, error) {
 		return s, DecodeError(resp)
 	}
 	var buf bytes.Buffer
-	if resp.ContentLength > 0 && resp.ContentLength < 4<<30 {
-		buf.Grow(int(resp.ContentLength) + bytes.MinRead) // one allocation, no regrowth
+	size := resp.ContentLength
+	if n, err := strconv.ParseInt(resp.Header.Get(SnapshotGuildsHeader), 10, 64); size <= 0 && err == nil && n >= 0 {
+		size = n*snapshotBytesPerGuild + snapshotChunk // streamed: sized from the guild count
 	}
-	if _, err := buf.ReadFrom(resp.Body); err != nil {
+	if size > 0 && size < 4<<30 {
+		buf.Grow(int(size) + bytes.MinRead) // one allocation, no regrowth
+	}
+	if _, err := buf.ReadFrom(progressReader{resp.Body, func() { stall.Reset(w.o.ListTimeout) }}); err != nil {
+		if cause := context.Cause(ctx); cause != nil {
+			err = cause
+		}
 		return s, fmt.Errorf("read snapshot from %s: %w", base, err)
 	}
 	b := buf.Bytes()
@@ -690,6 +705,20 @@ func (w *Watcher) listOne(ctx context.Context, base string) (Snapshot, error) {
 		return s, fmt.Errorf("decode snapshot from %s: %w", base, err)
 	}
 	return s, nil
+}
+
+// progressReader calls progress after every read that returned bytes.
+type progressReader struct {
+	r        io.Reader
+	progress func()
+}
+
+func (p progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.progress()
+	}
+	return n, err
 }
 
 // errStreamOK marks a stream that delivered a change, or proved the map

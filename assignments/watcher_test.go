@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -466,5 +467,60 @@ func TestSubscribersAreToldBeforeWaitersWake(t *testing.T) {
 		if c := <-ch; c.Revision != rev {
 			t.Fatalf("change %+v, want revision %d", c, rev)
 		}
+	}
+}
+
+// TestListTimesOutOnAStallNotOnASlowList: ListTimeout bounds each wait
+// for the next bytes of a snapshot, not the whole body: a list that takes
+// several timeouts to arrive but keeps coming is read whole; one that
+// stops mid-body is refused after one timeout, saying so.
+func TestListTimesOutOnAStallNotOnASlowList(t *testing.T) {
+	snap := Snapshot{Revision: 7, ShardCount: 1, Pods: []fsm.Pod{}, Shards: []fsm.ShardAssignment{}, ConfigNodes: []fsm.ConfigNode{}}
+	for i := range 400 {
+		snap.Guilds = append(snap.Guilds, fsm.Guild{ID: uint64(1+i) << 22, Owner: "gateway-0", State: fsm.GuildActive, Epoch: 3, Revision: 3})
+	}
+	body, err := AppendSnapshotJSON(nil, &snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const timeout = 300 * time.Millisecond
+	serve := func(pieces int, gap time.Duration, stallAt int) *httptest.Server {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			for k := range pieces {
+				if k == stallAt {
+					select {
+					case <-r.Context().Done():
+					case <-time.After(10 * timeout):
+					}
+					return
+				}
+				_, _ = w.Write(body[k*len(body)/pieces : (k+1)*len(body)/pieces])
+				w.(http.Flusher).Flush()
+				time.Sleep(gap)
+			}
+		}))
+		t.Cleanup(srv.Close)
+		return srv
+	}
+	slow := serve(8, timeout/3, -1) // ~0.8 s in all: 2.7 timeouts
+	w := newTestWatcher(t, slow.URL)
+	w.o.ListTimeout = timeout
+	start := time.Now()
+	got, err := w.listOne(context.Background(), slow.URL)
+	if err != nil || len(got.Guilds) != len(snap.Guilds) || got.Revision != 7 {
+		t.Fatalf("a slow list that never stalls: %d guilds at %d, %v", len(got.Guilds), got.Revision, err)
+	}
+	if took := time.Since(start); took < timeout {
+		t.Fatalf("the slow list took %s: the test did not outlast one timeout", took)
+	}
+	stalled := serve(8, 0, 4)
+	start = time.Now()
+	_, err = w.listOne(context.Background(), stalled.URL)
+	if err == nil || !strings.Contains(err.Error(), "sent nothing of its snapshot") {
+		t.Fatalf("a list that stalls mid-body: %v", err)
+	}
+	if took := time.Since(start); took > 5*timeout {
+		t.Fatalf("the stalled list was given up after %s, want about %s", took, timeout)
 	}
 }

@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"iter"
 	"math"
+	"slices"
 	"strconv"
 	"time"
 
@@ -299,27 +302,85 @@ func parseChangeFrame(b []byte, f *ChangeFrame) bool {
 // AppendSnapshotJSON appends json.Marshal(s), the guilds written by hand
 // (fsm.AppendGuildJSON): GET /v1/snapshot carries every guild of the map.
 func AppendSnapshotJSON(dst []byte, s *Snapshot) ([]byte, error) {
+	w := &appendWriter{b: dst}
+	var guilds iter.Seq[fsm.Guild]
+	if s.Guilds != nil {
+		guilds = slices.Values(s.Guilds)
+	}
+	err := WriteSnapshotJSON(w, s, guilds)
+	return w.b, err
+}
+
+type appendWriter struct{ b []byte }
+
+func (a *appendWriter) Write(p []byte) (int, error) { a.b = append(a.b, p...); return len(p), nil }
+
+// SnapshotGuildsHeader carries the number of guilds of a streamed GET
+// /v1/snapshot, whose length is not known before it is sent: the client
+// sizes its buffer from it (snapshotBytesPerGuild each).
+const (
+	SnapshotGuildsHeader  = "Modbot-Snapshot-Guilds"
+	snapshotBytesPerGuild = 104
+)
+
+// snapshotChunk is how much WriteSnapshotJSON buffers before a write.
+const snapshotChunk = 64 << 10
+
+// WriteSnapshotJSON writes to w what AppendSnapshotJSON appends, with the
+// guilds taken from guilds (ascending ids; nil writes null) instead of
+// s.Guilds, snapshotChunk bytes at a time: a list of ten million guilds is
+// ~900 MB of JSON, never held whole.
+func WriteSnapshotJSON(w io.Writer, s *Snapshot, guilds iter.Seq[fsm.Guild]) error {
+	buf := make([]byte, 0, snapshotChunk+1024)
+	flush := func() error {
+		_, err := w.Write(buf)
+		buf = buf[:0]
+		return err
+	}
 	part := func(key string, v any) error {
 		b, err := json.Marshal(v)
 		if err != nil {
 			return fmt.Errorf("encode snapshot %s: %w", key, err)
 		}
-		dst = append(append(dst, key...), b...)
+		buf = append(append(buf, key...), b...)
 		return nil
 	}
-	dst = strconv.AppendUint(append(dst, `{"revision":`...), s.Revision, 10)
-	dst = strconv.AppendInt(append(dst, `,"shard_count":`...), int64(s.ShardCount), 10)
+	buf = strconv.AppendUint(append(buf, `{"revision":`...), s.Revision, 10)
+	buf = strconv.AppendInt(append(buf, `,"shard_count":`...), int64(s.ShardCount), 10)
 	if err := errors.Join(part(`,"pods":`, s.Pods), part(`,"shards":`, s.Shards)); err != nil {
-		return dst, err
+		return err
 	}
-	var err error
-	if dst, err = AppendGuildsJSON(append(dst, `,"guilds":`...), s.Guilds); err != nil {
-		return dst, fmt.Errorf("encode snapshot: %w", err)
+	buf = append(buf, `,"guilds":`...)
+	if guilds == nil {
+		buf = append(buf, "null"...)
+	} else {
+		buf = append(buf, '[')
+		first := true
+		for g := range guilds {
+			if !first {
+				buf = append(buf, ',')
+			}
+			first = false
+			var err error
+			if buf, err = fsm.AppendGuildJSON(buf, &g); err != nil {
+				return fmt.Errorf("encode snapshot: guild %d: %w", g.ID, err)
+			}
+			if len(buf) >= snapshotChunk {
+				if err := flush(); err != nil {
+					return fmt.Errorf("write snapshot: %w", err)
+				}
+			}
+		}
+		buf = append(buf, ']')
 	}
 	if err := part(`,"config_nodes":`, s.ConfigNodes); err != nil {
-		return dst, err
+		return err
 	}
-	return append(dst, '}'), nil
+	buf = append(buf, '}')
+	if err := flush(); err != nil {
+		return fmt.Errorf("write snapshot: %w", err)
+	}
+	return nil
 }
 
 // AppendGuildsJSON appends json.Marshal(gs) (see fsm.AppendGuildJSON).

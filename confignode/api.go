@@ -520,19 +520,27 @@ func (n *Node) handlePlace(w http.ResponseWriter, r *http.Request) {
 	httpapi.WriteRawJSON(w, http.StatusOK, append(b, '}'))
 }
 
+// handleSnapshot streams the whole map at one revision. The guilds are
+// written from a clone of the table taken under the state's lock (shared
+// packed records, copied overlays), so a list of ten million neither holds
+// Apply up while it is sent nor costs the node a copy of every guild.
 func (n *Node) handleSnapshot(w http.ResponseWriter, r *http.Request) {
-	snap := n.snapshot()
-	b, err := assignments.AppendSnapshotJSON(make([]byte, 0, 64+96*len(snap.Guilds)), &snap)
-	if err != nil {
-		n.fail(w, r, err)
-		return
+	snap, guilds := n.snapshotHead()
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set(assignments.SnapshotGuildsHeader, strconv.Itoa(guilds.Len())) // the length is not known up front
+	w.WriteHeader(http.StatusOK)
+	if err := assignments.WriteSnapshotJSON(w, &snap, guilds.All()); err != nil {
+		// The status is sent: the client reads a cut-off body, which
+		// fails to decode, and lists again.
+		n.log.Warn("snapshot stream ended early", "revision", snap.Revision, "guilds", guilds.Len(), "err", err)
 	}
-	httpapi.WriteRawJSON(w, http.StatusOK, b)
 }
 
-// snapshot copies the whole map at one revision.
-func (n *Node) snapshot() assignments.Snapshot {
+// snapshotHead copies the map at one revision but for its guilds, and
+// returns them as a clone of the table.
+func (n *Node) snapshotHead() (assignments.Snapshot, *fsm.GuildTable) {
 	var out assignments.Snapshot
+	var guilds *fsm.GuildTable
 	n.store.View(func(s *fsm.State) {
 		out.Revision, out.ShardCount = s.Revision, s.ShardCount
 		out.Pods = make([]fsm.Pod, 0, len(s.Pods))
@@ -540,19 +548,25 @@ func (n *Node) snapshot() assignments.Snapshot {
 			out.Pods = append(out.Pods, *p)
 		}
 		out.Shards = shardAssignments(s)
-		// In id order from the table; the Migrations are copied so that
-		// nothing the caller does reaches the state.
-		out.Guilds = s.Guilds.AppendTo(make([]fsm.Guild, 0, s.Guilds.Len()))
-		for i := range out.Guilds {
-			if m := out.Guilds[i].Migration; m != nil {
-				c := *m
-				out.Guilds[i].Migration = &c
-			}
-		}
+		guilds = s.Guilds.Clone()
 		out.ConfigNodes = make([]fsm.ConfigNode, 0, len(s.ConfigNodes))
 		for _, c := range s.ConfigNodes {
 			out.ConfigNodes = append(out.ConfigNodes, c)
 		}
 	})
+	return out, guilds
+}
+
+// snapshot copies the whole map at one revision, guilds included (the
+// Migrations copied too, so that nothing the caller does reaches the state).
+func (n *Node) snapshot() assignments.Snapshot {
+	out, guilds := n.snapshotHead()
+	out.Guilds = guilds.AppendTo(make([]fsm.Guild, 0, guilds.Len()))
+	for i := range out.Guilds {
+		if m := out.Guilds[i].Migration; m != nil {
+			c := *m
+			out.Guilds[i].Migration = &c
+		}
+	}
 	return out
 }

@@ -3,6 +3,7 @@ package fsm
 import (
 	"cmp"
 	"iter"
+	"maps"
 	"slices"
 	"strings"
 )
@@ -525,6 +526,32 @@ func (t *GuildTable) After(after uint64) iter.Seq[Guild] {
 			}
 		}
 	}
+}
+
+// Clone returns a copy of the table for reading while the original goes
+// on changing: a list of ten million guilds is written from it without
+// holding the state's lock. The packed bases, which change only by being
+// replaced, are shared; the overlays, shadow bitsets and interning tables
+// are copied, so a clone costs O(segments + overlay records), not O(guilds).
+// The clone must not be changed (Set, SetMany, Delete).
+func (t *GuildTable) Clone() *GuildTable {
+	c := *t
+	c.segs = slices.Clone(t.segs)
+	for i := range c.segs {
+		s := &c.segs[i]
+		s.ov = maps.Clone(s.ov)
+		s.shadow = slices.Clone(s.shadow)
+	}
+	c.classes = slices.Clone(t.classes)
+	c.owners = slices.Clone(t.owners)
+	for i := range c.owners {
+		c.owners[i].classes = slices.Clone(c.owners[i].classes)
+	}
+	c.ownerIdx = maps.Clone(t.ownerIdx)
+	c.states = slices.Clone(t.states)
+	c.stateIdx = maps.Clone(t.stateIdx)
+	c.mig = maps.Clone(t.mig)
+	return &c
 }
 
 // Migrating returns how many guilds have a Migration.

@@ -3,6 +3,7 @@ package fsm
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -325,4 +326,38 @@ func TestMigrationIsTheOneSet(t *testing.T) {
 	if len(tb.mig) != 0 {
 		t.Fatalf("%d migrations kept after the delete", len(tb.mig))
 	}
+}
+
+// TestCloneKeepsItsGuildsWhileTheOriginalChanges: a clone taken at any
+// point still reads exactly what the table held then (Get, All, Count,
+// OwnedBy, Migrating, its own structure) after the original has gone
+// through hundreds more changes, merges, splits and compactions; and the
+// original still agrees with its map.
+func TestCloneKeepsItsGuildsWhileTheOriginalChanges(t *testing.T) {
+	testOnConfigs(t, func(t *testing.T, c config) {
+		r := rand.New(rand.NewPCG(7, 7))
+		o := &ops{src: r.IntN, m: newModel(c)}
+		for round := range 6 {
+			for range 400 {
+				if err := o.step(r); err != nil {
+					t.Fatal(err)
+				}
+			}
+			frozen := &model{tb: o.m.tb.Clone(), ref: maps.Clone(o.m.ref)}
+			for range 600 {
+				if err := o.step(r); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := frozen.checkAll(o.knownOwners()); err != nil {
+				t.Fatalf("round %d: the clone: %v", round, err)
+			}
+			if err := checkStructure(frozen.tb); err != nil {
+				t.Fatalf("round %d: the clone's structure: %v", round, err)
+			}
+			if err := o.m.checkAll(o.knownOwners()); err != nil {
+				t.Fatalf("round %d: the original: %v", round, err)
+			}
+		}
+	})
 }
