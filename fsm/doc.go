@@ -55,6 +55,17 @@
 //     builds (version 1) still restore (TestVersion1SnapshotStillRestores).
 //     See snapshot.go for the encoding, designed for a million guilds.
 //
+// # Representation
+//
+// The guilds live in a GuildTable (guildtable.go): packed records in sorted
+// segments with a small overlay of changes, owners and states interned,
+// per-owner counters and a per-owner position index, migrations kept as
+// exceptions. A million guilds cost ~5 B each of live heap (a map of
+// *Guild cost ~100), GuildCount and the migrating count are counters, and
+// snapshots are written in id order straight from it. Every test above runs
+// over it, and checkInvariants also checks the table's own structure and
+// its per-owner index after every step.
+//
 // Commands are versioned (Command.Version, see CommandVersion): Apply
 // refuses versions it does not know, so a mixed-version cluster fails loudly
 // instead of diverging, and it applies an old version's entries with that
