@@ -37,9 +37,9 @@
 // So Litestream owns checkpoints and the gateway never issues RESTART,
 // TRUNCATE or FULL checkpoints: those would wait on Litestream's read
 // transaction for the whole busy timeout, stalling the gateway's single
-// writer, and then fail with SQLITE_BUSY. The gateway keeps only SQLite's
-// automatic PASSIVE checkpoint, raised to 10,000 pages (guildstore), as a
-// backstop that bounds the WAL when no sidecar runs (tests, a sidecar that is
+// writer, and then fail with SQLITE_BUSY. The gateway runs only PASSIVE
+// checkpoints (guildstore's checkpointer, beside the writer, not inside its
+// commits) as a backstop that bounds the WAL when no sidecar runs (tests, a sidecar that is
 // down). A PASSIVE checkpoint never waits and cannot restart the WAL while
 // Litestream's read transaction is open, so it cannot skip a frame; with the
 // sidecar up, Litestream's 1,000-page checkpoint always fires first and the

@@ -85,7 +85,9 @@ type Store struct {
 	rdb    *sql.DB   // read pool (query_only)
 	dash   *readPool // the dashboard's connections, from rdb (readpool.go)
 	w      *writer
-	imp    imports // chunked imports in progress (import.go)
+	imp    imports       // chunked imports in progress (import.go)
+	cdb    *sql.DB       // one connection, the checkpointer's (checkpointLoop)
+	cpDone chan struct{} // closed when checkpointLoop has returned
 	closed chan struct{}
 }
 
@@ -127,12 +129,14 @@ func OpenWithOptions(ctx context.Context, path string, opts Options) (*Store, er
 	wdb.SetConnMaxLifetime(0)
 	wdb.SetConnMaxIdleTime(0)
 	// Checkpoints belong to the Litestream sidecar (package litestream):
-	// this process never runs RESTART/TRUNCATE checkpoints, and SQLite's
-	// automatic PASSIVE one (which cannot restart the WAL while Litestream
-	// holds its read transaction) is raised from 1000 to 10000 pages so it
-	// is only a backstop for running without a sidecar. Readers never
-	// commit, so the one writer connection is the only one it applies to.
-	if _, err := wdb.ExecContext(ctx, "PRAGMA wal_autocheckpoint = 10000"); err != nil {
+	// this process never runs RESTART/TRUNCATE checkpoints. SQLite's
+	// automatic PASSIVE one would run inside the commit that crosses its
+	// threshold, holding every other guild's writes behind it while it
+	// copies up to 40 MB (a move imports ~100 MB); it is off, and the
+	// store's checkpointer (checkpointLoop) runs the same PASSIVE
+	// checkpoint beside the writer on a connection of its own, as a
+	// backstop for running without a sidecar.
+	if _, err := wdb.ExecContext(ctx, "PRAGMA wal_autocheckpoint = 0"); err != nil {
 		wdb.Close()
 		return nil, fmt.Errorf("open %s: wal_autocheckpoint: %w", path, err)
 	}
@@ -159,20 +163,62 @@ func OpenWithOptions(ctx context.Context, path string, opts Options) (*Store, er
 		return nil, fmt.Errorf("open %s (read pool): %w", path, err)
 	}
 
-	s := &Store{path: path, opts: opts, log: opts.Logger.With("component", "guildstore", "db", path), wdb: wdb, rdb: rdb, closed: make(chan struct{})}
+	cdb, err := sql.Open("sqlite3", "file:"+path+"?"+common.Encode())
+	if err != nil {
+		wdb.Close()
+		rdb.Close()
+		return nil, fmt.Errorf("open %s (checkpointer): %w", path, err)
+	}
+	cdb.SetMaxOpenConns(1)
+	s := &Store{path: path, opts: opts, log: opts.Logger.With("component", "guildstore", "db", path), wdb: wdb, rdb: rdb, cdb: cdb, closed: make(chan struct{}), cpDone: make(chan struct{})}
 	s.dash = newReadPool(rdb, opts.ReadConns)
 	w, err := newWriter(ctx, s)
 	if err != nil {
 		wdb.Close()
 		rdb.Close()
+		cdb.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	s.w = w
+	go s.checkpointLoop()
 	if err := s.dropUnfinishedImports(ctx); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	return s, nil
+}
+
+// checkpointInterval is how often checkpointLoop looks for new commits.
+const checkpointInterval = 500 * time.Millisecond
+
+// checkpointLoop runs a PASSIVE checkpoint every checkpointInterval after
+// commits, on its own connection: it copies committed WAL frames into the
+// database while the writer goes on committing (a PASSIVE checkpoint takes
+// no lock a writer waits for), so no commit pays for it. With a Litestream
+// sidecar holding its read transaction it copies only what the sidecar has
+// replicated, as SQLite's automatic checkpoint did.
+func (s *Store) checkpointLoop() {
+	defer close(s.cpDone)
+	t := time.NewTicker(checkpointInterval)
+	defer t.Stop()
+	var last uint64
+	for {
+		select {
+		case <-s.closed:
+			return
+		case <-t.C:
+		}
+		c := s.w.commits.Load()
+		if c == last {
+			continue
+		}
+		last = c
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if _, err := s.cdb.ExecContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)"); err != nil {
+			s.log.Warn("checkpoint failed", "err", err)
+		}
+		cancel()
+	}
 }
 
 // Path is the database file path.
@@ -187,7 +233,8 @@ func (s *Store) Close() error {
 	}
 	close(s.closed)
 	s.w.wait()
-	return errors.Join(s.w.close(), s.dash.close(), s.rdb.Close(), s.wdb.Close())
+	<-s.cpDone
+	return errors.Join(s.w.close(), s.dash.close(), s.rdb.Close(), s.cdb.Close(), s.wdb.Close())
 }
 
 // ms converts a time to the stored unix-millisecond form (0 for the zero time).

@@ -2,9 +2,11 @@ package guildstore
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"reflect"
 	"sync"
@@ -361,5 +363,40 @@ func TestOverlappingSessionsDoNotDoubleCountModActions(t *testing.T) {
 	}
 	if got[ActionBan] != 2 || got[ActionUnban] != 1 || got[ActionLeave] != 2 {
 		t.Fatalf("mod actions by kind %v, want ban 2, unban 1, leave 2", got)
+	}
+}
+
+// TestCheckpointsRunBesideTheWriterNotInItsCommits: the writer's own
+// connection never checkpoints (wal_autocheckpoint is 0, so no commit
+// copies WAL frames), and the store's checkpointer still moves committed
+// pages into the database file within a few intervals.
+func TestCheckpointsRunBesideTheWriterNotInItsCommits(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "a.db")
+	s, err := Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var auto int
+	if err := s.w.connJob(context.Background(), func(ctx context.Context, c *sql.Conn) error {
+		return c.QueryRowContext(ctx, "PRAGMA wal_autocheckpoint").Scan(&auto)
+	}); err != nil || auto != 0 {
+		t.Fatalf("the writer's wal_autocheckpoint is %d (%v), want 0", auto, err)
+	}
+	size := func() int64 {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	before := size()
+	fillMessages(t, s, 7, 1, 1, 20_000) // ~600 KB of pages, committed to the WAL
+	deadline := time.Now().Add(10 * checkpointInterval)
+	for size() < before+256<<10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the database file is %d bytes, %d before 20,000 messages: nothing was checkpointed within %s", size(), before, 10*checkpointInterval)
+		}
+		time.Sleep(checkpointInterval / 5)
 	}
 }
