@@ -400,14 +400,7 @@ func (t *GuildTable) mergeIn(si int, group []entry) {
 		t.n++
 		s.live++
 	}
-	i, j := si, si+1
-	if s.live < t.cfg.maxSeg/4 && len(t.segs) > 1 {
-		if j < len(t.segs) {
-			j++
-		} else {
-			i--
-		}
-	}
+	i, j := t.rebuildRange(si)
 	t.rebuildWith(i, j, group, nil)
 }
 
@@ -699,15 +692,22 @@ func (t *GuildTable) maybeMerge(si int) {
 	if len(s.ov) <= max(t.cfg.ovMin, s.n/t.cfg.ovFrac) {
 		return
 	}
-	i, j := si, si+1
-	if s.live < t.cfg.maxSeg/4 && len(t.segs) > 1 {
+	i, j := t.rebuildRange(si)
+	t.rebuild(i, j, nil)
+}
+
+// rebuildRange is the segments [i, j) a rebuild of segment si takes: si,
+// and a neighbour when si has shrunk to under a quarter of the maximum.
+func (t *GuildTable) rebuildRange(si int) (i, j int) {
+	i, j = si, si+1
+	if t.segs[si].live < t.cfg.maxSeg/4 && len(t.segs) > 1 {
 		if j < len(t.segs) {
 			j++
 		} else {
 			i--
 		}
 	}
-	t.rebuild(i, j, nil)
+	return i, j
 }
 
 // rebuild replaces segments [i, j) by new ones holding their live records,
