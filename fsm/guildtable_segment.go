@@ -103,6 +103,41 @@ func (s *segment) blockLen(b int) int { return min(blockSize, s.n-b<<blockShift)
 // recBit is the bit offset of record i of block h.
 func recBit(h *blockHdr, i int) uint { return uint(h.off)<<6 + uint(i)*uint(h.w) }
 
+// gallop returns the last i in [lo, hi) with le(i), given le(lo) and
+// le false from hi on (le is monotone: true, then false). It gallops from
+// the probe g (lo <= g < hi) in steps that double, then halves what is
+// left: O(log distance) from a good probe.
+func gallop(lo, hi, g int, le func(i int) bool) int {
+	if le(g) {
+		lo = g
+		for step := 1; lo+step < hi; step <<= 1 {
+			if !le(lo + step) {
+				hi = lo + step
+				break
+			}
+			lo += step
+		}
+	} else {
+		hi = g
+		for step := 1; hi-step > lo; step <<= 1 {
+			if le(hi - step) {
+				lo = hi - step
+				break
+			}
+			hi -= step
+		}
+	}
+	for hi-lo > 1 {
+		mid := int(uint(lo+hi) >> 1)
+		if le(mid) {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	return lo
+}
+
 // guess interpolates where x falls between lo (at 0) and hi (at n-1),
 // given lo <= x < hi: a probe to start a search from.
 func guess(x, lo, hi uint64, n int) int {
@@ -122,36 +157,8 @@ func (s *segment) find(id uint64) (int, bool) {
 	// The block: the last whose first id is <= id.
 	b := n - 1
 	if id < s.blocks[b].first {
-		lo, hi := 0, b // blocks[lo].first <= id < blocks[hi].first
-		g := guess(id, s.blocks[0].first, s.blocks[b].first, n)
-		if s.blocks[g].first <= id {
-			lo = g
-			for step := 1; lo+step < hi; step <<= 1 {
-				if s.blocks[lo+step].first > id {
-					hi = lo + step
-					break
-				}
-				lo += step
-			}
-		} else {
-			hi = g
-			for step := 1; hi-step > lo; step <<= 1 {
-				if s.blocks[hi-step].first <= id {
-					lo = hi - step
-					break
-				}
-				hi -= step
-			}
-		}
-		for hi-lo > 1 {
-			mid := int(uint(lo+hi) >> 1)
-			if s.blocks[mid].first <= id {
-				lo = mid
-			} else {
-				hi = mid
-			}
-		}
-		b = lo
+		// blocks[0].first <= id < blocks[b].first
+		b = gallop(0, b, guess(id, s.blocks[0].first, s.blocks[b].first, n), func(i int) bool { return s.blocks[i].first <= id })
 	}
 	// The record: the last i with key(i) <= want, where key(i) is record
 	// i's id offset (key(0) = 0); it interpolates up to the next block's
@@ -164,40 +171,14 @@ func (s *segment) find(id uint64) (int, bool) {
 	if b+1 < n {
 		end = s.blocks[b+1].first
 	}
-	lo, hi := 0, k // key(lo) <= want < key(hi), with key(k) = ∞
+	lo := 0 // key(0) <= want < key(k), with key(k) = ∞
 	if k > 1 {
 		span := end - h.first
 		if span == 0 { // the last block ends at the top of the id range
 			span = ^uint64(0)
 		}
 		g := min(max(int(float64(want)/float64(span)*float64(k)), 0), k-1)
-		if key(g) <= want {
-			lo = g
-			for step := 1; lo+step < hi; step <<= 1 {
-				if key(lo+step) > want {
-					hi = lo + step
-					break
-				}
-				lo += step
-			}
-		} else {
-			hi = g
-			for step := 1; hi-step > lo; step <<= 1 {
-				if key(hi-step) <= want {
-					lo = hi - step
-					break
-				}
-				hi -= step
-			}
-		}
-		for hi-lo > 1 {
-			mid := int(uint(lo+hi) >> 1)
-			if key(mid) <= want {
-				lo = mid
-			} else {
-				hi = mid
-			}
-		}
+		lo = gallop(0, k, g, func(i int) bool { return key(i) <= want })
 	}
 	if key(lo) == want {
 		return b<<blockShift + lo, true
