@@ -556,17 +556,3 @@ func (n *Node) snapshotHead() (assignments.Snapshot, *fsm.GuildTable) {
 	})
 	return out, guilds
 }
-
-// snapshot copies the whole map at one revision, guilds included (the
-// Migrations copied too, so that nothing the caller does reaches the state).
-func (n *Node) snapshot() assignments.Snapshot {
-	out, guilds := n.snapshotHead()
-	out.Guilds = guilds.AppendTo(make([]fsm.Guild, 0, guilds.Len()))
-	for i := range out.Guilds {
-		if m := out.Guilds[i].Migration; m != nil {
-			c := *m
-			out.Guilds[i].Migration = &c
-		}
-	}
-	return out
-}
