@@ -163,11 +163,9 @@ func (s *State) activePods() []*Pod {
 	return out
 }
 
-// LeastLoaded returns the active pod owning the fewest guilds (ties: lowest
-// ordinal), or nil when no pod is active.
-func (s *State) LeastLoaded() *Pod { return s.leastLoaded(nil) }
-
-// leastLoaded is LeastLoaded counting added[pod] more guilds for each pod.
+// leastLoaded returns the active pod owning the fewest guilds, counting
+// added[pod] more for each pod (ties: lowest ordinal), or nil when no pod
+// is active.
 func (s *State) leastLoaded(added map[string]int) *Pod {
 	var best *Pod
 	bestN := 0
