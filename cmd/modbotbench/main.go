@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -48,6 +49,7 @@ func main() {
 	only := fs.String("only", "", "run one group: controlplane, watch, ingest, proxy, migration, replication, recovery, rest, pgmirror, dashboard, scale")
 	figures := fs.String("figures", "", "merge the figures of issue 18's table into this JSON file (make bench)")
 	issue18 := fs.String("issue18", "", "print issue 18's table from this figures file, and nothing else")
+	cpuProfile := fs.String("cpuprofile", "", "write this process's CPU profile over the whole run to this file (the in-process benchmarks: dashboard, ingest, …; go tool pprof FILE)")
 	_ = cli.Parse(fs, os.Args[1:])
 	if *issue18 != "" {
 		f, err := benchmarks.ReadFigures(*issue18)
@@ -60,6 +62,18 @@ func main() {
 	}
 	ctx, stop := cli.SignalContext()
 	defer stop()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "cpu profile: %v\n", err)
+			os.Exit(1)
+		}
+		defer f.Close()
+		defer pprof.StopCPUProfile()
+	}
 	run := func(name string) bool { return *only == "" || *only == name }
 	fail := func(what string, err error) {
 		fmt.Fprintf(os.Stderr, "%s benchmark: %v\n", what, err)

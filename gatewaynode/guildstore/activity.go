@@ -41,10 +41,10 @@ const (
 	daysShown  = 30
 )
 
-// activity reads the charts in the read transaction q; later is the live
-// messages created after the last hourly bucket (a clock ahead of ours).
-func (s *Store) activity(ctx context.Context, q queryer, guildID uint64) (a Activity, later int64, err error) {
-	now := s.opts.Now().UTC()
+// activity reads the charts at now in the read transaction q; later is the
+// live messages created after the last hourly bucket (a clock ahead of ours).
+func activity(ctx context.Context, q queryer, guildID uint64, now time.Time) (a Activity, later int64, err error) {
+	now = now.UTC()
 	g := int64(guildID)
 	hourEnd := now.Truncate(time.Hour).Add(time.Hour)
 	dayEnd := time.Date(now.Year(), now.Month(), now.Day(), 0, 0, 0, 0, time.UTC).Add(24 * time.Hour)

@@ -63,6 +63,11 @@
 //     sums each transaction's message changes and upserts the rollup rows
 //     before its COMMIT (rollup.go); a moved guild's rollups are rebuilt from
 //     the rows imported, so they equal the source's.
+//   - A dashboard read answers what the database holds
+//     (TestDashboardCacheAnswersWhatTheDatabaseHolds,
+//     TestDashboardReadsItsOwnWritesUnderConcurrentCommits): Dashboard
+//     reuses a guild's last read only while no commit has written the
+//     guild since and the UTC hour is the same (dashcache.go).
 //   - No event is lost silently. An event whose handler kept failing is kept
 //     in dead_letters until an operator replays or discards it
 //     (TestDeadLettersStayUntilReplayed, TestFailedReplayKeepsTheDeadLetter);

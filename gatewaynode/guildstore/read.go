@@ -196,20 +196,29 @@ func (s *Store) Counts(ctx context.Context, guildID uint64) (map[string]int64, e
 }
 
 // Dashboard summarizes a guild's activity. All figures come from one read
-// transaction, so they are mutually consistent.
+// transaction, so they are mutually consistent; a guild nothing was written
+// to since its last read, in the same UTC hour, is answered from that read
+// (dashcache.go), which is the same answer.
 func (s *Store) Dashboard(ctx context.Context, guildID uint64) (Dashboard, error) {
-	d, err := s.dashboard(ctx, guildID)
+	version := s.dc.version(guildID) // before the read transaction begins
+	now := s.opts.Now()
+	if d, ok := s.dc.get(guildID, version, unixHour(now)); ok {
+		return d, nil
+	}
+	d, err := s.dashboard(ctx, guildID, now)
 	if err != nil {
 		return Dashboard{}, fmt.Errorf("dashboard of guild %d: %w", guildID, err)
 	}
+	s.dc.put(guildID, version, unixHour(now), d)
 	return d, nil
 }
 
-func (s *Store) dashboard(ctx context.Context, guildID uint64) (Dashboard, error) {
+// dashboard reads the dashboard at now without the cache.
+func (s *Store) dashboard(ctx context.Context, guildID uint64, now time.Time) (Dashboard, error) {
 	var d Dashboard
 	err := s.dash.readTx(ctx, func(q queryer) error {
 		var err error
-		d, err = s.dashboardTx(ctx, q, guildID)
+		d, err = s.dashboardTx(ctx, q, guildID, now)
 		return err
 	})
 	return d, err
@@ -217,7 +226,7 @@ func (s *Store) dashboard(ctx context.Context, guildID uint64) (Dashboard, error
 
 // dashboardTx reads the dashboard in the read transaction q: the message
 // figures from the rollups (rollup.go), the rest from the raw rows.
-func (s *Store) dashboardTx(ctx context.Context, tx queryer, guildID uint64) (Dashboard, error) {
+func (s *Store) dashboardTx(ctx context.Context, tx queryer, guildID uint64, now time.Time) (Dashboard, error) {
 	g := int64(guildID)
 	d := Dashboard{GuildID: guildID, ModActionsByKind: map[string]int64{}, TopChannels: []IDCount{}, TopAuthors: []IDCount{},
 		RecentReports: []Report{}, RecentActions: []ModAction{}}
@@ -296,7 +305,7 @@ func (s *Store) dashboardTx(ctx context.Context, tx queryer, guildID uint64) (Da
 		return d, fmt.Errorf("settings: %w", err)
 	}
 	var later int64
-	if d.Activity, later, err = s.activity(ctx, tx, guildID); err != nil {
+	if d.Activity, later, err = activity(ctx, tx, guildID, now); err != nil {
 		return d, err
 	}
 	// The last 24 hourly buckets (the hour of now and the 23 before it) and

@@ -84,6 +84,7 @@ type Store struct {
 	wdb    *sql.DB   // exactly one connection, used only by the writer goroutine
 	rdb    *sql.DB   // read pool (query_only)
 	dash   *readPool // the dashboard's connections, from rdb (readpool.go)
+	dc     *dashCache
 	w      *writer
 	imp    imports       // chunked imports in progress (import.go)
 	cdb    *sql.DB       // one connection, the checkpointer's (checkpointLoop)
@@ -172,6 +173,7 @@ func OpenWithOptions(ctx context.Context, path string, opts Options) (*Store, er
 	cdb.SetMaxOpenConns(1)
 	s := &Store{path: path, opts: opts, log: opts.Logger.With("component", "guildstore", "db", path), wdb: wdb, rdb: rdb, cdb: cdb, closed: make(chan struct{}), cpDone: make(chan struct{})}
 	s.dash = newReadPool(rdb, opts.ReadConns)
+	s.dc = newDashCache()
 	w, err := newWriter(ctx, s)
 	if err != nil {
 		wdb.Close()

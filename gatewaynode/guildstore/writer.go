@@ -255,6 +255,7 @@ func (w *writer) failQueued() {
 
 func (w *writer) runJob(r *request) {
 	defer close(r.done)
+	defer w.s.dc.committed(nil) // a job may write any guild (dashcache.go)
 	if err := r.ctx.Err(); err != nil {
 		r.err = err
 		return
@@ -290,6 +291,7 @@ func (w *writer) commitBatch(batch []*request, n int) {
 		}
 		return
 	}
+	defer w.s.dc.committed(t.touched) // after COMMIT, before the callers hear (dashcache.go)
 	live := 0
 	for _, r := range batch {
 		if err := r.ctx.Err(); err != nil {
@@ -330,13 +332,15 @@ type wtx struct {
 	msgLog      []msgChange
 	rollupDrops map[int64]bool
 	unitLog     int // len(msgLog) when the current unit began
+	// touched are the guilds the transaction's units wrote (dashcache.go).
+	touched map[uint64]struct{}
 }
 
 func (w *writer) begin() (*wtx, error) {
 	if _, err := w.conn.ExecContext(w.ctx, "BEGIN IMMEDIATE"); err != nil {
 		return nil, fmt.Errorf("begin: %w", err)
 	}
-	return &wtx{w: w, epochs: map[uint64]uint64{}, msgLog: w.msgLog[:0]}, nil
+	return &wtx{w: w, epochs: map[uint64]uint64{}, msgLog: w.msgLog[:0], touched: map[uint64]struct{}{}}, nil
 }
 
 func (t *wtx) commit() error {
@@ -398,6 +402,7 @@ func (t *wtx) applyUnit(ctx context.Context, u []Write) UnitResult {
 			return t.abortUnit(ctx, errors.New("write without op"))
 		}
 		g := wr.Op.Guild()
+		t.touched[g] = struct{}{}
 		if _, free := wr.Op.(unfencedOp); !free {
 			if err := t.checkEpoch(ctx, g, wr.Epoch); err != nil {
 				return t.abortUnit(ctx, fmt.Errorf("guild %d: %w", g, err))

@@ -1,0 +1,125 @@
+package guildstore
+
+import (
+	"maps"
+	"slices"
+	"sync"
+	"time"
+)
+
+// dashCache keeps each guild's last dashboard read, so a page reloaded (or
+// loaded by many moderators) while nothing was written to its guild costs no
+// query. Invariant (TestDashboardCacheAnswersWhatTheDatabaseHolds,
+// TestDashboardReadsItsOwnWritesUnderConcurrentCommits): Dashboard answers
+// exactly what a fresh read transaction would, including every write whose
+// Apply (or job) has returned. It holds because
+//
+//   - every commit on the writer advances seq; a commit whose units name
+//     their guilds (commitBatch) marks those guilds with the new seq, any
+//     other (a job: fence, hold, import, delete, …; a connJob) marks all
+//     guilds (all = seq); and it does so after COMMIT returns and before the
+//     writer answers its callers;
+//   - a guild's version is max(guild's mark, all), read before the read
+//     transaction begins: an entry read at version v saw every commit that
+//     had marked the guild by then (it may have seen later ones too, which
+//     only costs a re-read);
+//   - an entry is used only at the version and the UTC hour it was read
+//     at: the charts' buckets and "last 24 h" move with the hour (the
+//     days are whole hours).
+//
+// The entries are bounded by the guilds read; a deleted guild's entry is
+// invalidated by its delete (a job) and replaced or dropped on its next read.
+type dashCache struct {
+	mu      sync.Mutex
+	seq     uint64            // commits so far
+	all     uint64            // seq of the last commit not limited to named guilds
+	marks   map[uint64]uint64 // guild → seq of the last commit that wrote it
+	entries map[uint64]dashEntry
+}
+
+type dashEntry struct {
+	version uint64
+	hour    int64 // Unix hour of the read's Now
+	d       Dashboard
+}
+
+// dashCacheMax bounds the entries: past it the cache starts over (a pod's
+// moderators look at a few guilds at a time; marks are one word per guild).
+const dashCacheMax = 4096
+
+func newDashCache() *dashCache {
+	return &dashCache{marks: map[uint64]uint64{}, entries: map[uint64]dashEntry{}}
+}
+
+// committed records a commit that wrote exactly guilds (nil: any guild).
+func (c *dashCache) committed(guilds map[uint64]struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seq++
+	if guilds == nil {
+		c.all = c.seq
+		return
+	}
+	for g := range guilds {
+		c.marks[g] = c.seq
+	}
+}
+
+// version is guild's version now; read it before the read transaction.
+func (c *dashCache) version(guild uint64) uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return max(c.marks[guild], c.all)
+}
+
+// get returns guild's entry for version and hour, if one was stored.
+func (c *dashCache) get(guild, version uint64, hour int64) (Dashboard, bool) {
+	c.mu.Lock()
+	e, ok := c.entries[guild]
+	c.mu.Unlock()
+	if !ok || e.version != version || e.hour != hour {
+		return Dashboard{}, false
+	}
+	return e.d.clone(), true
+}
+
+// put stores a read made at version and hour, unless a newer one is there.
+func (c *dashCache) put(guild, version uint64, hour int64, d Dashboard) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.entries[guild]; ok && (e.version > version || e.hour > hour) {
+		return
+	}
+	if len(c.entries) >= dashCacheMax {
+		c.entries = map[uint64]dashEntry{}
+	}
+	c.entries[guild] = dashEntry{version: version, hour: hour, d: d.clone()}
+}
+
+func unixHour(t time.Time) int64 { return t.Unix() / 3600 }
+
+// clone copies d's maps and slices, so neither the cache nor a caller sees
+// the other's changes.
+func (d Dashboard) clone() Dashboard {
+	c := d
+	c.ModActionsByKind = maps.Clone(d.ModActionsByKind)
+	c.TopChannels = slices.Clone(d.TopChannels)
+	c.TopAuthors = slices.Clone(d.TopAuthors)
+	c.RecentReports = slices.Clone(d.RecentReports)
+	c.RecentActions = slices.Clone(d.RecentActions)
+	c.Activity.MessagesHourly = d.Activity.MessagesHourly.clone()
+	c.Activity.MessagesDaily = d.Activity.MessagesDaily.clone()
+	c.Activity.ReportsDaily = d.Activity.ReportsDaily.clone()
+	if d.Activity.ActionsDaily != nil {
+		c.Activity.ActionsDaily = make(map[string]Series, len(d.Activity.ActionsDaily))
+		for k, s := range d.Activity.ActionsDaily {
+			c.Activity.ActionsDaily[k] = s.clone()
+		}
+	}
+	return c
+}
+
+func (s Series) clone() Series {
+	s.Counts = slices.Clone(s.Counts)
+	return s
+}
