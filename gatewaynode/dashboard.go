@@ -35,23 +35,23 @@ type dashboardView struct {
 
 // dashboardPage is the HTML page's extra state.
 type dashboardPage struct {
-	User      *podapi.UserAssertion
-	CanEdit   bool // may change the settings (Manage Server, Administrator, or the admin token)
-	Saved     bool
-	Dir       directory
-	Charts    map[string]template.HTML
-	ModRole   string
-	ModlogCh  string
-	Kinds     []kindCount
-	GuildPath string
+	User     *podapi.UserAssertion
+	CanEdit  bool // may change the settings (Manage Server, Administrator, or the admin token)
+	Saved    bool
+	Dir      directory
+	Charts   dashboardCharts
+	ModRole  string
+	ModlogCh string
+	Kinds    []kindCount
 }
+
+// dashboardCharts are the page's inline SVG charts (svgchart.go).
+type dashboardCharts struct{ Hourly, Daily, Reports, Actions string }
 
 type kindCount struct {
 	Kind  string
 	Count int64
 }
-
-func (v dashboardView) Page() dashboardPage { return v.page }
 
 func nameOr(name string, id uint64) string {
 	if name == "" {
@@ -59,57 +59,6 @@ func nameOr(name string, id uint64) string {
 	}
 	return name
 }
-
-var dashboardFuncs = template.FuncMap{
-	"channel": func(d directory, id uint64) string { return nameOr(d.channel(id), id) },
-	"user": func(d directory, id uint64) string {
-		if n := d.Users[id]; n != "" {
-			return n
-		}
-		return strconv.FormatUint(id, 10)
-	},
-	"pct": func(n, total int64) string {
-		if total <= 0 {
-			return "0"
-		}
-		return strconv.FormatFloat(100*float64(n)/float64(total), 'f', 1, 64)
-	},
-}
-
-var dashboardHTML = template.Must(template.New("dashboard").Funcs(dashboardFuncs).Parse(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>modbot · {{with .Page.Dir.Guild}}{{.}}{{else}}guild {{$.GuildID}}{{end}}</title>
-<style>body{font:15px system-ui,sans-serif;margin:2rem;color:#222;max-width:60rem}table{border-collapse:collapse;margin:.5rem 0 1rem}
-td,th{border:1px solid #ddd;padding:.3rem .6rem;text-align:left}.k{color:#666}.n{font-size:1.6rem;font-weight:600}
-.cards{display:flex;gap:1rem;flex-wrap:wrap}.card{border:1px solid #ddd;border-radius:6px;padding:.6rem 1rem;min-width:8rem}
-.chart{max-width:100%;height:auto;display:block;margin:.3rem 0 1rem}header{display:flex;justify-content:space-between;align-items:baseline}
-.saved{background:#e8f6ec;border:1px solid #27ae60;padding:.4rem .8rem}form label{display:block;margin:.4rem 0}</style></head>
-<body><header><h1 id="guild-name">{{with .Page.Dir.Guild}}{{.}}{{else}}Guild {{$.GuildID}}{{end}}</h1>
-<p>{{with .Page.User}}signed in as <b id="user">{{.Username}}</b> · <a href="/logout">sign out</a>{{else}}admin token{{end}}</p></header>
-<p class="k">guild {{.GuildID}} · served by <b>{{.Owner}}</b> · state {{.State}} · epoch {{.Epoch}} · map revision {{.Revision}}</p>
-{{if .Page.Saved}}<p class="saved" id="saved">Settings saved.</p>{{end}}
-<div class="cards">
-<div class="card"><div class="k">messages</div><div class="n" id="messages">{{.Messages}}</div><div class="k">{{.MessagesLast24h}} in 24 h · {{.MessagesDeleted}} deleted</div></div>
-<div class="card"><div class="k">reports</div><div class="n" id="reports">{{.Reports}}</div><div class="k"><span id="open-reports">{{.Activity.OpenReports}}</span> open</div></div>
-<div class="card"><div class="k">moderation actions</div><div class="n" id="mod-actions">{{.ModActions}}</div><div class="k">{{range .Page.Kinds}}{{.Kind}} {{.Count}} {{end}}</div></div>
-<div class="card"><div class="k">held events</div><div class="n">{{.HeldEvents}}</div></div>
-</div>
-<h2>Messages, last 48 hours</h2>{{index .Page.Charts "hourly"}}
-<h2>Messages, last 30 days</h2>{{index .Page.Charts "daily"}}
-<h2>Reports, last 30 days</h2>{{index .Page.Charts "reports"}}
-<h2>Moderation actions, last 30 days</h2>{{index .Page.Charts "actions"}}
-<h2>Top channels</h2><table id="top-channels"><tr><th>channel</th><th>messages</th><th>share</th></tr>{{$d := .Page.Dir}}{{$m := .Messages}}{{range .TopChannels}}<tr><td>#{{channel $d .ID}}</td><td>{{.Messages}}</td><td>{{pct .Messages $m}} %</td></tr>{{else}}<tr><td colspan=3>none yet</td></tr>{{end}}</table>
-<h2>Top authors</h2><table id="top-authors"><tr><th>author</th><th>messages</th></tr>{{range .TopAuthors}}<tr><td>{{user $d .ID}}</td><td>{{.Messages}}</td></tr>{{else}}<tr><td colspan=2>none yet</td></tr>{{end}}</table>
-<h2>Recent reports</h2><table><tr><th>when</th><th>reporter</th><th>user</th><th>reason</th></tr>{{range .RecentReports}}<tr><td>{{.CreatedAt.Format "2006-01-02 15:04"}}</td><td>{{user $d .ReporterID}}</td><td>{{user $d .TargetUserID}}</td><td>{{.Reason}}</td></tr>{{else}}<tr><td colspan=4>none</td></tr>{{end}}</table>
-<h2>Recent moderation actions</h2><table><tr><th>when</th><th>action</th><th>user</th></tr>{{range .RecentActions}}<tr><td>{{.CreatedAt.Format "2006-01-02 15:04"}}</td><td>{{.Kind}}</td><td>{{user $d .UserID}}</td></tr>{{else}}<tr><td colspan=3>none</td></tr>{{end}}</table>
-<h2>Settings</h2>
-<p>moderator role: <b id="mod-role">{{.Page.ModRole}}</b> · mod-log channel: <b id="modlog-channel">{{.Page.ModlogCh}}</b></p>
-{{if .Page.CanEdit}}<form method="post" action="{{.Page.GuildPath}}/settings" id="settings">
-{{with .Page.User}}<input type="hidden" name="csrf" value="{{.CSRF}}">{{end}}
-<label>Mod-log channel {{if .Page.Dir.Channels}}<select name="modlog_channel" id="modlog-select"><option value="">(keep)</option>{{range .Page.Dir.Channels}}<option value="{{.ID}}">#{{.Name}}</option>{{end}}</select>{{else}}<input name="modlog_channel" placeholder="channel id">{{end}}</label>
-<label>Moderator role {{if .Page.Dir.Roles}}<select name="mod_role" id="modrole-select"><option value="">(keep)</option>{{range .Page.Dir.Roles}}<option value="{{.ID}}">{{.Name}}</option>{{end}}</select>{{else}}<input name="mod_role" placeholder="role id">{{end}}</label>
-<button type="submit" id="save">Save</button></form>
-{{else}}<p class="k">Changing the settings needs Manage Server (like /setup).</p>{{end}}
-</body></html>`))
 
 func (n *Node) handleDashboard(w http.ResponseWriter, r *http.Request) {
 	g, ok := n.ownedGuild(w, r)
@@ -155,7 +104,7 @@ func (n *Node) handleDashboard(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteJSON(w, http.StatusOK, view)
 		return
 	}
-	pg := dashboardPage{Dir: dir, Saved: r.URL.Query().Get("saved") == "1", GuildPath: "/guild/" + strconv.FormatUint(id, 10), CanEdit: true,
+	pg := dashboardPage{Dir: dir, Saved: r.URL.Query().Get("saved") == "1", CanEdit: true,
 		ModRole: "not set", ModlogCh: "not set (use /setup or the form below)"}
 	if a, ok := r.Context().Value(userKey{}).(podapi.UserAssertion); ok {
 		pg.User, pg.CanEdit = &a, a.Permissions&(podapi.PermAdministrator|podapi.PermManageGuild) != 0
@@ -171,17 +120,24 @@ func (n *Node) handleDashboard(w http.ResponseWriter, r *http.Request) {
 	}
 	sort.Slice(pg.Kinds, func(i, j int) bool { return pg.Kinds[i].Kind < pg.Kinds[j].Kind })
 	act := d.Activity
-	pg.Charts = map[string]template.HTML{
-		"hourly":  barChart("messages per hour", act.MessagesHourly, "#2e86de", "15:04", 6),
-		"daily":   barChart("messages per day", act.MessagesDaily, "#2e86de", "Jan 2", 5),
-		"reports": barChart("reports per day", act.ReportsDaily, "#e1a100", "Jan 2", 5),
-		"actions": actionsChart("moderation actions per day", act.ActionsDaily, "Jan 2", 5),
+	pg.Charts = dashboardCharts{
+		Hourly:  barChart("messages per hour", act.MessagesHourly, "#2e86de", "15:04", 6),
+		Daily:   barChart("messages per day", act.MessagesDaily, "#2e86de", "Jan 2", 5),
+		Reports: barChart("reports per day", act.ReportsDaily, "#e1a100", "Jan 2", 5),
+		Actions: actionsChart("moderation actions per day", act.ActionsDaily, "Jan 2", 5),
 	}
 	view.page = pg
+	buf := pageBufs.Get().(*[]byte)
+	page := appendDashboardPage((*buf)[:0], view)
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	if err := dashboardHTML.Execute(w, view); err != nil {
-		n.log.Warn("render dashboard", "guild", id, "err", err)
+	w.Header().Set("Content-Length", strconv.Itoa(len(page)))
+	if _, err := w.Write(page); err != nil {
+		n.log.Debug("write dashboard", "guild", id, "err", err)
+	}
+	if cap(page) <= maxPooledPage {
+		*buf = page
+		pageBufs.Put(buf)
 	}
 }
 
