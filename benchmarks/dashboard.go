@@ -2,6 +2,7 @@ package benchmarks
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	"github.com/modbot/modbot/fakediscord"
+	"github.com/modbot/modbot/gatewaynode/guildstore"
+	"github.com/modbot/modbot/internal/podapi"
 	"github.com/modbot/modbot/systest"
 )
 
@@ -23,10 +26,24 @@ type DashboardResult struct {
 	Messages int
 	Page     Percentiles // HTML, with charts and names
 	JSON     Percentiles // Accept: application/json
-	// PagesPerSec: page loads per second from DashboardClients keep-alive
-	// clients at once (issue 18's "dashboard reads per pod").
+	// PagesPerSec: page loads per second through the proxy from
+	// DashboardClients keep-alive clients at once, nothing being written.
 	PagesPerSec float64
+	// PodPagesPerSec: the same straight at the pod, each request carrying
+	// the user assertion the proxy would sign (issue 18's "dashboard reads
+	// per pod": the pod's own capacity, with no proxy on these 2 cores).
+	PodPagesPerSec float64
+	// WritingPagesPerSec and PodWritingPagesPerSec: through the proxy and
+	// at the pod while DashboardWriteRate messages/s are written to the
+	// guild, so its cached dashboard keeps being read again.
+	WritingPagesPerSec, PodWritingPagesPerSec float64
+	// Writes is the messages written during the two writing runs.
+	Writes int
 }
+
+// DashboardWriteRate is the message rate into the viewed guild during the
+// writing runs (one Apply per message, as the gateway's handler commits).
+const DashboardWriteRate = 200
 
 // DashboardClients is the concurrency of the dashboard throughput run.
 const DashboardClients = 16
@@ -90,20 +107,104 @@ func Dashboard(ctx context.Context, sizes []int, requests int) ([]DashboardResul
 				r.Page = percentiles(lat)
 			}
 		}
-		if r.PagesPerSec, err = dashboardThroughput(ctx, client, fmt.Sprintf("%s/guild/%d/dashboard", sys.Proxy.URL, g.ID), 20*requests); err != nil {
-			return nil, fmt.Errorf("dashboard of a %d-message guild: %w", n, err)
+		proxied := pageRequest(client.Jar, fmt.Sprintf("%s/guild/%d/dashboard", sys.Proxy.URL, g.ID), "")
+		assertion, err := podapi.SignAssertion(systest.InternalToken, podapi.UserAssertion{UserID: sysUser(g.ID, g.Roles).ID,
+			Username: "bench-moderator", GuildID: g.ID, Permissions: podapi.PermAdministrator, CSRF: "bench",
+			Expires: time.Now().Add(time.Hour).Unix()})
+		if err != nil {
+			return nil, err
+		}
+		direct := pageRequest(nil, fmt.Sprintf("%s/guild/%d/dashboard", sys.URL(sys.Cfgs[0].HTTPAddr), g.ID), assertion)
+		v, err := sys.Owner(ctx, g.ID)
+		if err != nil {
+			return nil, err
+		}
+		nextID := uint64(1 << 41)
+		for _, run := range []struct {
+			dst     *float64
+			req     func(context.Context) *http.Request
+			writing bool
+		}{{&r.PagesPerSec, proxied, false}, {&r.PodPagesPerSec, direct, false},
+			{&r.WritingPagesPerSec, proxied, true}, {&r.PodWritingPagesPerSec, direct, true}} {
+			var stop func() (int, error)
+			if run.writing {
+				stop = writeMessages(ctx, sys.Gateways[0].Store(), g.ID, v.Epoch, &nextID)
+			}
+			*run.dst, err = dashboardThroughput(ctx, run.req, 20*requests)
+			if stop != nil {
+				w, werr := stop()
+				r.Writes += w
+				err = errors.Join(err, werr)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("dashboard of a %d-message guild: %w", n, err)
+			}
 		}
 		out = append(out, r)
 	}
 	return out, nil
 }
 
+// pageRequest builds page loads of url: with the signed-in session's
+// cookies (jar), or straight at the pod with a user assertion.
+func pageRequest(jar http.CookieJar, url, assertion string) func(context.Context) *http.Request {
+	return func(ctx context.Context) *http.Request {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		req.Header.Set("Accept", "text/html")
+		if jar != nil {
+			for _, c := range jar.Cookies(req.URL) {
+				req.AddCookie(c)
+			}
+		}
+		if assertion != "" {
+			req.Header.Set(podapi.HeaderUserAssertion, assertion)
+		}
+		return req
+	}
+}
+
+// writeMessages writes DashboardWriteRate messages/s to guild, one Apply
+// each, until the returned stop is called (at most a minute's worth).
+func writeMessages(ctx context.Context, store *guildstore.Store, guild, epoch uint64, nextID *uint64) (stop func() (int, error)) {
+	ctx, cancel := context.WithCancel(ctx)
+	type result struct {
+		n   int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		tick := time.NewTicker(time.Second / DashboardWriteRate)
+		defer tick.Stop()
+		n := 0
+		for ; n < 60*DashboardWriteRate; n++ {
+			select {
+			case <-ctx.Done():
+				done <- result{n, nil}
+				return
+			case <-tick.C:
+			}
+			*nextID++
+			if _, err := store.Apply(ctx, guildstore.Write{Epoch: epoch, Op: guildstore.MessageCreate{GuildID: guild, MessageID: *nextID,
+				ChannelID: guild + 1, AuthorID: 100000000000000000 + *nextID%97, CreatedAt: time.Now(), ContentLength: 10}}); err != nil && ctx.Err() == nil {
+				done <- result{n, err}
+				return
+			}
+		}
+		done <- result{n, nil}
+	}()
+	return func() (int, error) {
+		cancel()
+		r := <-done
+		return r.n, r.err
+	}
+}
+
 // dashboardThroughput loads the page n times from DashboardClients
-// keep-alive clients sharing the signed-in session.
-func dashboardThroughput(ctx context.Context, signedIn *http.Client, url string, n int) (float64, error) {
+// keep-alive clients.
+func dashboardThroughput(ctx context.Context, newReq func(context.Context) *http.Request, n int) (float64, error) {
 	tr := &http.Transport{MaxIdleConnsPerHost: DashboardClients, MaxConnsPerHost: DashboardClients}
 	defer tr.CloseIdleConnections()
-	hc := &http.Client{Transport: tr, Jar: signedIn.Jar, Timeout: 30 * time.Second}
+	hc := &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	var next atomic.Int64
 	errs := make(chan error, DashboardClients)
 	start := time.Now()
@@ -113,9 +214,7 @@ func dashboardThroughput(ctx context.Context, signedIn *http.Client, url string,
 		go func() {
 			defer wg.Done()
 			for next.Add(1) <= int64(n) && ctx.Err() == nil {
-				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-				req.Header.Set("Accept", "text/html")
-				resp, err := hc.Do(req)
+				resp, err := hc.Do(newReq(ctx))
 				if err != nil {
 					errs <- err
 					return
@@ -145,12 +244,15 @@ func dashboardThroughput(ctx context.Context, signedIn *http.Client, url string,
 // PrintDashboard prints the dashboard latency table.
 func PrintDashboard(w io.Writer, rs []DashboardResult) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "messages\trequests\tpage p50\tp99\tJSON p50\tp99\tpages/s, %d clients\t\n", DashboardClients)
+	fmt.Fprintf(tw, "messages\trequests\tpage p50\tp99\tJSON p50\tp99\tpages/s via proxy\tat the pod\twriting: via proxy\tat the pod\tmessages written\t\n")
 	for _, r := range rs {
-		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%.0f\t\n", r.Messages, r.Page.N, ms(r.Page.P50), ms(r.Page.P99), ms(r.JSON.P50), ms(r.JSON.P99), r.PagesPerSec)
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%d\t\n", r.Messages, r.Page.N, ms(r.Page.P50), ms(r.Page.P99), ms(r.JSON.P50), ms(r.JSON.P99),
+			r.PagesPerSec, r.PodPagesPerSec, r.WritingPagesPerSec, r.PodWritingPagesPerSec, r.Writes)
 	}
 	_ = tw.Flush()
-	fmt.Fprintln(w, "(GET /guild/{id}/dashboard through the proxy with a signed-in moderator's session: Discord membership cached, assertion signed, the pod's queries and SVG; one pod in process, loopback, sequential)")
+	fmt.Fprintln(w, "(GET /guild/{id}/dashboard with a signed-in moderator: p50/p99 sequential through the proxy — Discord membership cached, assertion signed, the pod's queries and SVG;")
+	fmt.Fprintf(w, " pages/s from %d keep-alive clients through the proxy, and straight at the pod with the assertion the proxy signs; writing: while %d messages/s go into the guild, one commit each.", DashboardClients, DashboardWriteRate)
+	fmt.Fprintln(w, " One process: config nodes, pod, proxy and clients share the 2 cores.)")
 }
 
 // sysUser is the benchmark's signed-in moderator: the Moderator role

@@ -39,14 +39,10 @@ type dashboardPage struct {
 	CanEdit  bool // may change the settings (Manage Server, Administrator, or the admin token)
 	Saved    bool
 	Dir      directory
-	Charts   dashboardCharts
 	ModRole  string
 	ModlogCh string
 	Kinds    []kindCount
 }
-
-// dashboardCharts are the page's inline SVG charts (svgchart.go).
-type dashboardCharts struct{ Hourly, Daily, Reports, Actions string }
 
 type kindCount struct {
 	Kind  string
@@ -119,16 +115,9 @@ func (n *Node) handleDashboard(w http.ResponseWriter, r *http.Request) {
 		pg.Kinds = append(pg.Kinds, kindCount{k, c})
 	}
 	sort.Slice(pg.Kinds, func(i, j int) bool { return pg.Kinds[i].Kind < pg.Kinds[j].Kind })
-	act := d.Activity
-	pg.Charts = dashboardCharts{
-		Hourly:  barChart("messages per hour", act.MessagesHourly, "#2e86de", "15:04", 6),
-		Daily:   barChart("messages per day", act.MessagesDaily, "#2e86de", "Jan 2", 5),
-		Reports: barChart("reports per day", act.ReportsDaily, "#e1a100", "Jan 2", 5),
-		Actions: actionsChart("moderation actions per day", act.ActionsDaily, "Jan 2", 5),
-	}
 	view.page = pg
 	buf := pageBufs.Get().(*[]byte)
-	page := appendDashboardPage((*buf)[:0], view)
+	page := appendDashboardPage((*buf)[:0], view, func(b []byte) []byte { return n.charts.appendFor(b, id, d.Activity) })
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Content-Length", strconv.Itoa(len(page)))

@@ -67,8 +67,9 @@ td,th{border:1px solid #ddd;padding:.3rem .6rem;text-align:left}.k{color:#666}.n
 .chart{max-width:100%;height:auto;display:block;margin:.3rem 0 1rem}header{display:flex;justify-content:space-between;align-items:baseline}
 .saved{background:#e8f6ec;border:1px solid #27ae60;padding:.4rem .8rem}form label{display:block;margin:.4rem 0}</style>`
 
-// appendDashboardPage appends the HTML page of v to b.
-func appendDashboardPage(b []byte, v dashboardView) []byte {
+// appendDashboardPage appends the HTML page of v to b; charts appends the
+// activity's charts with their headings (appendCharts, or chartCache's copy).
+func appendDashboardPage(b []byte, v dashboardView, charts func([]byte) []byte) []byte {
 	pg, d := v.page, v.page.Dir
 	guildName := func(b []byte, word string) []byte {
 		if d.Guild != "" {
@@ -124,13 +125,7 @@ func appendDashboardPage(b []byte, v dashboardView) []byte {
 	b = append(b, "</div></div>\n<div class=\"card\"><div class=\"k\">held events</div><div class=\"n\">"...)
 	b = appendInt(b, v.HeldEvents)
 	b = append(b, "</div></div>\n</div>\n<h2>Messages, last 48 hours</h2>"...)
-	b = append(b, pg.Charts.Hourly...)
-	b = append(b, "\n<h2>Messages, last 30 days</h2>"...)
-	b = append(b, pg.Charts.Daily...)
-	b = append(b, "\n<h2>Reports, last 30 days</h2>"...)
-	b = append(b, pg.Charts.Reports...)
-	b = append(b, "\n<h2>Moderation actions, last 30 days</h2>"...)
-	b = append(b, pg.Charts.Actions...)
+	b = charts(b)
 	b = append(b, "\n<h2>Top channels</h2><table id=\"top-channels\"><tr><th>channel</th><th>messages</th><th>share</th></tr>"...)
 	for _, c := range v.TopChannels {
 		b = append(b, "<tr><td>#"...)

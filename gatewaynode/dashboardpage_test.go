@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"html/template"
 	"math/rand/v2"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -36,10 +38,7 @@ td,th{border:1px solid #ddd;padding:.3rem .6rem;text-align:left}.k{color:#666}.n
 <div class="card"><div class="k">moderation actions</div><div class="n" id="mod-actions">{{.ModActions}}</div><div class="k">{{range .Page.Kinds}}{{.Kind}} {{.Count}} {{end}}</div></div>
 <div class="card"><div class="k">held events</div><div class="n">{{.HeldEvents}}</div></div>
 </div>
-<h2>Messages, last 48 hours</h2>{{.Page.Charts.Hourly}}
-<h2>Messages, last 30 days</h2>{{.Page.Charts.Daily}}
-<h2>Reports, last 30 days</h2>{{.Page.Charts.Reports}}
-<h2>Moderation actions, last 30 days</h2>{{.Page.Charts.Actions}}
+<h2>Messages, last 48 hours</h2>{{.Charts}}
 <h2>Top channels</h2><table id="top-channels"><tr><th>channel</th><th>messages</th><th>share</th></tr>{{$d := .Page.Dir}}{{$m := .Messages}}{{range .TopChannels}}<tr><td>#{{channel $d .ID}}</td><td>{{.Messages}}</td><td>{{pct .Messages $m}} %</td></tr>{{else}}<tr><td colspan=3>none yet</td></tr>{{end}}</table>
 <h2>Top authors</h2><table id="top-authors"><tr><th>author</th><th>messages</th></tr>{{range .TopAuthors}}<tr><td>{{user $d .ID}}</td><td>{{.Messages}}</td></tr>{{else}}<tr><td colspan=2>none yet</td></tr>{{end}}</table>
 <h2>Recent reports</h2><table><tr><th>when</th><th>reporter</th><th>user</th><th>reason</th></tr>{{range .RecentReports}}<tr><td>{{.CreatedAt.Format "2006-01-02 15:04"}}</td><td>{{user $d .ReporterID}}</td><td>{{user $d .TargetUserID}}</td><td>{{.Reason}}</td></tr>{{else}}<tr><td colspan=4>none</td></tr>{{end}}</table>
@@ -55,28 +54,26 @@ td,th{border:1px solid #ddd;padding:.3rem .6rem;text-align:left}.k{color:#666}.n
 </body></html>`))
 
 // templateView is what referencePage reads: the page's state exported,
-// its charts as the trusted HTML they are.
+// its charts (with their headings) as the trusted HTML they are.
 type templateView struct {
 	dashboardView
-	Page templatePage
-}
-
-type templatePage struct {
-	dashboardPage
-	Charts struct{ Hourly, Daily, Reports, Actions template.HTML }
+	Page   dashboardPage
+	Charts template.HTML
 }
 
 func referenceRender(t testing.TB, v dashboardView) string {
 	t.Helper()
-	tv := templateView{dashboardView: v, Page: templatePage{dashboardPage: v.page}}
-	c := v.page.Charts
-	tv.Page.Charts.Hourly, tv.Page.Charts.Daily = template.HTML(c.Hourly), template.HTML(c.Daily)
-	tv.Page.Charts.Reports, tv.Page.Charts.Actions = template.HTML(c.Reports), template.HTML(c.Actions)
+	tv := templateView{dashboardView: v, Page: v.page, Charts: template.HTML(appendCharts(nil, v.Activity))}
 	var b bytes.Buffer
 	if err := referencePage.Execute(&b, tv); err != nil {
 		t.Fatal(err)
 	}
 	return b.String()
+}
+
+// drawCharts draws v's charts afresh for appendDashboardPage.
+func drawCharts(v dashboardView) func([]byte) []byte {
+	return func(b []byte) []byte { return appendCharts(b, v.Activity) }
 }
 
 // hostile is a name as a Discord user could choose it: markup, entities,
@@ -119,6 +116,21 @@ func randomDashboardView(rng *rand.Rand) dashboardView {
 	d := guildstore.Dashboard{GuildID: rng.Uint64(), Epoch: rng.Uint64N(100), Messages: rng.Int64N(1e9), MessagesDeleted: rng.Int64N(1e6),
 		MessagesLast24h: rng.Int64N(1e6), Reports: rng.Int64N(1e4), ModActions: rng.Int64N(1e4), HeldEvents: rng.Int64N(10)}
 	d.Activity.OpenReports = rng.Int64N(100)
+	series := func(n int, step time.Duration) guildstore.Series {
+		sr := guildstore.Series{Start: at.Truncate(step), Step: step, Counts: make([]int64, n)}
+		for i := range sr.Counts {
+			if rng.IntN(3) == 0 {
+				sr.Counts[i] = rng.Int64N(1 << uint(rng.IntN(40)))
+			}
+		}
+		return sr
+	}
+	d.Activity.MessagesHourly, d.Activity.MessagesDaily = series(48, time.Hour), series(30, 24*time.Hour)
+	d.Activity.ReportsDaily, d.Activity.ActionsDaily = series(30, 24*time.Hour), map[string]guildstore.Series{}
+	for range rng.IntN(4) {
+		kinds := []string{guildstore.ActionBan, guildstore.ActionKick, guildstore.ActionTimeout, "<odd & kind>"}
+		d.Activity.ActionsDaily[kinds[rng.IntN(len(kinds))]] = series(30, 24*time.Hour)
+	}
 	for range rng.IntN(11) {
 		ch := rng.Uint64N(1 << 62)
 		if len(dir.Channels) > 0 && rng.IntN(2) == 0 {
@@ -135,8 +147,7 @@ func randomDashboardView(rng *rand.Rand) dashboardView {
 	for range rng.IntN(11) {
 		d.RecentActions = append(d.RecentActions, guildstore.ModAction{Kind: hostile(rng), UserID: user(), CreatedAt: at})
 	}
-	pg := dashboardPage{Dir: dir, Saved: rng.IntN(2) == 0, CanEdit: rng.IntN(3) != 0, ModRole: hostile(rng), ModlogCh: hostile(rng),
-		Charts: dashboardCharts{Hourly: `<svg class="chart">1</svg>`, Daily: "<svg>2</svg>", Reports: "", Actions: `<p class="k">none</p>`}}
+	pg := dashboardPage{Dir: dir, Saved: rng.IntN(2) == 0, CanEdit: rng.IntN(3) != 0, ModRole: hostile(rng), ModlogCh: hostile(rng)}
 	if rng.IntN(3) != 0 {
 		pg.User = &podapi.UserAssertion{Username: hostile(rng), CSRF: hostile(rng)}
 	}
@@ -157,7 +168,7 @@ func TestDashboardPageIsWhatTheTemplateWrites(t *testing.T) {
 	for i := range 2000 {
 		v := randomDashboardView(rng)
 		want := referenceRender(t, v)
-		got := string(appendDashboardPage(nil, v))
+		got := string(appendDashboardPage(nil, v, drawCharts(v)))
 		if got != want {
 			at := 0
 			for at < len(got) && at < len(want) && got[at] == want[at] {
@@ -183,7 +194,7 @@ func BenchmarkDashboardPage(b *testing.B) {
 	b.Run("hand", func(b *testing.B) {
 		var buf []byte
 		for b.Loop() {
-			buf = appendDashboardPage(buf[:0], v)
+			buf = appendDashboardPage(buf[:0], v, drawCharts(v))
 		}
 		b.SetBytes(int64(len(buf)))
 	})
@@ -192,4 +203,48 @@ func BenchmarkDashboardPage(b *testing.B) {
 			_ = referenceRender(b, v)
 		}
 	})
+}
+
+// TestChartMarkupConstantsAreTheGeometry: the numbers spelt out for the
+// charts' markup are the geometry they are drawn with.
+func TestChartMarkupConstantsAreTheGeometry(t *testing.T) {
+	for _, c := range []struct {
+		s string
+		n int
+	}{{chartWs, chartW}, {chartHs, chartH}, {padLs, padL}, {labelXs, padL - 4}, {plotRs, chartW - 4}, {labelYs, chartH - 6}} {
+		if c.s != strconv.Itoa(c.n) {
+			t.Errorf("%q spelt for %d", c.s, c.n)
+		}
+	}
+}
+
+// TestChartsCopiedOnlyForTheActivityTheyWereDrawnFrom: over a run of page
+// loads of two guilds whose activity now stays, now changes (a count, the
+// hour, a new kind of action), and is scribbled on by its caller after a
+// load, the cached charts are always the ones drawn afresh.
+func TestChartsCopiedOnlyForTheActivityTheyWereDrawnFrom(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	var c chartCache
+	acts := map[uint64]guildstore.Activity{1: randomDashboardView(rng).Activity, 2: randomDashboardView(rng).Activity}
+	for i := range 3000 {
+		g := uint64(1 + rng.IntN(2))
+		act := acts[g].Clone()
+		switch rng.IntN(6) {
+		case 0:
+			act.MessagesHourly.Counts[rng.IntN(48)]++
+		case 1:
+			act.MessagesHourly.Start = act.MessagesHourly.Start.Add(time.Hour)
+		case 2:
+			act.ReportsDaily.Counts[rng.IntN(30)]++
+		case 3:
+			act.ActionsDaily = map[string]guildstore.Series{guildstore.ActionKick: {Start: act.ReportsDaily.Start, Step: act.ReportsDaily.Step, Counts: slices.Clone(act.ReportsDaily.Counts)}}
+		}
+		acts[g] = act
+		want := string(appendCharts([]byte("page so far|"), act))
+		got := c.appendFor([]byte("page so far|"), g, act)
+		if string(got) != want {
+			t.Fatalf("load %d of guild %d: the charts are not the activity's", i, g)
+		}
+		act.MessagesDaily.Counts[0] = -7 // the caller's copy, changed after the load
+	}
 }

@@ -2,6 +2,7 @@ package gatewaynode
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync"
 	"time"
@@ -38,44 +39,75 @@ func lookupName(xs []namedID, id uint64) string {
 }
 
 // nameCache keeps REST answers for the dashboard a short while, so a page
-// (and its reloads) costs Discord a few calls at most. Bounded: cleared
-// when full.
+// (and its reloads) costs Discord a few calls at most. A failed lookup (a
+// deleted user, a 429, a timeout) is remembered too, for failTTL, and
+// concurrent pages wanting the same name wait for one call: a name Discord
+// does not give costs neither every page load a REST call nor the bot's
+// rate limit a burst (TestANameLookupIsOneCallPerTTLWhateverItsAnswer).
+// Bounded: cleared when full.
 type nameCache struct {
-	rest *discordgo.Session
-	ttl  time.Duration
-	mu   sync.Mutex
-	m    map[string]nameEntry
+	rest    *discordgo.Session
+	ttl     time.Duration
+	failTTL time.Duration
+	now     func() time.Time
+	mu      sync.Mutex
+	m       map[string]nameEntry
+	flight  map[string]chan struct{} // lookups under way
 }
 
 type nameEntry struct {
 	v  any
+	ok bool // false: the lookup failed
 	at time.Time
 }
 
 const nameCacheSize = 20_000
 
 func newNameCache(rest *discordgo.Session, ttl time.Duration) *nameCache {
-	return &nameCache{rest: rest, ttl: ttl, m: map[string]nameEntry{}}
+	return &nameCache{rest: rest, ttl: ttl, failTTL: min(ttl, 10*time.Second), now: time.Now,
+		m: map[string]nameEntry{}, flight: map[string]chan struct{}{}}
 }
 
 func (c *nameCache) cached(key string, fetch func() (any, error)) (any, bool) {
 	c.mu.Lock()
-	e, ok := c.m[key]
-	c.mu.Unlock()
-	if ok && time.Since(e.at) < c.ttl {
-		return e.v, true
+	for {
+		if e, ok := c.m[key]; ok {
+			ttl := c.ttl
+			if !e.ok {
+				ttl = c.failTTL
+			}
+			if c.now().Sub(e.at) < ttl {
+				c.mu.Unlock()
+				return e.v, e.ok
+			}
+		}
+		wait, busy := c.flight[key]
+		if !busy {
+			break
+		}
+		c.mu.Unlock()
+		<-wait
+		c.mu.Lock()
 	}
+	done := make(chan struct{})
+	c.flight[key] = done
+	c.mu.Unlock()
 	v, err := fetch()
-	if err != nil {
-		return nil, false
+	e := nameEntry{v: v, ok: err == nil, at: c.now()}
+	if !e.ok {
+		e.v = nil
 	}
 	c.mu.Lock()
 	if len(c.m) >= nameCacheSize {
 		c.m = map[string]nameEntry{}
 	}
-	c.m[key] = nameEntry{v: v, at: time.Now()}
+	if !errors.Is(err, context.Canceled) { // the page went away: not Discord's answer
+		c.m[key] = e
+	}
+	delete(c.flight, key)
 	c.mu.Unlock()
-	return v, true
+	close(done)
+	return e.v, e.ok
 }
 
 // resolve fetches (or reuses) the guild's channels and roles and the names

@@ -160,6 +160,7 @@ type Node struct {
 	discord  discord      // Discord's gateway (sessions, /gateway/bot)
 	rest     *discordgo.Session
 	names    *nameCache    // the dashboard's channel, role and user names
+	charts   chartCache    // the dashboard's last charts per guild (svgchart.go)
 	pods     podapi.Client // other pods' internal API (move exports)
 	metrics  *metrics
 	outbox   *outbox

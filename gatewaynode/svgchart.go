@@ -1,10 +1,10 @@
 package gatewaynode
 
 import (
-	"fmt"
-	"html"
+	"slices"
 	"sort"
-	"strings"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/modbot/modbot/gatewaynode/guildstore"
@@ -26,16 +26,85 @@ type stackPart struct {
 const (
 	chartW, chartH = 720, 160
 	padL, padB     = 36, 22
+	// The same, spelt out for the markup.
+	chartWs, chartHs, dims = "720", "160", chartWs + " " + chartHs
+	padLs, labelXs, plotRs = "36", "32", "716" // padL, padL-4, chartW-4
+	labelYs                = "154"             // chartH-6
 )
 
-// barChart draws one series as bars, labelled every labelEvery buckets with
-// the bucket's start in layout.
-func barChart(title string, s guildstore.Series, color, layout string, labelEvery int) string {
-	return stackedChart(title, s, []stackPart{{label: title, color: color, counts: s.Counts}}, layout, labelEvery, false)
+// chartCache keeps each guild's last charts with the activity they were
+// drawn from: a page whose activity is the same (the usual reload) copies
+// them instead of drawing ~150 bars again. Bounded: cleared when full.
+type chartCache struct {
+	mu sync.Mutex
+	m  map[uint64]chartEntry
 }
 
-// actionsChart stacks the moderation actions of each day by kind.
-func actionsChart(title string, byKind map[string]guildstore.Series, layout string, labelEvery int) string {
+type chartEntry struct {
+	act guildstore.Activity
+	svg []byte
+}
+
+const chartCacheMax = 1024
+
+// appendFor appends guild's charts of act to b.
+func (c *chartCache) appendFor(b []byte, guild uint64, act guildstore.Activity) []byte {
+	c.mu.Lock()
+	e, ok := c.m[guild]
+	c.mu.Unlock()
+	if ok && sameCharts(e.act, act) {
+		return append(b, e.svg...)
+	}
+	start := len(b)
+	b = appendCharts(b, act)
+	e = chartEntry{act: act.Clone(), svg: slices.Clone(b[start:])}
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= chartCacheMax {
+		c.m = map[uint64]chartEntry{}
+	}
+	c.m[guild] = e
+	c.mu.Unlock()
+	return b
+}
+
+// sameCharts reports whether a and b draw the same charts.
+func sameCharts(a, b guildstore.Activity) bool {
+	if !sameSeries(a.MessagesHourly, b.MessagesHourly) || !sameSeries(a.MessagesDaily, b.MessagesDaily) ||
+		!sameSeries(a.ReportsDaily, b.ReportsDaily) || len(a.ActionsDaily) != len(b.ActionsDaily) {
+		return false
+	}
+	for k, s := range a.ActionsDaily {
+		if t, ok := b.ActionsDaily[k]; !ok || !sameSeries(s, t) {
+			return false
+		}
+	}
+	return true
+}
+
+func sameSeries(a, b guildstore.Series) bool {
+	return a.Start.Equal(b.Start) && a.Step == b.Step && slices.Equal(a.Counts, b.Counts)
+}
+
+// appendCharts appends the page's four charts, each after the first under
+// its heading.
+func appendCharts(b []byte, act guildstore.Activity) []byte {
+	b = appendBarChart(b, "messages per hour", act.MessagesHourly, "#2e86de", "15:04", 6)
+	b = append(b, "\n<h2>Messages, last 30 days</h2>"...)
+	b = appendBarChart(b, "messages per day", act.MessagesDaily, "#2e86de", "Jan 2", 5)
+	b = append(b, "\n<h2>Reports, last 30 days</h2>"...)
+	b = appendBarChart(b, "reports per day", act.ReportsDaily, "#e1a100", "Jan 2", 5)
+	b = append(b, "\n<h2>Moderation actions, last 30 days</h2>"...)
+	return appendActionsChart(b, "moderation actions per day", act.ActionsDaily, "Jan 2", 5)
+}
+
+// appendBarChart draws one series as bars, labelled every labelEvery
+// buckets with the bucket's start in layout.
+func appendBarChart(b []byte, title string, s guildstore.Series, color, layout string, labelEvery int) []byte {
+	return appendStackedChart(b, title, s, []stackPart{{label: title, color: color, counts: s.Counts}}, layout, labelEvery, false)
+}
+
+// appendActionsChart stacks the moderation actions of each day by kind.
+func appendActionsChart(b []byte, title string, byKind map[string]guildstore.Series, layout string, labelEvery int) []byte {
 	kinds := make([]string, 0, len(byKind))
 	for k := range byKind {
 		kinds = append(kinds, k)
@@ -53,64 +122,106 @@ func actionsChart(title string, byKind map[string]guildstore.Series, layout stri
 		parts = append(parts, stackPart{label: k, color: c, counts: s.Counts})
 	}
 	if len(parts) == 0 {
-		return `<p class="k">no moderation actions in the last 30 days</p>`
+		return append(b, `<p class="k">no moderation actions in the last 30 days</p>`...)
 	}
-	return stackedChart(title, frame, parts, layout, labelEvery, true)
+	return appendStackedChart(b, title, frame, parts, layout, labelEvery, true)
 }
 
-func stackedChart(title string, frame guildstore.Series, parts []stackPart, layout string, labelEvery int, legend bool) string {
+// appendCoord appends x with one decimal, as %.1f does.
+func appendCoord(b []byte, x float64) []byte { return strconv.AppendFloat(b, x, 'f', 1, 64) }
+
+func appendStackedChart(b []byte, title string, frame guildstore.Series, parts []stackPart, layout string, labelEvery int, legend bool) []byte {
 	n := 0
 	for _, p := range parts {
 		n = max(n, len(p.counts))
 	}
 	if n == 0 {
-		return ""
+		return b
 	}
-	totals := make([]int64, n)
 	var peak int64 = 1
-	for i := range totals {
+	for i := 0; i < n; i++ {
+		var total int64
 		for _, p := range parts {
 			if i < len(p.counts) {
-				totals[i] += p.counts[i]
+				total += p.counts[i]
 			}
 		}
-		peak = max(peak, totals[i])
+		peak = max(peak, total)
 	}
 	plotW, plotH := float64(chartW-padL-4), float64(chartH-padB-8)
 	bw := plotW / float64(n)
-	var b strings.Builder
-	fmt.Fprintf(&b, `<svg class="chart" role="img" aria-label="%s" viewBox="0 0 %d %d" width="%d" height="%d" xmlns="http://www.w3.org/2000/svg">`,
-		html.EscapeString(title), chartW, chartH, chartW, chartH)
-	fmt.Fprintf(&b, `<title>%s</title>`, html.EscapeString(title))
+	base := 8 + plotH
+	b = append(b, `<svg class="chart" role="img" aria-label="`...)
+	b = appendEscaped(b, title)
+	b = append(b, `" viewBox="0 0 `+dims+`" width="`+chartWs+`" height="`+chartHs+`" xmlns="http://www.w3.org/2000/svg"><title>`...)
+	b = appendEscaped(b, title)
+	b = append(b, `</title>`...)
 	// Axis with the peak value.
-	fmt.Fprintf(&b, `<line x1="%d" y1="8" x2="%d" y2="%.1f" stroke="#bbb"/><line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#bbb"/>`,
-		padL, padL, 8+plotH, padL, 8+plotH, chartW-4, 8+plotH)
-	fmt.Fprintf(&b, `<text x="%d" y="14" font-size="10" text-anchor="end" fill="#666">%d</text><text x="%d" y="%.1f" font-size="10" text-anchor="end" fill="#666">0</text>`,
-		padL-4, peak, padL-4, 8+plotH)
+	b = append(b, `<line x1="`+padLs+`" y1="8" x2="`+padLs+`" y2="`...)
+	b = appendCoord(b, base)
+	b = append(b, `" stroke="#bbb"/><line x1="`+padLs+`" y1="`...)
+	b = appendCoord(b, base)
+	b = append(b, `" x2="`+plotRs+`" y2="`...)
+	b = appendCoord(b, base)
+	b = append(b, `" stroke="#bbb"/><text x="`+labelXs+`" y="14" font-size="10" text-anchor="end" fill="#666">`...)
+	b = appendInt(b, peak)
+	b = append(b, `</text><text x="`+labelXs+`" y="`...)
+	b = appendCoord(b, base)
+	b = append(b, `" font-size="10" text-anchor="end" fill="#666">0</text>`...)
+	var at, stamp []byte
 	for i := 0; i < n; i++ {
 		x := float64(padL) + float64(i)*bw
-		y := 8 + plotH
-		at := frame.Start.Add(time.Duration(i) * frame.Step)
+		y := base
+		stamp = frame.Start.Add(time.Duration(i)*frame.Step).AppendFormat(stamp[:0], layout)
+		at = appendEscaped(at[:0], string(stamp))
 		for _, p := range parts {
 			if i >= len(p.counts) || p.counts[i] == 0 {
 				continue
 			}
 			h := plotH * float64(p.counts[i]) / float64(peak)
 			y -= h
-			fmt.Fprintf(&b, `<rect class="bar" x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s" data-count="%d"><title>%s %s: %d</title></rect>`,
-				x+0.5, y, max(bw-1, 0.5), h, p.color, p.counts[i], html.EscapeString(at.Format(layout)), html.EscapeString(p.label), p.counts[i])
+			b = append(b, `<rect class="bar" x="`...)
+			b = appendCoord(b, x+0.5)
+			b = append(b, `" y="`...)
+			b = appendCoord(b, y)
+			b = append(b, `" width="`...)
+			b = appendCoord(b, max(bw-1, 0.5))
+			b = append(b, `" height="`...)
+			b = appendCoord(b, h)
+			b = append(b, `" fill="`...)
+			b = append(b, p.color...)
+			b = append(b, `" data-count="`...)
+			b = appendInt(b, p.counts[i])
+			b = append(b, `"><title>`...)
+			b = append(b, at...)
+			b = append(b, ' ')
+			b = appendEscaped(b, p.label)
+			b = append(b, ": "...)
+			b = appendInt(b, p.counts[i])
+			b = append(b, `</title></rect>`...)
 		}
 		if labelEvery > 0 && i%labelEvery == 0 {
-			fmt.Fprintf(&b, `<text x="%.1f" y="%d" font-size="10" fill="#666">%s</text>`, x, chartH-6, html.EscapeString(at.Format(layout)))
+			b = append(b, `<text x="`...)
+			b = appendCoord(b, x)
+			b = append(b, `" y="`+labelYs+`" font-size="10" fill="#666">`...)
+			b = append(b, at...)
+			b = append(b, `</text>`...)
 		}
 	}
 	if legend {
 		x := padL + 8
 		for _, p := range parts {
-			fmt.Fprintf(&b, `<rect x="%d" y="10" width="10" height="10" fill="%s"/><text x="%d" y="19" font-size="11">%s</text>`, x, p.color, x+14, html.EscapeString(p.label))
+			b = append(b, `<rect x="`...)
+			b = appendInt(b, int64(x))
+			b = append(b, `" y="10" width="10" height="10" fill="`...)
+			b = append(b, p.color...)
+			b = append(b, `"/><text x="`...)
+			b = appendInt(b, int64(x+14))
+			b = append(b, `" y="19" font-size="11">`...)
+			b = appendEscaped(b, p.label)
+			b = append(b, `</text>`...)
 			x += 14 + 8*len(p.label) + 16
 		}
 	}
-	b.WriteString(`</svg>`)
-	return b.String() // built from numbers and escaped text only
+	return append(b, `</svg>`...)
 }

@@ -135,6 +135,7 @@ func main() {
 		f := benchmarks.Figures{}
 		for _, r := range rs {
 			f[fmt.Sprintf("%s%d", benchmarks.FigDashboardPages, r.Messages)] = r.PagesPerSec
+			f[fmt.Sprintf("%s%d", benchmarks.FigDashboardPodPages, r.Messages)] = r.PodPagesPerSec
 		}
 		record(f)
 		benchmarks.PrintDashboard(os.Stdout, rs)

@@ -107,13 +107,20 @@ func (d Dashboard) clone() Dashboard {
 	c.TopAuthors = slices.Clone(d.TopAuthors)
 	c.RecentReports = slices.Clone(d.RecentReports)
 	c.RecentActions = slices.Clone(d.RecentActions)
-	c.Activity.MessagesHourly = d.Activity.MessagesHourly.clone()
-	c.Activity.MessagesDaily = d.Activity.MessagesDaily.clone()
-	c.Activity.ReportsDaily = d.Activity.ReportsDaily.clone()
-	if d.Activity.ActionsDaily != nil {
-		c.Activity.ActionsDaily = make(map[string]Series, len(d.Activity.ActionsDaily))
-		for k, s := range d.Activity.ActionsDaily {
-			c.Activity.ActionsDaily[k] = s.clone()
+	c.Activity = d.Activity.Clone()
+	return c
+}
+
+// Clone copies a's series, so neither copy sees the other's changes.
+func (a Activity) Clone() Activity {
+	c := a
+	c.MessagesHourly = a.MessagesHourly.clone()
+	c.MessagesDaily = a.MessagesDaily.clone()
+	c.ReportsDaily = a.ReportsDaily.clone()
+	if a.ActionsDaily != nil {
+		c.ActionsDaily = make(map[string]Series, len(a.ActionsDaily))
+		for k, s := range a.ActionsDaily {
+			c.ActionsDaily[k] = s.clone()
 		}
 	}
 	return c
