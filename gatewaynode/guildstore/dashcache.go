@@ -4,6 +4,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -25,7 +26,10 @@ import (
 //     only costs a re-read);
 //   - an entry is used only at the version and the UTC hour it was read
 //     at: the charts' buckets and "last 24 h" move with the hour (the
-//     days are whole hours).
+//     days are whole hours);
+//   - a read that finds one under way for the same guild, version and hour
+//     waits for it instead of reading too: that read is the one it would
+//     have made (TestConcurrentDashboardMissesReadTheDatabaseOnce).
 //
 // The entries are bounded by the guilds read; a deleted guild's entry is
 // invalidated by its delete (a job) and replaced or dropped on its next read.
@@ -35,6 +39,18 @@ type dashCache struct {
 	all     uint64            // seq of the last commit not limited to named guilds
 	marks   map[uint64]uint64 // guild → seq of the last commit that wrote it
 	entries map[uint64]dashEntry
+	flight  map[uint64]*dashRead // reads under way, by guild
+	reads   atomic.Uint64        // read transactions made (tests count them)
+}
+
+// dashRead is a read of a guild's dashboard under way; done is closed when
+// d and err are set.
+type dashRead struct {
+	version uint64
+	hour    int64
+	done    chan struct{}
+	d       Dashboard
+	err     error
 }
 
 type dashEntry struct {
@@ -48,7 +64,7 @@ type dashEntry struct {
 const dashCacheMax = 4096
 
 func newDashCache() *dashCache {
-	return &dashCache{marks: map[uint64]uint64{}, entries: map[uint64]dashEntry{}}
+	return &dashCache{marks: map[uint64]uint64{}, entries: map[uint64]dashEntry{}, flight: map[uint64]*dashRead{}}
 }
 
 // committed records a commit that wrote exactly guilds (nil: any guild).
@@ -72,15 +88,37 @@ func (c *dashCache) version(guild uint64) uint64 {
 	return max(c.marks[guild], c.all)
 }
 
-// get returns guild's entry for version and hour, if one was stored.
-func (c *dashCache) get(guild, version uint64, hour int64) (Dashboard, bool) {
+// join returns guild's entry for version and hour if one is stored (ok);
+// else the read under way for them, which the caller waits for (lead
+// false), or a new one the caller makes and ends with finish (lead true).
+func (c *dashCache) join(guild, version uint64, hour int64) (d Dashboard, ok bool, r *dashRead, lead bool) {
 	c.mu.Lock()
-	e, ok := c.entries[guild]
-	c.mu.Unlock()
-	if !ok || e.version != version || e.hour != hour {
-		return Dashboard{}, false
+	defer c.mu.Unlock()
+	if e, found := c.entries[guild]; found && e.version == version && e.hour == hour {
+		return e.d.clone(), true, nil, false
 	}
-	return e.d.clone(), true
+	if r := c.flight[guild]; r != nil && r.version == version && r.hour == hour {
+		return Dashboard{}, false, r, false
+	}
+	r = &dashRead{version: version, hour: hour, done: make(chan struct{})}
+	c.flight[guild] = r
+	return Dashboard{}, false, r, true
+}
+
+// finish ends the read r of guild: stores it (when it succeeded) and wakes
+// those waiting for it.
+func (c *dashCache) finish(guild uint64, r *dashRead, d Dashboard, err error) {
+	if err == nil {
+		c.put(guild, r.version, r.hour, d)
+		r.d = d.clone()
+	}
+	r.err = err
+	c.mu.Lock()
+	if c.flight[guild] == r {
+		delete(c.flight, guild)
+	}
+	c.mu.Unlock()
+	close(r.done)
 }
 
 // put stores a read made at version and hour, unless a newer one is there.

@@ -233,3 +233,52 @@ func TestDashboardCacheSparesTheDatabaseWhenNothingChanged(t *testing.T) {
 		s.dash.put(c, false)
 	}
 }
+
+// TestConcurrentDashboardMissesReadTheDatabaseOnce: sixteen loads of a
+// guild just written to, arriving while the first one's read waits for a
+// connection, make one read transaction between them, and each gets what
+// the database holds.
+func TestConcurrentDashboardMissesReadTheDatabaseOnce(t *testing.T) {
+	ctx := context.Background()
+	s := openFuzzStore(t, "pod.db")
+	mustApply(t, s, sampleWrites(1, 0)...)
+	var held []*readConn
+	for range cap(s.dash.free) {
+		c, err := s.dash.get(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	before := s.dc.reads.Load()
+	got := make([]Dashboard, 16)
+	errs := make([]error, 16)
+	var wg sync.WaitGroup
+	for i := range got {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i], errs[i] = s.Dashboard(ctx, 1)
+		}()
+	}
+	time.Sleep(100 * time.Millisecond) // all sixteen are waiting
+	for _, c := range held {
+		s.dash.put(c, false)
+	}
+	wg.Wait()
+	if n := s.dc.reads.Load() - before; n != 1 {
+		t.Fatalf("16 concurrent loads made %d read transactions, want 1", n)
+	}
+	want, err := s.dashboard(ctx, 1, s.opts.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range got {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+		if !reflect.DeepEqual(got[i], want) {
+			t.Fatalf("load %d: %+v, want %+v", i, got[i], want)
+		}
+	}
+}

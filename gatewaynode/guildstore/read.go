@@ -202,20 +202,35 @@ func (s *Store) Counts(ctx context.Context, guildID uint64) (map[string]int64, e
 func (s *Store) Dashboard(ctx context.Context, guildID uint64) (Dashboard, error) {
 	version := s.dc.version(guildID) // before the read transaction begins
 	now := s.opts.Now()
-	if d, ok := s.dc.get(guildID, version, unixHour(now)); ok {
+	d, ok, r, lead := s.dc.join(guildID, version, unixHour(now))
+	if ok {
 		return d, nil
 	}
+	if !lead {
+		select {
+		case <-r.done:
+			if r.err == nil {
+				return r.d.clone(), nil
+			}
+			// Its reader gave up (its own context, say): read for ourselves.
+		case <-ctx.Done():
+			return Dashboard{}, fmt.Errorf("dashboard of guild %d: %w", guildID, ctx.Err())
+		}
+	}
 	d, err := s.dashboard(ctx, guildID, now)
+	if lead {
+		s.dc.finish(guildID, r, d, err)
+	}
 	if err != nil {
 		return Dashboard{}, fmt.Errorf("dashboard of guild %d: %w", guildID, err)
 	}
-	s.dc.put(guildID, version, unixHour(now), d)
 	return d, nil
 }
 
 // dashboard reads the dashboard at now without the cache.
 func (s *Store) dashboard(ctx context.Context, guildID uint64, now time.Time) (Dashboard, error) {
 	var d Dashboard
+	s.dc.reads.Add(1)
 	err := s.dash.readTx(ctx, func(q queryer) error {
 		var err error
 		d, err = s.dashboardTx(ctx, q, guildID, now)
