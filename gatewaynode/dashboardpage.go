@@ -43,6 +43,20 @@ func appendEscaped(b []byte, s string) []byte {
 	return append(b, s[last:]...)
 }
 
+// appendRow appends a table row of cells, each escaped.
+func appendRow(b []byte, cells ...string) []byte {
+	b = append(b, "<tr>"...)
+	for _, c := range cells {
+		b = append(b, "<td>"...)
+		b = appendEscaped(b, c)
+		b = append(b, "</td>"...)
+	}
+	return append(b, "</tr>"...)
+}
+
+// rowTime is how the tables show when something happened.
+const rowTime = "2006-01-02 15:04"
+
 func appendUint(b []byte, n uint64) []byte { return strconv.AppendUint(b, n, 10) }
 func appendInt(b []byte, n int64) []byte   { return strconv.AppendInt(b, n, 10) }
 
@@ -128,52 +142,28 @@ func appendDashboardPage(b []byte, v dashboardView, charts func([]byte) []byte) 
 	b = charts(b)
 	b = append(b, "\n<h2>Top channels</h2><table id=\"top-channels\"><tr><th>channel</th><th>messages</th><th>share</th></tr>"...)
 	for _, c := range v.TopChannels {
-		b = append(b, "<tr><td>#"...)
-		b = appendEscaped(b, nameOr(d.channel(c.ID), c.ID))
-		b = append(b, "</td><td>"...)
-		b = appendInt(b, c.Messages)
-		b = append(b, "</td><td>"...)
-		b = append(b, pct(c.Messages, v.Messages)...)
-		b = append(b, " %</td></tr>"...)
+		b = appendRow(b, "#"+nameOr(d.channel(c.ID), c.ID), strconv.FormatInt(c.Messages, 10), pct(c.Messages, v.Messages)+" %")
 	}
 	if len(v.TopChannels) == 0 {
 		b = append(b, "<tr><td colspan=3>none yet</td></tr>"...)
 	}
 	b = append(b, "</table>\n<h2>Top authors</h2><table id=\"top-authors\"><tr><th>author</th><th>messages</th></tr>"...)
 	for _, a := range v.TopAuthors {
-		b = append(b, "<tr><td>"...)
-		b = appendEscaped(b, d.user(a.ID))
-		b = append(b, "</td><td>"...)
-		b = appendInt(b, a.Messages)
-		b = append(b, "</td></tr>"...)
+		b = appendRow(b, d.user(a.ID), strconv.FormatInt(a.Messages, 10))
 	}
 	if len(v.TopAuthors) == 0 {
 		b = append(b, "<tr><td colspan=2>none yet</td></tr>"...)
 	}
 	b = append(b, "</table>\n<h2>Recent reports</h2><table><tr><th>when</th><th>reporter</th><th>user</th><th>reason</th></tr>"...)
 	for _, r := range v.RecentReports {
-		b = append(b, "<tr><td>"...)
-		b = appendEscaped(b, r.CreatedAt.Format("2006-01-02 15:04"))
-		b = append(b, "</td><td>"...)
-		b = appendEscaped(b, d.user(r.ReporterID))
-		b = append(b, "</td><td>"...)
-		b = appendEscaped(b, d.user(r.TargetUserID))
-		b = append(b, "</td><td>"...)
-		b = appendEscaped(b, r.Reason)
-		b = append(b, "</td></tr>"...)
+		b = appendRow(b, r.CreatedAt.Format(rowTime), d.user(r.ReporterID), d.user(r.TargetUserID), r.Reason)
 	}
 	if len(v.RecentReports) == 0 {
 		b = append(b, "<tr><td colspan=4>none</td></tr>"...)
 	}
 	b = append(b, "</table>\n<h2>Recent moderation actions</h2><table><tr><th>when</th><th>action</th><th>user</th></tr>"...)
 	for _, a := range v.RecentActions {
-		b = append(b, "<tr><td>"...)
-		b = appendEscaped(b, a.CreatedAt.Format("2006-01-02 15:04"))
-		b = append(b, "</td><td>"...)
-		b = appendEscaped(b, a.Kind)
-		b = append(b, "</td><td>"...)
-		b = appendEscaped(b, d.user(a.UserID))
-		b = append(b, "</td></tr>"...)
+		b = appendRow(b, a.CreatedAt.Format(rowTime), a.Kind, d.user(a.UserID))
 	}
 	if len(v.RecentActions) == 0 {
 		b = append(b, "<tr><td colspan=3>none</td></tr>"...)

@@ -10,20 +10,26 @@ import (
 
 // dashCache keeps each guild's last dashboard read, so a page reloaded (or
 // loaded by many moderators) while nothing was written to its guild costs no
-// query. Invariant (TestDashboardCacheAnswersWhatTheDatabaseHolds,
-// TestDashboardReadsItsOwnWritesUnderConcurrentCommits): Dashboard answers
-// exactly what a fresh read transaction would, including every write whose
-// Apply (or job) has returned. It holds because
+// query. Invariants: Dashboard answers exactly what a fresh read
+// transaction would, including every write whose Apply (or job) has
+// returned (TestDashboardCacheAnswersWhatTheDatabaseHolds,
+// TestDashboardReadsItsOwnWritesUnderConcurrentCommits), and a caller's
+// successive reads never go back to an older state (the same test). They
+// hold because
 //
-//   - every commit on the writer advances seq; a commit whose units name
-//     their guilds (commitBatch) marks those guilds with the new seq, any
-//     other (a job: fence, hold, import, delete, …; a connJob) marks all
-//     guilds (all = seq); and it does so after COMMIT returns and before the
-//     writer answers its callers;
+//   - every commit on the writer advances seq before its COMMIT: a commit
+//     whose units name their guilds (commitBatch) marks those guilds with
+//     the new seq, any other (a job: fence, hold, import, delete, …; a
+//     connJob) marks all guilds (all = seq), before it runs; and the marked
+//     guilds stay pending until the COMMIT has returned, which is before
+//     the writer answers its callers;
 //   - a guild's version is max(guild's mark, all), read before the read
-//     transaction begins: an entry read at version v saw every commit that
-//     had marked the guild by then (it may have seen later ones too, which
-//     only costs a re-read);
+//     transaction begins; while the guild is pending, reads go to the
+//     database and neither use nor store entries;
+//   - so a read stored at version v began its transaction after the
+//     commits up to v had returned: it holds them all. If it also saw a
+//     later commit, it began after that commit's mark, so whoever got its
+//     answer reads a higher version next time and never this entry again;
 //   - an entry is used only at the version and the UTC hour it was read
 //     at: the charts' buckets and "last 24 h" move with the hour (the
 //     days are whole hours);
@@ -38,6 +44,8 @@ type dashCache struct {
 	seq     uint64            // commits so far
 	all     uint64            // seq of the last commit not limited to named guilds
 	marks   map[uint64]uint64 // guild → seq of the last commit that wrote it
+	pending map[uint64]bool   // guilds whose commit has not returned yet
+	allPend bool              // a commit not limited to named guilds has not returned yet
 	entries map[uint64]dashEntry
 	flight  map[uint64]*dashRead // reads under way, by guild
 	reads   atomic.Uint64        // read transactions made (tests count them)
@@ -64,28 +72,44 @@ type dashEntry struct {
 const dashCacheMax = 4096
 
 func newDashCache() *dashCache {
-	return &dashCache{marks: map[uint64]uint64{}, entries: map[uint64]dashEntry{}, flight: map[uint64]*dashRead{}}
+	return &dashCache{marks: map[uint64]uint64{}, pending: map[uint64]bool{}, entries: map[uint64]dashEntry{}, flight: map[uint64]*dashRead{}}
 }
 
-// committed records a commit that wrote exactly guilds (nil: any guild).
-func (c *dashCache) committed(guilds map[uint64]struct{}) {
+// committing records a commit about to write exactly guilds (nil: any
+// guild): call it before COMMIT (before a job), and committed after.
+func (c *dashCache) committing(guilds map[uint64]struct{}) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.seq++
 	if guilds == nil {
-		c.all = c.seq
+		c.all, c.allPend = c.seq, true
 		return
 	}
 	for g := range guilds {
-		c.marks[g] = c.seq
+		c.marks[g], c.pending[g] = c.seq, true
 	}
 }
 
-// version is guild's version now; read it before the read transaction.
-func (c *dashCache) version(guild uint64) uint64 {
+// committed records that the commit of guilds has returned.
+func (c *dashCache) committed(guilds map[uint64]struct{}) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return max(c.marks[guild], c.all)
+	if guilds == nil {
+		c.allPend = false
+		return
+	}
+	for g := range guilds {
+		delete(c.pending, g)
+	}
+}
+
+// version is guild's version now, and whether reads at it may use the
+// cache (no commit of the guild under way); read it before the read
+// transaction.
+func (c *dashCache) version(guild uint64) (v uint64, cacheable bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return max(c.marks[guild], c.all), !c.allPend && !c.pending[guild]
 }
 
 // join returns guild's entry for version and hour if one is stored (ok);

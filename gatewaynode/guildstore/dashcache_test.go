@@ -199,6 +199,28 @@ func TestDashboardReadsItsOwnWritesUnderConcurrentCommits(t *testing.T) {
 	}
 }
 
+// holdDashboardPool takes every dashboard read connection; release gives
+// them back (once).
+func holdDashboardPool(t *testing.T, s *Store) (release func()) {
+	t.Helper()
+	var held []*readConn
+	for range cap(s.dash.free) {
+		c, err := s.dash.get(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			for _, c := range held {
+				s.dash.put(c, false)
+			}
+		})
+	}
+}
+
 // TestDashboardCacheSparesTheDatabaseWhenNothingChanged: repeated reads
 // of an unchanged guild run no read transaction, while another guild's
 // writes do not make it read again.
@@ -210,14 +232,8 @@ func TestDashboardCacheSparesTheDatabaseWhenNothingChanged(t *testing.T) {
 		t.Fatal(err)
 	}
 	// With the dashboard's pool taken, a read that needs the database waits.
-	var held []*readConn
-	for range cap(s.dash.free) {
-		c, err := s.dash.get(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		held = append(held, c)
-	}
+	release := holdDashboardPool(t, s)
+	defer release()
 	mustApply(t, s, sampleWrites(2, 0)...)
 	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 	defer cancel()
@@ -229,9 +245,6 @@ func TestDashboardCacheSparesTheDatabaseWhenNothingChanged(t *testing.T) {
 	if _, err := s.Dashboard(short, 2); err == nil {
 		t.Fatal("a changed guild's dashboard was answered without reading it")
 	}
-	for _, c := range held {
-		s.dash.put(c, false)
-	}
 }
 
 // TestConcurrentDashboardMissesReadTheDatabaseOnce: sixteen loads of a
@@ -242,14 +255,7 @@ func TestConcurrentDashboardMissesReadTheDatabaseOnce(t *testing.T) {
 	ctx := context.Background()
 	s := openFuzzStore(t, "pod.db")
 	mustApply(t, s, sampleWrites(1, 0)...)
-	var held []*readConn
-	for range cap(s.dash.free) {
-		c, err := s.dash.get(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		held = append(held, c)
-	}
+	release := holdDashboardPool(t, s)
 	before := s.dc.reads.Load()
 	got := make([]Dashboard, 16)
 	errs := make([]error, 16)
@@ -262,9 +268,7 @@ func TestConcurrentDashboardMissesReadTheDatabaseOnce(t *testing.T) {
 		}()
 	}
 	time.Sleep(100 * time.Millisecond) // all sixteen are waiting
-	for _, c := range held {
-		s.dash.put(c, false)
-	}
+	release()
 	wg.Wait()
 	if n := s.dc.reads.Load() - before; n != 1 {
 		t.Fatalf("16 concurrent loads made %d read transactions, want 1", n)

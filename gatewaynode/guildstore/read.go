@@ -200,8 +200,15 @@ func (s *Store) Counts(ctx context.Context, guildID uint64) (map[string]int64, e
 // to since its last read, in the same UTC hour, is answered from that read
 // (dashcache.go), which is the same answer.
 func (s *Store) Dashboard(ctx context.Context, guildID uint64) (Dashboard, error) {
-	version := s.dc.version(guildID) // before the read transaction begins
+	version, cacheable := s.dc.version(guildID) // before the read transaction begins
 	now := s.opts.Now()
+	if !cacheable { // a commit of the guild is under way
+		d, err := s.dashboard(ctx, guildID, now)
+		if err != nil {
+			return Dashboard{}, fmt.Errorf("dashboard of guild %d: %w", guildID, err)
+		}
+		return d, nil
+	}
 	d, ok, r, lead := s.dc.join(guildID, version, unixHour(now))
 	if ok {
 		return d, nil

@@ -255,7 +255,8 @@ func (w *writer) failQueued() {
 
 func (w *writer) runJob(r *request) {
 	defer close(r.done)
-	defer w.s.dc.committed(nil) // a job may write any guild (dashcache.go)
+	w.s.dc.committing(nil) // a job may write any guild (dashcache.go)
+	defer w.s.dc.committed(nil)
 	if err := r.ctx.Err(); err != nil {
 		r.err = err
 		return
@@ -291,7 +292,6 @@ func (w *writer) commitBatch(batch []*request, n int) {
 		}
 		return
 	}
-	defer w.s.dc.committed(t.touched) // after COMMIT, before the callers hear (dashcache.go)
 	live := 0
 	for _, r := range batch {
 		if err := r.ctx.Err(); err != nil {
@@ -304,6 +304,8 @@ func (w *writer) commitBatch(batch []*request, n int) {
 			r.res[i] = t.applyUnit(w.ctx, u)
 		}
 	}
+	w.s.dc.committing(t.touched) // pending from before COMMIT until the callers hear (dashcache.go)
+	defer w.s.dc.committed(t.touched)
 	if err := t.commit(); err != nil {
 		for _, r := range batch {
 			r.res, r.err = nil, err
