@@ -74,7 +74,13 @@ func main() {
 		defer f.Close()
 		defer pprof.StopCPUProfile()
 	}
-	run := func(name string) bool { return *only == "" || *only == name }
+	run := func(name string) bool {
+		if *only != "" && *only != name {
+			return false
+		}
+		benchmarks.Settle() // each group starts without the last one's garbage
+		return true
+	}
 	fail := func(what string, err error) {
 		fmt.Fprintf(os.Stderr, "%s benchmark: %v\n", what, err)
 		os.Exit(1)
