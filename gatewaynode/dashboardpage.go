@@ -43,6 +43,25 @@ func appendEscaped(b []byte, s string) []byte {
 	return append(b, s[last:]...)
 }
 
+// appendPicker appends the form's choice of name: a select of opts (each
+// shown as prefix+name) after a "(keep)" option, or without any opts a
+// field for the id.
+func appendPicker(b []byte, name, id, placeholder, prefix string, opts []namedID) []byte {
+	if len(opts) == 0 {
+		return append(append(append(append(b, `<input name="`...), name...), `" placeholder="`...), placeholder+`">`...)
+	}
+	b = append(append(append(append(b, `<select name="`...), name...), `" id="`...), id...)
+	b = append(b, `"><option value="">(keep)</option>`...)
+	for _, o := range opts {
+		b = append(b, `<option value="`...)
+		b = appendUint(b, o.ID)
+		b = append(append(b, `">`...), prefix...)
+		b = appendEscaped(b, o.Name)
+		b = append(b, "</option>"...)
+	}
+	return append(b, "</select>"...)
+}
+
 // appendRow appends a table row of cells, each escaped.
 func appendRow(b []byte, cells ...string) []byte {
 	b = append(b, "<tr>"...)
@@ -186,33 +205,9 @@ func appendDashboardPage(b []byte, v dashboardView, charts func([]byte) []byte) 
 		b = append(b, `">`...)
 	}
 	b = append(b, "\n<label>Mod-log channel "...)
-	if len(d.Channels) > 0 {
-		b = append(b, `<select name="modlog_channel" id="modlog-select"><option value="">(keep)</option>`...)
-		for _, c := range d.Channels {
-			b = append(b, `<option value="`...)
-			b = appendUint(b, c.ID)
-			b = append(b, `">#`...)
-			b = appendEscaped(b, c.Name)
-			b = append(b, "</option>"...)
-		}
-		b = append(b, "</select>"...)
-	} else {
-		b = append(b, `<input name="modlog_channel" placeholder="channel id">`...)
-	}
+	b = appendPicker(b, "modlog_channel", "modlog-select", "channel id", "#", d.Channels)
 	b = append(b, "</label>\n<label>Moderator role "...)
-	if len(d.Roles) > 0 {
-		b = append(b, `<select name="mod_role" id="modrole-select"><option value="">(keep)</option>`...)
-		for _, r := range d.Roles {
-			b = append(b, `<option value="`...)
-			b = appendUint(b, r.ID)
-			b = append(b, `">`...)
-			b = appendEscaped(b, r.Name)
-			b = append(b, "</option>"...)
-		}
-		b = append(b, "</select>"...)
-	} else {
-		b = append(b, `<input name="mod_role" placeholder="role id">`...)
-	}
+	b = appendPicker(b, "mod_role", "modrole-select", "role id", "", d.Roles)
 	b = append(b, "</label>\n<button type=\"submit\" id=\"save\">Save</button></form>\n\n</body></html>"...)
 	return b
 }

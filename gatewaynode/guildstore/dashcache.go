@@ -132,12 +132,12 @@ func (c *dashCache) join(guild, version uint64, hour int64) (d Dashboard, ok boo
 // finish ends the read r of guild: stores it (when it succeeded) and wakes
 // those waiting for it.
 func (c *dashCache) finish(guild uint64, r *dashRead, d Dashboard, err error) {
-	if err == nil {
-		c.put(guild, r.version, r.hour, d)
-		r.d = d.clone()
-	}
 	r.err = err
 	c.mu.Lock()
+	if err == nil {
+		r.d = d.clone() // the entry's and the waiters' copy: only ever cloned from
+		c.putLocked(guild, r.version, r.hour, r.d)
+	}
 	if c.flight[guild] == r {
 		delete(c.flight, guild)
 	}
@@ -145,17 +145,16 @@ func (c *dashCache) finish(guild uint64, r *dashRead, d Dashboard, err error) {
 	close(r.done)
 }
 
-// put stores a read made at version and hour, unless a newer one is there.
-func (c *dashCache) put(guild, version uint64, hour int64, d Dashboard) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+// putLocked stores d, a read made at version and hour that no one else
+// holds, unless a newer one is there. c.mu is held.
+func (c *dashCache) putLocked(guild, version uint64, hour int64, d Dashboard) {
 	if e, ok := c.entries[guild]; ok && (e.version > version || e.hour > hour) {
 		return
 	}
 	if len(c.entries) >= dashCacheMax {
 		c.entries = map[uint64]dashEntry{}
 	}
-	c.entries[guild] = dashEntry{version: version, hour: hour, d: d.clone()}
+	c.entries[guild] = dashEntry{version: version, hour: hour, d: d}
 }
 
 func unixHour(t time.Time) int64 { return t.Unix() / 3600 }

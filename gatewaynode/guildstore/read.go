@@ -202,26 +202,24 @@ func (s *Store) Counts(ctx context.Context, guildID uint64) (map[string]int64, e
 func (s *Store) Dashboard(ctx context.Context, guildID uint64) (Dashboard, error) {
 	version, cacheable := s.dc.version(guildID) // before the read transaction begins
 	now := s.opts.Now()
-	if !cacheable { // a commit of the guild is under way
-		d, err := s.dashboard(ctx, guildID, now)
-		if err != nil {
-			return Dashboard{}, fmt.Errorf("dashboard of guild %d: %w", guildID, err)
+	var r *dashRead
+	lead := false
+	if cacheable { // no commit of the guild under way
+		var d Dashboard
+		var ok bool
+		if d, ok, r, lead = s.dc.join(guildID, version, unixHour(now)); ok {
+			return d, nil
 		}
-		return d, nil
-	}
-	d, ok, r, lead := s.dc.join(guildID, version, unixHour(now))
-	if ok {
-		return d, nil
-	}
-	if !lead {
-		select {
-		case <-r.done:
-			if r.err == nil {
-				return r.d.clone(), nil
+		if !lead {
+			select {
+			case <-r.done:
+				if r.err == nil {
+					return r.d.clone(), nil
+				}
+				// Its reader gave up (its own context, say): read for ourselves.
+			case <-ctx.Done():
+				return Dashboard{}, fmt.Errorf("dashboard of guild %d: %w", guildID, ctx.Err())
 			}
-			// Its reader gave up (its own context, say): read for ourselves.
-		case <-ctx.Done():
-			return Dashboard{}, fmt.Errorf("dashboard of guild %d: %w", guildID, ctx.Err())
 		}
 	}
 	d, err := s.dashboard(ctx, guildID, now)
